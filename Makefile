@@ -1,0 +1,70 @@
+# Entry points of the project. Everything runs from the project's own virtualenv (.venv).
+# Configuration comes from environment variables (see README.md, "Configuration").
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+IMAGES ?=
+METADATA ?=
+INDEX_ARGS ?=
+
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint clean-demo
+
+help:
+	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
+	@echo "make es-up | es-down | es-status local Elasticsearch node on 127.0.0.1:9200"
+	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>]"
+	@echo "make search IMAGE=<file>        nearest indexed images"
+	@echo "make serve                      web app on http://127.0.0.1:8000 (gunicorn)"
+	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
+	@echo "make test                       the test suite (starts its own throwaway node)"
+	@echo "make lint                       ruff"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+weights: venv
+	$(PY) -m imgsearch.weights
+
+es-fetch: venv
+	$(PY) -m imgsearch.localnode fetch
+
+setup: venv weights es-fetch
+
+es-up: es-fetch
+	$(PY) -m imgsearch.localnode start
+
+es-down: venv
+	$(PY) -m imgsearch.localnode stop
+
+es-status: venv
+	$(PY) -m imgsearch.localnode status
+
+index: venv
+	@test -n "$(IMAGES)" || (echo "usage: make index IMAGES=<dir> [METADATA=<file>]"; exit 2)
+	$(PY) -m indexer "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") $(INDEX_ARGS)
+
+search: venv
+	@test -n "$(IMAGE)" || (echo "usage: make search IMAGE=<file>"; exit 2)
+	$(PY) -m indexer search "$(IMAGE)" -k 10
+
+serve: venv
+	$(VENV)/bin/gunicorn --config webapp/gunicorn.conf.py "webapp:create_app()"
+
+demo: setup es-up
+	@test -n "$(IMAGES)" || (echo "usage: make demo IMAGES=<dir> [METADATA=<file>]"; exit 2)
+	$(MAKE) index IMAGES="$(IMAGES)" METADATA="$(METADATA)" INDEX_ARGS="$(INDEX_ARGS)" || test $$? -eq 3
+	$(MAKE) serve
+
+test: setup
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .

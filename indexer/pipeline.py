@@ -1,0 +1,238 @@
+"""The indexing pipeline as small generator stages.
+
+    walk -> read (hash, sniff) -> skip known -> decode (+thumbnail) -> embed (batched) -> bulk
+
+Reading and decoding run in a thread pool (Pillow releases the GIL) while the main thread runs
+inference, and bulk writes go to a writer thread, so the model is never kept waiting on disk
+or on Elasticsearch. Every file ends in exactly one outcome, counted in :class:`RunStats`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from imgsearch.images import DecodedImage, ImageError, content_hash, decode_image, sniff_format
+from imgsearch.thumbnails import ThumbnailStore
+
+# Names that promise an image: such a file that is not one is a failure worth reporting,
+# while any other non-image (a README, a CSV) is merely ignored.
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff",
+    ".heic", ".heif", ".avif", ".svg", ".ico",
+}
+
+
+@dataclass
+class Failure:
+    rel_path: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Ignored:
+    rel_path: str
+
+
+@dataclass
+class Candidate:
+    path: Path
+    rel_path: str
+    data: bytes
+    content_hash: str
+
+
+@dataclass
+class Decoded:
+    candidate: Candidate
+    image: DecodedImage
+    thumbnail_ref: str
+
+
+@dataclass
+class RunStats:
+    seen: int = 0
+    indexed: int = 0
+    already_present: int = 0
+    duplicates: int = 0  # same content as another file of this run
+    ignored: int = 0
+    deleted: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    hashes: set[str] = field(default_factory=set)  # every image content met, for --sync
+
+    @property
+    def done(self) -> int:
+        return (
+            self.indexed + self.already_present + self.duplicates + self.ignored + len(self.failed)
+        )
+
+
+def ordered_map(fn: Callable, items: Iterable, pool: Executor, window: int) -> Iterator:
+    """``map(fn, items)`` on ``pool``, in order, with at most ``window`` items in flight."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def read_file(path: Path, root: Path) -> Candidate | Failure | Ignored:
+    """Read one file, hash it, and decide from its bytes whether it is an image."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        if path.is_symlink() and not path.exists():
+            return Failure(rel, "broken_symlink", f"broken symbolic link to {os.readlink(path)}")
+        data = path.read_bytes()
+    except OSError as exc:
+        return Failure(rel, "unreadable", f"cannot read file: {exc.strerror or exc}")
+    if not data:
+        return Failure(rel, "empty", "file is empty (0 bytes)")
+    if sniff_format(data) is None:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return Failure(
+                rel, "not_an_image", "content is not a supported image (JPEG, PNG, GIF, WebP, "
+                "BMP or TIFF) whatever its name says"
+            )
+        return Ignored(rel)
+    return Candidate(path, rel, data, content_hash(data))
+
+
+def skip_known(
+    items: Iterable[Candidate | Failure | Ignored],
+    exists: Callable[[list[str]], set[str]],
+    stats: RunStats,
+    group: int = 256,
+) -> Iterator[Candidate | Failure]:
+    """Drop candidates whose content is already indexed (or met earlier in this run).
+
+    ``exists`` answers for a whole group at once, so a re-run costs one round trip per
+    ``group`` files and embeds nothing.
+    """
+
+    def flush(buffer: list[Candidate]) -> Iterator[Candidate]:
+        present = exists([c.content_hash for c in buffer])
+        for c in buffer:
+            if c.content_hash in present:
+                stats.already_present += 1
+            else:
+                yield c
+
+    buffer: list[Candidate] = []
+    for item in items:
+        if isinstance(item, Ignored):
+            stats.ignored += 1
+            continue
+        if isinstance(item, Failure):
+            yield item
+            continue
+        if item.content_hash in stats.hashes:
+            stats.duplicates += 1
+            continue
+        stats.hashes.add(item.content_hash)
+        buffer.append(item)
+        if len(buffer) >= group:
+            yield from flush(buffer)
+            buffer = []
+    if buffer:
+        yield from flush(buffer)
+
+
+def make_decoder(settings, thumbnails: ThumbnailStore) -> Callable:
+    """The per-file decode step: model input, metadata, and the thumbnail written to the store."""
+
+    def decode(item: Candidate | Failure) -> Decoded | Failure:
+        if isinstance(item, Failure):
+            return item
+        try:
+            image = decode_image(
+                item.data,
+                target=224,
+                resize_mode=settings.resize_mode,
+                thumbnail_size=settings.thumbnail_size,
+                max_pixels=settings.max_image_pixels,
+            )
+        except ImageError as exc:
+            return Failure(item.rel_path, exc.reason, str(exc))
+        ref = thumbnails.put(item.content_hash, image.thumbnail)
+        return Decoded(item, image, ref)
+
+    return decode
+
+
+def batches(
+    items: Iterable[Decoded | Failure], size: int, stats: RunStats
+) -> Iterator[list[Decoded]]:
+    """Group decoded images into batches for the model; failures are recorded on the way."""
+    batch: list[Decoded] = []
+    for item in items:
+        if isinstance(item, Failure):
+            stats.failed.append(item)
+            continue
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def embed_batches(
+    groups: Iterable[list[Decoded]], embed: Callable[[np.ndarray], np.ndarray]
+) -> Iterator[tuple[list[Decoded], np.ndarray]]:
+    for group in groups:
+        pixels = np.stack([d.image.pixels for d in group])
+        yield group, embed(pixels)
+
+
+def to_document(
+    item: Decoded,
+    vector: np.ndarray,
+    *,
+    root: Path,
+    sidecar: dict[str, dict],
+    model_version: str,
+    indexed_at: str,
+) -> dict:
+    c, img = item.candidate, item.image
+    rel = Path(c.rel_path)
+    folder = rel.parent.as_posix()
+    meta = sidecar.get(c.rel_path, {})
+    doc = {
+        "content_hash": c.content_hash,
+        "path": str(c.path.absolute()),
+        "root": str(root),
+        "rel_path": c.rel_path,
+        "file_name": rel.name,
+        "folder": folder,
+        # The parent folder is the label unless the sidecar says otherwise.
+        "label": meta.get("label") or (rel.parent.name if folder != "." else None),
+        "tags": meta.get("tags", []),
+        "extra": meta.get("extra"),
+        "width": img.width,
+        "height": img.height,
+        "format": img.format,
+        "mode": img.mode,
+        "byte_size": len(c.data),
+        "frames": img.frames,
+        "exif_datetime": img.exif_datetime,
+        "camera": img.camera,
+        "thumbnail": item.thumbnail_ref,
+        "model_version": model_version,
+        "indexed_at": indexed_at,
+        "vector": vector.astype(np.float32).tolist(),
+    }
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

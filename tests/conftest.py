@@ -1,0 +1,127 @@
+"""Shared fixtures: one real Elasticsearch node and one real model for the whole session.
+
+The node is throwaway (its own data dir under /tmp, a free port); each test that writes gets
+its own alias, so tests never see each other's documents.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imgsearch.settings import Settings
+
+DATASET_HINT = (
+    "The labelled photo sets live in {path} (setting IMGSEARCH_DATASETS_DIR). "
+    "clothing-small is the public repository alexeygrigorev/clothing-dataset-small "
+    "(CC0, commit 11961516): put its images under clothing-small/images/<split>/<label>/ "
+    "with labels.csv (path,label,split) beside them."
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def es_node():
+    """A real single-node Elasticsearch on 127.0.0.1, started once per session."""
+    from imgsearch.localnode import LocalNode
+
+    node_dir = Path(tempfile.mkdtemp(prefix="imgsearch-test-es-", dir="/tmp"))
+    os.chmod(node_dir, 0o755)  # the unprivileged ES user must reach it
+    node = LocalNode(node_dir, port=_free_port(), heap="1g")
+    node.start()
+    yield node
+    node.stop()
+    shutil.rmtree(node_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(es_node, tmp_path_factory) -> Settings:
+    return Settings.from_env(
+        es_url=es_node.url,
+        es_index="test-images",
+        thumbnail_dir=tmp_path_factory.mktemp("thumbnails"),
+    )
+
+
+@pytest.fixture(scope="session")
+def embedder(settings):
+    """The real ResNet50 with the real ImageNet weights, loaded once."""
+    from imgsearch.embedder import Embedder
+
+    embedder = Embedder(settings)
+    embedder.warm_up()
+    return embedder
+
+
+def _delete_alias_indices(store) -> None:
+    store.es.indices.delete(index=f"{store.alias}-*", ignore_unavailable=True)
+
+
+@pytest.fixture
+def store(settings):
+    """A store on a fresh alias of its own, removed afterwards."""
+    from imgsearch.store import ImageStore, connect
+
+    store = ImageStore(connect(settings), f"t-{uuid.uuid4().hex[:12]}")
+    yield store
+    _delete_alias_indices(store)
+
+
+@pytest.fixture
+def test_settings(settings, store, tmp_path) -> Settings:
+    """Settings pointing at the per-test alias and a per-test thumbnail store."""
+    return settings.with_(es_index=store.alias, thumbnail_dir=tmp_path / "thumbnails")
+
+
+@pytest.fixture(scope="session")
+def datasets_dir(settings) -> Path:
+    path = settings.datasets_dir
+    if not (path / "clothing-small" / "images").is_dir():
+        pytest.fail(DATASET_HINT.format(path=path), pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clothing_test_dir(datasets_dir) -> Path:
+    """The 372 photos of the clothing set's test split, one folder per label."""
+    return datasets_dir / "clothing-small" / "images" / "test"
+
+
+@pytest.fixture(scope="session")
+def clothing_index(settings, embedder, clothing_test_dir, tmp_path_factory):
+    """The clothing test split indexed once: ``(settings, store, report)``."""
+    from imgsearch.store import ImageStore, connect
+    from indexer.index import index_folder
+
+    local = settings.with_(
+        es_index="clothing-test", thumbnail_dir=tmp_path_factory.mktemp("clothing-thumbs")
+    )
+    store = ImageStore(connect(local), local.es_index)
+    report = index_folder(
+        clothing_test_dir, settings=local, embedder=embedder, store=store, progress=False
+    )
+    yield local, store, report
+    _delete_alias_indices(store)
+
+
+@pytest.fixture
+def photo_dir(clothing_test_dir, tmp_path) -> Path:
+    """A private folder of 10 real photos (two from each of five labels) that a test may
+    change."""
+    root = tmp_path / "photos"
+    for label in ("dress", "hat", "pants", "shoes", "t-shirt"):
+        for f in sorted((clothing_test_dir / label).glob("*.jpg"))[:2]:
+            (root / label).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, root / label / f.name)
+    return root

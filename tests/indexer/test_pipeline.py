@@ -1,0 +1,82 @@
+"""Pipeline stages on their own: walking, reading, skipping, sidecars (no model, no node)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from indexer.pipeline import Candidate, Failure, Ignored, RunStats, read_file, skip_known
+from indexer.sidecar import SidecarError, load_sidecar
+from indexer.walk import walk_files
+
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def test_walk_is_sorted_recursive_and_skips_hidden(tmp_path):
+    for rel in ("b/2.jpg", "a/1.jpg", "a/.hidden.jpg", ".git/x.jpg", "top.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    found = [p.relative_to(tmp_path).as_posix() for p in walk_files(tmp_path)]
+    assert found == ["top.png", "a/1.jpg", "b/2.jpg"]
+
+
+def test_walk_does_not_follow_directory_links(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.jpg").write_bytes(b"x")
+    os.symlink(tmp_path, tmp_path / "d" / "loop")
+    assert [p.name for p in walk_files(tmp_path)] == ["f.jpg"]
+
+
+def test_read_decides_by_content_not_by_name(tmp_path):
+    (tmp_path / "picture.dat").write_bytes(PNG_1PX)
+    (tmp_path / "fake.jpg").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello")
+    assert isinstance(read_file(tmp_path / "picture.dat", tmp_path), Candidate)
+    fake = read_file(tmp_path / "fake.jpg", tmp_path)
+    assert isinstance(fake, Failure) and fake.reason == "not_an_image"
+    assert isinstance(read_file(tmp_path / "notes.txt", tmp_path), Ignored)
+
+
+def test_skip_known_drops_indexed_and_repeated_content(tmp_path):
+    items = [Candidate(tmp_path / n, n, b"", h) for n, h in
+             (("a", "h1"), ("b", "h2"), ("c", "h1"), ("d", "h3"))]
+    items.append(Ignored("x.txt"))
+    stats = RunStats()
+    asked = []
+
+    def exists(ids):
+        asked.append(list(ids))
+        return {"h2"}
+
+    out = list(skip_known(items, exists, stats, group=2))
+    assert [c.rel_path for c in out] == ["a", "d"]
+    assert (stats.already_present, stats.duplicates, stats.ignored) == (1, 1, 1)
+    assert asked == [["h1", "h2"], ["h3"]]
+    assert stats.hashes == {"h1", "h2", "h3"}
+
+
+def test_sidecar_csv_and_jsonl(tmp_path):
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("path,label,split,tags\n./test/dress/a.jpg,dress,test,red;long\n")
+    table = load_sidecar(csv_file)
+    assert table == {"test/dress/a.jpg": {"label": "dress", "tags": ["red", "long"],
+                                          "extra": {"split": "test"}}}
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"path": "x.jpg", "label": "<b>x</b>", "tags": ["t"], "n": 3}\n\n')
+    assert load_sidecar(jsonl)["x.jpg"] == {"label": "<b>x</b>", "tags": ["t"],
+                                            "extra": {"n": 3}}
+
+
+@pytest.mark.parametrize("content,suffix,message", [
+    ("label\nx\n", ".csv", "no 'path' column"),
+    ("{not json}\n", ".jsonl", "not valid JSON"),
+])
+def test_sidecar_errors_say_where(tmp_path, content, suffix, message):
+    f = tmp_path / f"meta{suffix}"
+    f.write_text(content)
+    with pytest.raises(SidecarError, match=message):
+        load_sidecar(f)
