@@ -47,7 +47,7 @@ class Filters:
         for name, low, high in (
             ("width", self.min_width, self.max_width),
             ("height", self.min_height, self.max_height),
-            ("exif_datetime", self.date_from, self.date_to),
+            ("exif_datetime", self.date_from, _whole_day(self.date_to)),
         ):
             bounds = {op: v for op, v in (("gte", low), ("lte", high)) if v is not None}
             if bounds:
@@ -79,6 +79,11 @@ class Filters:
                 if key.startswith("extra.") and len(key) > 6 and _strings(params, key)
             },
         )
+
+
+def _whole_day(value: str | None) -> str | None:
+    """A bare date as an upper bound means the end of that day (ES date-math rounding)."""
+    return f"{value}||/d" if value and len(value) == 10 else value
 
 
 MAX_VALUES = 100
@@ -127,7 +132,7 @@ def _date(params: Mapping, name: str) -> str | None:
     value = _single(params, name)
     if value is None:
         return None
-    for parse in (datetime.fromisoformat, date.fromisoformat):
+    for parse in (date.fromisoformat, datetime.fromisoformat):
         try:
             return parse(value).isoformat()
         except ValueError:

@@ -16,7 +16,7 @@ def test_filters_from_form_become_knn_clauses():
     assert {"terms": {"format": ["JPEG"]}} in clauses
     assert {"terms": {"extra.split": ["test"]}} in clauses
     assert {"range": {"width": {"gte": 100}}} in clauses
-    assert {"range": {"exif_datetime": {"lte": "2024-05-31"}}} in clauses
+    assert {"range": {"exif_datetime": {"lte": "2024-05-31||/d"}}} in clauses
 
 
 def test_query_syntax_is_a_literal_value():
