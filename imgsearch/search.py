@@ -125,6 +125,47 @@ class SearchService:
         """Counts per label, folder and format over the whole index, and the value ranges."""
         return self.store.facets(FACET_FIELDS, size=size)
 
+    def health(self) -> dict:
+        """What ``/healthz`` reports. ``ok`` needs Elasticsearch reachable, an index behind the
+        alias and a loaded model whose version is the one the index was built with."""
+        es = self.store.health()
+        version = getattr(self.embedder, "version", None)
+        problems = []
+        if version is None:
+            problems.append("the model is not loaded")
+        if not es["reachable"]:
+            problems.append(
+                f"Elasticsearch at {self.settings.es_url} is not reachable ({es['error']})"
+            )
+        elif es["error"]:
+            problems.append(f"Elasticsearch error: {es['error']}")
+        elif es["status"] == "red":
+            problems.append("the Elasticsearch cluster is red (some data is unavailable)")
+        elif es["index"] is None:
+            problems.append(
+                f"no index behind the alias {self.store.alias!r}: index a folder with "
+                "`make index IMAGES=<dir>`"
+            )
+        elif version and es["model_version"] != version:
+            problems.append(
+                f"the index holds vectors of model {es['model_version']!r}, not {version!r}: "
+                "rebuild it with `python -m indexer <dir> --new-index`"
+            )
+        return {
+            "ok": not problems,
+            "reason": "; ".join(problems) or None,
+            "elasticsearch": {
+                "url": self.settings.es_url, "reachable": es["reachable"],
+                "status": es["status"],
+            },
+            "index": {
+                "alias": self.store.alias, "present": es["index"] is not None,
+                "name": es["index"], "documents": es["documents"],
+                "model_version": es["model_version"],
+            },
+            "model": {"loaded": version is not None, "version": version},
+        }
+
     def _knn(self, vector, k, num_candidates, filters, *, offset=0, exclude_id=None):
         raw = self.store.knn(
             vector,

@@ -251,6 +251,8 @@ class ImageStore:
                 index=self.alias,
                 id=doc_id,
                 source_excludes=None if with_vector else [VECTOR_FIELD],
+                # ES 9 leaves dense vectors out of _source unless asked for them.
+                source_exclude_vectors=False if with_vector else None,
             )
         except NotFoundError:
             return None
@@ -325,6 +327,28 @@ class ImageStore:
             },
             "ranges": ranges,
         }
+
+    def health(self, timeout: float = 5.0) -> dict:
+        """Whether Elasticsearch answers, and the index behind the alias; never raises (an
+        ``error`` says what went wrong). Short timeout, no retries: a probe must not hang."""
+        out: dict[str, Any] = {
+            "reachable": False, "status": None, "index": None, "documents": None,
+            "model_version": None, "error": None,
+        }
+        probe = ImageStore(self.es.options(request_timeout=timeout, max_retries=0), self.alias)
+        try:
+            # Cluster health rather than GET /, which minimal distributions do not serve.
+            out["status"] = probe.es.cluster.health().body["status"]
+            out["reachable"] = True
+            out["index"] = index = probe.current_index()
+            if index is not None:
+                out["documents"] = probe.count(index)
+                out["model_version"] = probe.index_model_version(index)
+        except TransportError as exc:
+            out["error"] = str(exc)
+        except (ApiError, StoreError) as exc:  # it answered, but not as hoped
+            out["reachable"], out["error"] = True, str(exc)
+        return out
 
 
 def _reason(info: dict) -> str:

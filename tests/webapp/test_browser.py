@@ -1,0 +1,175 @@
+"""End to end in headless Chromium: upload a photo, filter by label, follow "more like this".
+
+Uses Debian's chromium and chromedriver by path; Selenium Manager is never asked to fetch
+anything. Set UPDATE_SCREENSHOT=1 to refresh docs/screenshot.png from this run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from imgsearch.images import content_hash
+from imgsearch.settings import PROJECT_ROOT
+from webapp import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+VIEWPORT = (1280, 900)
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver packages (apt-get install chromium "
+    "chromium-driver)",
+)
+
+# The cards once every thumbnail has loaded and no search is in flight (else null).
+LOADED_CARDS = """
+const main = document.getElementById("search");
+if (main.classList.contains("busy")) return null;
+const cards = [...document.querySelectorAll("#results .card")];
+if (!cards.length) return null;
+const loaded = (card) => {
+  const img = card.querySelector("img");
+  return img.complete && img.naturalWidth > 0;
+};
+if (!cards.every(loaded)) return null;
+return cards.map((card) => ({id: card.dataset.id, label: card.dataset.label}));
+"""
+
+
+@pytest.fixture(scope="module")
+def server(clothing_index, embedder):
+    """The app on the indexed clothing split, served on a free local port."""
+    settings, store, _ = clothing_index
+    app = create_app(settings, embedder=embedder, store=store)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SE_OFFLINE", "true")  # belt and braces: Selenium Manager stays offline
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    # An exact viewport, whatever the headless window decorations.
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False},
+    )
+    yield driver
+    driver.quit()
+
+
+def wait_for_cards(driver, predicate=lambda cards: True, timeout=60):
+    """The loaded cards, once ``predicate(cards)`` holds."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        cards = d.execute_script(LOADED_CARDS)
+        return cards if cards and predicate(cards) else False
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(ready)
+
+
+def severe_logs(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_upload_filter_and_more_like_this(server, browser, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server}/")
+    severe_logs(browser)  # start from an empty console
+    query = photos["t-shirt"][3]
+
+    browser.find_element(By.ID, "file-input").send_keys(str(query))
+    cards = wait_for_cards(browser)
+    assert len(cards) == 24  # the default number of results
+    assert cards[0]["id"] == content_hash(query.read_bytes())  # the photo itself is indexed
+    preview = browser.find_element(By.ID, "query-preview")
+    assert preview.get_attribute("src").startswith("blob:")
+    assert browser.execute_script("return arguments[0].naturalWidth", preview) > 0
+    status = browser.find_element(By.ID, "status").text
+    assert status.startswith("24 results") and "embed" in status
+
+    # A label filter re-runs the same upload; every card must then be a pair of pants.
+    browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]').click()
+    cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs} == {"pants"})
+    assert len(cards) == 24
+    assert "label=pants" in browser.current_url
+    first_card = browser.find_element(By.CSS_SELECTOR, "#results .card")
+    assert first_card.find_element(By.CSS_SELECTOR, ".score").text.startswith("0.")
+    assert first_card.find_element(By.CSS_SELECTOR, ".label").text == "pants"
+
+    shot = tmp_path / "screenshot.png"
+    browser.save_screenshot(str(shot))
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, PROJECT_ROOT / "docs" / "screenshot.png")
+
+    # "More like this" searches with the stored vector and keeps the filter.
+    like_id = cards[0]["id"]
+    first_card.find_element(By.CSS_SELECTOR, ".more-like").click()
+    WebDriverWait(browser, 30).until(EC.url_contains(f"like={like_id}"))
+    cards = wait_for_cards(browser)
+    assert len(cards) == 24
+    assert like_id not in {c["id"] for c in cards}
+    assert {c["label"] for c in cards} == {"pants"}
+    checkbox = browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]')
+    assert checkbox.is_selected()
+    WebDriverWait(browser, 30).until(
+        EC.text_to_be_present_in_element((By.ID, "query-caption"), "More like")
+    )
+
+    # "Load more" appends the next page without repeating any card.
+    browser.find_element(By.ID, "load-more").click()
+    cards = wait_for_cards(browser, lambda cs: len(cs) > 24)
+    assert len({c["id"] for c in cards}) == len(cards) == 41  # 42 pants, less the query one
+    assert not browser.find_element(By.ID, "load-more").is_displayed()
+
+    assert severe_logs(browser) == []  # no CSP violation, no failed request, no JS error
+
+
+def test_a_bad_upload_is_explained_and_the_page_stays_usable(server, browser, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server}/")
+    not_a_photo = tmp_path / "holiday.jpg"
+    not_a_photo.write_text("these are my notes, not a photo\n")
+    browser.find_element(By.ID, "file-input").send_keys(str(not_a_photo))
+    message = browser.find_element(By.ID, "message")
+    WebDriverWait(browser, 30).until(EC.visibility_of(message))
+    assert "not an image" in message.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .card") == []
+
+    browser.find_element(By.ID, "file-input").send_keys(str(photos["hat"][0]))
+    cards = wait_for_cards(browser)
+    assert len(cards) == 24
+    assert not message.is_displayed()

@@ -1,0 +1,67 @@
+"""The web app: a search page and the JSON API it uses.
+
+``create_app()`` is the gunicorn entry point (``webapp:create_app()``); each worker process
+calls it after fork, so each loads the model once and shares it between its threads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from imgsearch.settings import Settings
+from imgsearch.thumbnails import ThumbnailStore
+
+# Images may come from the page itself, a blob: URL (the query preview) or a data: URL.
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def create_app(settings: Settings | None = None, *, embedder=None, store=None) -> Flask:
+    """Build the app; tests pass their own settings, embedder and store."""
+    from imgsearch.search import SearchService
+    from imgsearch.store import ImageStore
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    # Werkzeug answers 413 itself once a body is larger than this.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False
+    _use_gunicorn_logging(app)
+
+    if embedder is None:
+        from imgsearch.embedder import Embedder
+
+        embedder = Embedder(settings)
+        embedder.warm_up()  # trace the graph now, not on the first person's upload
+        app.logger.info("model loaded: %s", embedder.version)
+    store = store or ImageStore.from_settings(settings)
+    app.extensions["imgsearch"] = SearchService(settings, store, embedder)
+    app.extensions["imgsearch.thumbnails"] = ThumbnailStore(settings.thumbnail_dir)
+
+    from . import api, errors, pages
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    errors.register(app)
+    app.after_request(_security_headers)
+    return app
+
+
+def _security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
+def _use_gunicorn_logging(app: Flask) -> None:
+    # Under gunicorn, send the app's log records (exceptions included) to its error log.
+    gunicorn_logger = logging.getLogger("gunicorn.error")
+    if gunicorn_logger.handlers:
+        app.logger.handlers = gunicorn_logger.handlers
+        app.logger.setLevel(gunicorn_logger.level)

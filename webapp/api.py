@@ -1,0 +1,59 @@
+"""The JSON API (documented in ``webapp/openapi.yaml``); the search page uses it too."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from .common import check_id, doc_json, query_options, result_json, service
+from .errors import Problem
+
+bp = Blueprint("api", __name__)
+
+
+@bp.post("/api/search")
+def search():
+    """Nearest indexed images to an uploaded photo (multipart field ``image``)."""
+    upload = request.files.get("image")
+    if upload is None:
+        raise Problem(
+            400, "missing_image", "Send the photo as a multipart/form-data field named 'image'."
+        )
+    data = upload.read()
+    if not data:
+        raise Problem(400, "empty_upload", "The uploaded file is empty.")
+    options = query_options(request.values)
+    result = service().search_image(data, **options)
+    return jsonify(result_json(result, options["filters"]))
+
+
+@bp.get("/api/images/<doc_id>")
+def image(doc_id: str):
+    source = service().get(check_id(doc_id))
+    if source is None:
+        raise _unknown(doc_id)
+    return jsonify(doc_json(doc_id, source))
+
+
+@bp.get("/api/images/<doc_id>/similar")
+def similar(doc_id: str):
+    """"More like this": neighbours by the stored vector, the image itself left out."""
+    options = query_options(request.args)
+    result = service().similar(check_id(doc_id), **options)
+    if result is None:
+        raise _unknown(doc_id)
+    return jsonify(result_json(result, options["filters"]))
+
+
+@bp.get("/api/facets")
+def facets():
+    return jsonify(service().facets())
+
+
+@bp.get("/healthz")
+def healthz():
+    report = service().health()
+    return jsonify(report), 200 if report["ok"] else 503
+
+
+def _unknown(doc_id: str) -> Problem:
+    return Problem(404, "not_found", f"No indexed image has the id {doc_id}.")

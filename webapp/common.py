@@ -1,0 +1,106 @@
+"""What the page and API views share: the service, parameter parsing, the hit JSON shape."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+
+from flask import abort, current_app, url_for
+
+from imgsearch.filters import Filters
+from imgsearch.search import SearchResult, SearchService
+from imgsearch.thumbnails import ThumbnailStore
+
+from .errors import Problem, index_missing
+
+DOC_ID = re.compile(r"^[0-9a-f]{64}$")
+# Source fields that are not metadata: they are the hit's own top-level keys, or internal.
+NOT_METADATA = {"path", "file_name", "thumbnail", "content_hash", "vector"}
+KEY_METADATA = (
+    "label", "folder", "width", "height", "format", "byte_size", "exif_datetime", "camera",
+    "tags", "extra",
+)
+
+
+def service() -> SearchService:
+    return current_app.extensions["imgsearch"]
+
+
+def thumbnails() -> ThumbnailStore:
+    return current_app.extensions["imgsearch.thumbnails"]
+
+
+def check_id(doc_id: str) -> str:
+    """Ids are content hashes; anything else cannot name an image (so it is a plain 404)."""
+    if not DOC_ID.match(doc_id):
+        abort(404)
+    return doc_id
+
+
+def query_options(params, default_k: int = 10) -> dict:
+    """``k``, ``num_candidates``, ``offset`` and filters from form fields or query args."""
+    return {
+        "k": _int(params, "k", default_k),
+        "num_candidates": _int(params, "num_candidates", None),
+        "offset": _int(params, "offset", 0),
+        "filters": Filters.from_params(params),
+    }
+
+
+def _int(params, name: str, default):
+    value = params.get(name, "")
+    if value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise Problem(
+            400, "invalid_parameter", f"{name} must be a whole number, not {value[:40]!r}"
+        ) from None
+
+
+def doc_json(doc_id: str, source: dict, **scores) -> dict:
+    """One image as the API shows it: scores first, links, then every metadata field."""
+    metadata = {name: source.get(name) for name in KEY_METADATA}
+    metadata.update((k, v) for k, v in source.items() if k not in NOT_METADATA)
+    return {
+        "id": doc_id,
+        **scores,
+        "path": source.get("path"),
+        "file_name": source.get("file_name"),
+        "thumbnail_url": url_for("pages.thumbnail", name=f"{doc_id}.webp"),
+        "detail_url": url_for("pages.detail", doc_id=doc_id),
+        "similar_url": url_for("api.similar", doc_id=doc_id),
+        "metadata": metadata,
+    }
+
+
+def result_json(result: SearchResult, filters: Filters) -> dict:
+    if not result.hits and result.query.get("offset", 0) == 0:
+        _check_not_empty()
+    return {
+        "hits": [doc_json(h.id, h.source, score=h.score, cosine=h.cosine) for h in result.hits],
+        # The same keys for every kind of search; a similar-search neither decodes nor embeds.
+        "timings_ms": {"decode": 0.0, "embed": 0.0, **result.timings_ms},
+        "query": {**result.query, "filters": filters_json(filters)},
+    }
+
+
+def filters_json(filters: Filters) -> dict:
+    """The filters in effect, as their parameter names (only those that are set)."""
+    names = {"labels": "label", "folders": "folder", "formats": "format", "tags": "tag"}
+    out = {}
+    for f in fields(filters):
+        value = getattr(filters, f.name)
+        if f.name == "extra":
+            out.update((f"extra.{k}", list(v)) for k, v in value.items())
+        elif value not in (None, ()):
+            out[names.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _check_not_empty() -> None:
+    # No hits at all usually means nothing is indexed yet: say how to fix that.
+    store = service().store
+    if store.count() == 0:
+        raise index_missing(store.alias)

@@ -1,0 +1,147 @@
+"""Every failure becomes a clear answer: JSON ``{"error": {"code", "message"}}`` for the API,
+an HTML page for people, and never a stack trace (exceptions go to the server log)."""
+
+from __future__ import annotations
+
+from elasticsearch import ApiError, TransportError
+from flask import current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from imgsearch.filters import FilterError
+from imgsearch.images import ImageError
+from imgsearch.search import QueryError
+from imgsearch.store import StoreError
+
+HOW_TO_INDEX = "make index IMAGES=<dir>"
+
+
+class Problem(Exception):
+    """An answer other than success, with a stable machine-readable ``code``."""
+
+    def __init__(self, status: int, code: str, message: str, **details):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def index_missing(alias: str) -> Problem:
+    return Problem(
+        503,
+        "index_empty",
+        f"No images are indexed under {alias!r} yet. Index a folder with "
+        f"`{HOW_TO_INDEX}` (or `python -m indexer <dir>`), then try again.",
+    )
+
+
+def es_unavailable(url: str) -> Problem:
+    return Problem(
+        503,
+        "elasticsearch_unavailable",
+        f"The search engine (Elasticsearch at {url}) is not reachable right now. "
+        "Start it with `make es-up`, then try again; /healthz says what is wrong.",
+    )
+
+
+def wants_json() -> bool:
+    return request.blueprint == "api" or request.path.startswith("/api/")
+
+
+def respond(problem: Problem):
+    if wants_json():
+        body = {"error": {"code": problem.code, "message": problem.message, **problem.details}}
+        return jsonify(body), problem.status
+    html = render_template("error.html", problem=problem)
+    return html, problem.status
+
+
+def _settings():
+    return current_app.extensions["imgsearch"].settings
+
+
+def _on_problem(exc: Problem):
+    return respond(exc)
+
+
+def _on_bad_input(exc: Exception):
+    if isinstance(exc, ImageError):
+        # ``reason`` (e.g. "corrupt", "too_many_pixels") lets a client tell the cases apart.
+        message = f"The upload is not an image we can use: {exc}."
+        return respond(Problem(400, "invalid_image", message, reason=exc.reason))
+    code = "invalid_filter" if isinstance(exc, FilterError) else "invalid_parameter"
+    return respond(Problem(400, code, str(exc)))
+
+
+def _on_http(exc: HTTPException):
+    status = exc.code or 500
+    if status == 404:
+        message = "There is nothing at this address."
+    elif status == 405:
+        message = f"{request.method} is not allowed here."
+    elif status == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        message = (
+            f"The upload is too large: the limit is {human_size(limit)} ({limit} bytes). "
+            "Choose a smaller image."
+        )
+    else:
+        message = exc.description or exc.name
+    code = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}.get(
+        status, exc.name.lower().replace(" ", "_")
+    )
+    response = respond(Problem(status, code, message))
+    if status == 405 and exc.valid_methods:
+        return (*response, {"Allow": ", ".join(exc.valid_methods)})
+    return response
+
+
+def _on_api_error(exc: ApiError):
+    if exc.error == "index_not_found_exception":
+        return respond(index_missing(_settings().es_index))
+    current_app.logger.error("Elasticsearch refused a request: %s", exc)
+    return respond(
+        Problem(
+            503,
+            "elasticsearch_error",
+            f"The search engine answered with an error (status {exc.status_code}). "
+            "Please try again; the server log has the details.",
+        )
+    )
+
+
+def _on_transport_error(exc: TransportError):
+    current_app.logger.warning("Elasticsearch unreachable: %s", exc)
+    return respond(es_unavailable(_settings().es_url))
+
+
+def _on_store_error(exc: StoreError):
+    current_app.logger.error("index problem: %s", exc)
+    return respond(Problem(503, "index_problem", str(exc)))
+
+
+def _on_unexpected(exc: Exception):
+    if isinstance(exc, HTTPException):
+        return _on_http(exc)
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return respond(
+        Problem(500, "internal_error", "Something went wrong on our side; it has been logged.")
+    )
+
+
+def register(app) -> None:
+    app.register_error_handler(Problem, _on_problem)
+    for cls in (ImageError, FilterError, QueryError):
+        app.register_error_handler(cls, _on_bad_input)
+    app.register_error_handler(HTTPException, _on_http)
+    app.register_error_handler(ApiError, _on_api_error)
+    app.register_error_handler(TransportError, _on_transport_error)
+    app.register_error_handler(StoreError, _on_store_error)
+    app.register_error_handler(Exception, _on_unexpected)
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
