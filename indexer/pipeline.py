@@ -10,6 +10,7 @@ or on Elasticsearch. Every file ends in exactly one outcome, counted in :class:`
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -92,6 +93,9 @@ def read_file(path: Path, root: Path) -> Candidate | Failure | Ignored:
     try:
         if path.is_symlink() and not path.exists():
             return Failure(rel, "broken_symlink", f"broken symbolic link to {os.readlink(path)}")
+        # A FIFO or a device would block or never end; only regular files are read.
+        if not stat.S_ISREG(path.stat().st_mode):
+            return Failure(rel, "unreadable", "not a regular file (a pipe, socket or device)")
         data = path.read_bytes()
     except OSError as exc:
         return Failure(rel, "unreadable", f"cannot read file: {exc.strerror or exc}")
