@@ -10,7 +10,8 @@ INDEX_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint clean-demo
+.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
+        bench-quality bench-indexing bench-resize bench-api
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
@@ -21,6 +22,7 @@ help:
 	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
+	@echo "make bench-quality | bench-indexing | bench-resize | bench-api   (docs/BENCHMARKS.md)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -68,3 +70,19 @@ test: setup
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# Benchmarks: each prints what docs/BENCHMARKS.md records. They need `make es-up` (all but
+# bench-resize) and, for bench-api, `make serve` running.
+DATASET ?= $(or $(IMGSEARCH_DATASETS_DIR),../shared/datasets)/clothing-small
+
+bench-quality: venv
+	$(PY) -m bench.quality --dataset $(DATASET) --split test
+
+bench-indexing: venv
+	$(PY) -m bench.indexing --images $(DATASET)/images/test
+
+bench-resize: venv
+	$(PY) -m bench.resize_modes --dataset $(DATASET) --split test
+
+bench-api: venv
+	$(PY) bench/api_latency.py --url http://127.0.0.1:8000 $(DATASET)/images/test -n 200 -k 10

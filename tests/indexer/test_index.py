@@ -167,10 +167,10 @@ def _jpeg_bytes(size=(64, 48), color=(200, 30, 30)) -> bytes:
 
 @pytest.fixture
 def bad_dir(photo_dir) -> Path:
+    real = sorted((photo_dir / "dress").glob("*.jpg"))[0].read_bytes()
     bad = photo_dir / "bad"
     bad.mkdir()
     (bad / "empty.jpg").write_bytes(b"")
-    real = sorted(photo_dir.rglob("*.jpg"))[0].read_bytes()
     (bad / "truncated.jpg").write_bytes(real[: len(real) // 2])
     (bad / "text.jpg").write_text("this is not a picture\n")
     (bad / "tiny.png").write_bytes(_png(Image.new("RGB", (1, 1), "white")))

