@@ -92,7 +92,8 @@ def index_folder(
     progress: bool = True,
 ) -> IndexReport:
     """Index every image below ``root``; safe to re-run, and to run again after a crash."""
-    root = root.resolve()
+    # Normalised but not resolved: documents keep the path the user knows, links included.
+    root = Path(os.path.abspath(root))
     started = time.perf_counter()
     if new_index:
         index = store.create_index(embedder.version, settings)

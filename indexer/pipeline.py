@@ -213,7 +213,7 @@ def to_document(
     meta = sidecar.get(c.rel_path, {})
     doc = {
         "content_hash": c.content_hash,
-        "path": str(c.path.absolute()),
+        "path": str(c.path),
         "root": str(root),
         "rel_path": c.rel_path,
         "file_name": rel.name,
