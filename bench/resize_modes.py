@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.quality import average_precision
 from imgsearch.embedder import Embedder
 from imgsearch.images import decode_image
 from imgsearch.settings import RESIZE_MODES, Settings
@@ -46,10 +47,9 @@ def retrieval_at_10(vectors: np.ndarray, labels: np.ndarray) -> tuple[float, flo
     np.fill_diagonal(sims, -np.inf)
     top = np.argsort(-sims, axis=1)[:, :10]
     rel = labels[top] == labels[:, None]
-    precision = rel.mean(axis=1)
-    cum = np.cumsum(rel, axis=1) / np.arange(1, 11)
-    ap = (cum * rel).sum(axis=1) / np.maximum(rel.sum(axis=1), 1)
-    return float(precision.mean()), float(ap.mean())
+    totals = {label: int((labels == label).sum()) - 1 for label in set(labels)}
+    ap = [average_precision(rel[i], min(10, totals[label])) for i, label in enumerate(labels)]
+    return float(rel.mean()), float(np.mean(ap))
 
 
 def main() -> None:

@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # One line per HTTP request would drown the progress bar; failures still show as warnings.
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
     if not args.folder.is_dir():
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return EXIT_USAGE
