@@ -78,13 +78,64 @@ class BulkResult:
 class ImageStore:
     """All reads and writes of the image index go through here."""
 
-    def __init__(self, es: Elasticsearch, alias: str):
+    def __init__(
+        self,
+        es: Elasticsearch,
+        alias: str,
+        *,
+        retries: int = 6,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+    ):
         self.es = es
         self.alias = alias
+        # Retry policy of the indexer's writes and existence checks (settings.bulk_*).
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageStore:
-        return cls(connect(settings), settings.es_index)
+        return cls(
+            connect(settings),
+            settings.es_index,
+            retries=settings.bulk_retries,
+            backoff=settings.bulk_backoff,
+            max_backoff=settings.bulk_max_backoff,
+        )
+
+    def _retrying(
+        self,
+        what: str,
+        call,
+        *,
+        max_retries: int | None = None,
+        initial_backoff: float | None = None,
+        max_backoff: float | None = None,
+    ):
+        """``call()``, retried with exponential backoff when the request as a whole fails
+        (node unreachable, timeout, 429/5xx); finally a StoreError that says what to do."""
+        retries = self.retries if max_retries is None else max_retries
+        delay = self.backoff if initial_backoff is None else initial_backoff
+        cap = self.max_backoff if max_backoff is None else max_backoff
+        for attempt in range(retries + 1):
+            try:
+                return call()
+            except (TransportError, ApiError) as exc:
+                status = getattr(exc, "status_code", None) or getattr(
+                    getattr(exc, "meta", None), "status", None
+                )
+                retryable = not isinstance(exc, ApiError) or status in RETRY_STATUSES
+                if not retryable or attempt == retries:
+                    raise StoreError(
+                        f"Elasticsearch {what} failed after {attempt + 1} attempt(s): {exc}. "
+                        "Check that Elasticsearch is up (`make es-status`), then run the same "
+                        "command again: nothing already stored is embedded twice."
+                    ) from exc
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, cap)
+        raise AssertionError("unreachable")
 
     # -- index lifecycle ------------------------------------------------------------------
 
@@ -153,8 +204,9 @@ class ImageStore:
                 "--new-index` (the old index stays searchable until the new one is complete)."
             )
 
-    def refresh(self) -> None:
-        self.es.indices.refresh(index=self.alias)
+    def refresh(self, index: str | None = None) -> None:
+        """Make every write so far visible to searches."""
+        self.es.indices.refresh(index=index or self.alias)
 
     def count(self, index: str | None = None) -> int:
         return int(self.es.count(index=index or self.alias).body["count"])
@@ -166,7 +218,10 @@ class ImageStore:
         ids = list(ids)
         if not ids:
             return set()
-        resp = self.es.mget(index=index or self.alias, ids=ids, source=False)
+        resp = self._retrying(
+            "existence check",
+            lambda: self.es.mget(index=index or self.alias, ids=ids, source=False),
+        )
         return {d["_id"] for d in resp.body["docs"] if d.get("found")}
 
     def bulk_index(
@@ -174,55 +229,50 @@ class ImageStore:
         docs: Iterable[dict],
         index: str | None = None,
         *,
-        max_retries: int = 6,
-        initial_backoff: float = 1.0,
-        max_backoff: float = 30.0,
+        max_retries: int | None = None,
+        initial_backoff: float | None = None,
+        max_backoff: float | None = None,
     ) -> BulkResult:
         """Write documents (each with ``content_hash``) with one bulk request.
 
         Item-level 429s are retried by the helper; whole-request failures (node down, 5xx)
-        are retried here with exponential backoff and finally re-raised as StoreError.
+        are retried here with exponential backoff (the store's policy unless given) and
+        finally re-raised as StoreError. Documents are keyed by content hash, so a retried
+        request can never duplicate a document.
         """
         target = index or self.alias
         actions = [
             {"_op_type": "index", "_index": target, "_id": d["content_hash"], "_source": d}
             for d in docs
         ]
-        result = BulkResult()
         if not actions:
+            return BulkResult()
+        item_retries = self.retries if max_retries is None else max_retries
+        item_backoff = self.backoff if initial_backoff is None else initial_backoff
+        item_cap = self.max_backoff if max_backoff is None else max_backoff
+
+        def attempt() -> BulkResult:
+            result = BulkResult()
+            for ok, item in helpers.streaming_bulk(
+                self.es,
+                actions,
+                chunk_size=len(actions),
+                max_retries=item_retries,
+                initial_backoff=max(item_backoff, 0.1),
+                max_backoff=max(item_cap, 0.1),
+                raise_on_error=False,
+            ):
+                info = item.get("index", {})
+                if ok:
+                    result.indexed += 1
+                else:
+                    result.failed.append((info.get("_id", "?"), _reason(info)))
             return result
-        delay = initial_backoff
-        for attempt in range(max_retries + 1):
-            try:
-                for ok, item in helpers.streaming_bulk(
-                    self.es,
-                    actions,
-                    chunk_size=len(actions),
-                    max_retries=max_retries,
-                    initial_backoff=initial_backoff,
-                    max_backoff=max_backoff,
-                    raise_on_error=False,
-                ):
-                    info = item.get("index", {})
-                    if ok:
-                        result.indexed += 1
-                    else:
-                        result.failed.append((info.get("_id", "?"), _reason(info)))
-                return result
-            except (TransportError, ApiError) as exc:
-                status = getattr(exc, "status_code", None) or getattr(
-                    getattr(exc, "meta", None), "status", None
-                )
-                retryable = not isinstance(exc, ApiError) or status in RETRY_STATUSES
-                if not retryable or attempt == max_retries:
-                    raise StoreError(
-                        f"Elasticsearch bulk write failed after {attempt + 1} attempt(s): {exc}"
-                    ) from exc
-                log.warning("bulk write failed (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, max_backoff)
-                result = BulkResult()
-        return result
+
+        return self._retrying(
+            "bulk write", attempt, max_retries=max_retries, initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+        )
 
     def ids_under_root(self, root: str, index: str | None = None) -> Iterator[str]:
         """Ids of every document indexed from ``root`` (a scan; cheap, no sources)."""

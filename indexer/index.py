@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +110,19 @@ def index_folder(
     indexed_at = now_iso()
     bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
 
+    # Once a write has given up, the requests still queued give up at once instead of each
+    # waiting out its own retry window: the run is over, and a re-run finishes it.
+    gave_up = threading.Event()
+
+    def write(docs: list[dict]):
+        if gave_up.is_set():
+            raise StoreError("an earlier bulk write failed; this one was not attempted")
+        try:
+            return store.bulk_index(docs, index)
+        except Exception:
+            gave_up.set()
+            raise
+
     def collect(future, group) -> None:
         result = future.result()
         stats.indexed += result.indexed
@@ -132,7 +147,7 @@ def index_folder(
                     )
                     for d, v in zip(group, vectors, strict=True)
                 ]
-                pending.append((bulk.submit(store.bulk_index, docs, index), group))
+                pending.append((bulk.submit(write, docs), group))
                 # Two requests in flight keep ES busy without holding many vectors in memory.
                 while len(pending) > 2:
                     collect(*pending.popleft())
@@ -142,7 +157,7 @@ def index_folder(
                 collect(*pending.popleft())
             bar.update(stats.done - bar.n)
         if sync:
-            store.es.indices.refresh(index=index)
+            store.refresh(index)
             stale = set(store.ids_under_root(str(root), index)) - stats.hashes
             stats.deleted = store.delete_ids(stale, index) if stale else 0
         if new_index:
@@ -152,10 +167,18 @@ def index_folder(
                     "alias %s now points at %s; the previous index %s is kept "
                     "(delete it when you no longer need it)", store.alias, index, previous,
                 )
-        store.es.indices.refresh(index=index)
+        store.refresh(index)
     except StoreError as exc:
+        gave_up.set()
         report.aborted = str(exc)
+    except TransportError as exc:  # a request outside the retried ones (refresh, sync)
+        gave_up.set()
+        report.aborted = (
+            f"Elasticsearch became unreachable ({exc}); start it again and re-run the same "
+            "command (nothing already stored is embedded twice)"
+        )
     except KeyboardInterrupt:
+        gave_up.set()
         report.aborted = "interrupted; run the same command again to finish (no work is lost)"
     finally:
         bar.close()
@@ -208,8 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops, prints its summary and exits 1."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # One line per HTTP request would drown the progress bar; failures still show as warnings.
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)
@@ -244,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ABORTED
     except ApiError as exc:
         print(f"error: Elasticsearch refused the request: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    except KeyboardInterrupt:  # before the run began (loading the model, checking the index)
+        print("interrupted before indexing began; nothing was written", file=sys.stderr)
         return EXIT_ABORTED
     print(format_summary(report), file=sys.stderr)
     if args.report:
