@@ -1,0 +1,84 @@
+"""Embedding throughput, side by side, on the same photos:
+
+1. naive: what reference demos do, one ``model.predict`` per image with decoding in the same
+   thread (Keras' image loader path: PIL open, resize, ``preprocess_input``);
+2. pipeline: the indexer's read -> decode (thread pool) -> batched compiled embed stages,
+   without Elasticsearch;
+3. ceiling: the compiled batched forward pass on tensors decoded beforehand.
+
+    python -m bench.embedding --images ../shared/datasets/clothing-small/images/test [-n 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgsearch.embedder import Embedder
+from imgsearch.images import decode_image
+from imgsearch.settings import Settings
+from imgsearch.thumbnails import ThumbnailStore
+from indexer.pipeline import RunStats, batches, embed_batches, make_decoder, ordered_map, read_file
+
+
+def naive(embedder: Embedder, paths: list[Path]) -> float:
+    from keras.applications.resnet50 import preprocess_input
+
+    started = time.perf_counter()
+    for p in paths:
+        img = Image.open(p).convert("RGB").resize((224, 224))
+        x = preprocess_input(np.asarray(img, np.float32)[None])
+        embedder.model.predict(x, verbose=0)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def pipeline(embedder: Embedder, settings: Settings, paths: list[Path], root: Path) -> float:
+    decode = make_decoder(settings, ThumbnailStore(settings.thumbnail_dir))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(3) as pool:
+        read = ordered_map(lambda p: read_file(p, root), paths, pool, 64)
+        decoded = ordered_map(decode, read, pool, 64)
+        count = sum(len(group) for group, _ in embed_batches(
+            batches(decoded, settings.batch_size, RunStats()), embedder.embed))
+    return count / (time.perf_counter() - started)
+
+
+def ceiling(embedder: Embedder, paths: list[Path], batch: int) -> float:
+    pixels = np.stack([decode_image(p.read_bytes(), thumbnail_size=0).pixels for p in paths])
+    embedder.embed(pixels[:batch])
+    started = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        embedder.embed(pixels[i : i + batch])
+    return len(pixels) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("-n", type=int, default=128, help="photos per method")
+    args = p.parse_args()
+    paths = sorted(args.images.rglob("*.jpg"))[: args.n]
+    with tempfile.TemporaryDirectory() as thumbs:
+        settings = Settings.from_env(thumbnail_dir=Path(thumbs))
+        embedder = Embedder(settings)
+        embedder.warm_up()
+        rates = {
+            "naive (predict per image)": naive(embedder, paths[:32]),
+            "indexer pipeline (no ES)": pipeline(embedder, settings, paths, args.images),
+            "compiled forward (ceiling)": ceiling(embedder, paths, settings.batch_size),
+        }
+    top = rates["compiled forward (ceiling)"]
+    base = rates["naive (predict per image)"]
+    for name, rate in rates.items():
+        print(f"{name:28s} {rate:6.1f} images/s  {rate / top:5.0%} of ceiling  "
+              f"{rate / base:4.1f}x naive")
+
+
+if __name__ == "__main__":
+    main()
