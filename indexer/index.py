@@ -130,12 +130,20 @@ def index_folder(
         for doc_id, reason in result.failed:
             stats.failed.append(Failure(by_id.get(doc_id, doc_id), "rejected", reason))
 
+    def collect_finished() -> None:
+        # After an abort, the writes that still succeeded count too, so that the summary
+        # says what is really stored.
+        while pending:
+            future, group = pending.popleft()
+            if future.done() and not future.cancelled() and future.exception() is None:
+                collect(future, group)
+
+    pending: deque = deque()
     try:
         with ThreadPoolExecutor(workers, "decode") as pool, ThreadPoolExecutor(1, "bulk") as bulk:
             read = ordered_map(partial(read_file, root=root), paths, pool, window)
             fresh = skip_known(read, partial(store.existing_ids, index=index), stats)
             decoded = ordered_map(make_decoder(settings, thumbnails), fresh, pool, window)
-            pending: deque = deque()
             for group, vectors in embed_batches(
                 batches(decoded, settings.batch_size, stats), embedder.embed
             ):
@@ -170,15 +178,18 @@ def index_folder(
         store.refresh(index)
     except StoreError as exc:
         gave_up.set()
+        collect_finished()
         report.aborted = str(exc)
     except TransportError as exc:  # a request outside the retried ones (refresh, sync)
         gave_up.set()
+        collect_finished()
         report.aborted = (
             f"Elasticsearch became unreachable ({exc}); start it again and re-run the same "
             "command (nothing already stored is embedded twice)"
         )
     except KeyboardInterrupt:
         gave_up.set()
+        collect_finished()
         report.aborted = "interrupted; run the same command again to finish (no work is lost)"
     finally:
         bar.close()

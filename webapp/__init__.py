@@ -47,8 +47,34 @@ def create_app(settings: Settings | None = None, *, embedder=None, store=None) -
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     errors.register(app)
+    app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)
     return app
+
+
+def _refuse_cross_site_posts():
+    """No endpoint changes anything and there are no cookies or sessions, so CSRF cannot
+    do harm here; still, no other site's page may make a visitor's browser post uploads to
+    this server (it would only spend its CPU). Browsers say where a request comes from in
+    ``Sec-Fetch-Site`` and ``Origin``; clients that send neither (curl, scripts) are served."""
+    from flask import request
+
+    from .errors import Problem, respond
+
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    cross = site is not None and site not in ("same-origin", "none")
+    if not cross and site is None and origin is not None:
+        cross = origin.rstrip("/") != request.host_url.rstrip("/")
+    if cross:
+        return respond(Problem(
+            403, "cross_site_request",
+            "This server only accepts uploads from its own pages (or from clients that are "
+            "not browsers).",
+        ))
+    return None
 
 
 def _security_headers(response):

@@ -13,11 +13,16 @@ bp = Blueprint("api", __name__)
 @bp.post("/api/search")
 def search():
     """Nearest indexed images to an uploaded photo (multipart field ``image``)."""
-    upload = request.files.get("image")
-    if upload is None:
+    uploads = request.files.getlist("image")
+    if not uploads:
         raise Problem(
             400, "missing_image", "Send the photo as a multipart/form-data field named 'image'."
         )
+    if len(uploads) > 1 or len(request.files) > 1:
+        raise Problem(
+            400, "too_many_files", "Send exactly one file, in the field named 'image'."
+        )
+    upload = uploads[0]
     data = upload.read()
     if not data:
         raise Problem(400, "empty_upload", "The uploaded file is empty.")

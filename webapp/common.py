@@ -37,8 +37,31 @@ def check_id(doc_id: str) -> str:
     return doc_id
 
 
+# Every parameter the search endpoints understand; anything else is a typo or a client
+# guessing at features, and is refused (400) rather than silently ignored.
+QUERY_PARAMS = frozenset({
+    "k", "num_candidates", "offset", "label", "folder", "format", "tag", "min_width",
+    "max_width", "min_height", "max_height", "date_from", "date_to",
+})
+
+
+def check_params(params) -> None:
+    unknown = sorted(
+        name for name in params
+        if name not in QUERY_PARAMS and not (name.startswith("extra.") and len(name) > 6)
+    )
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:5])
+        raise Problem(
+            400, "unknown_parameter",
+            f"Unknown parameter(s): {shown}. Known: {', '.join(sorted(QUERY_PARAMS))} "
+            "and extra.<column>.",
+        )
+
+
 def query_options(params, default_k: int = 10) -> dict:
     """``k``, ``num_candidates``, ``offset`` and filters from form fields or query args."""
+    check_params(params)
     return {
         "k": _int(params, "k", default_k),
         "num_candidates": _int(params, "num_candidates", None),

@@ -1,0 +1,77 @@
+"""Fixtures for fault, load and hostile-input tests.
+
+``fault_node`` is a second throwaway Elasticsearch node that tests may stop and start (the
+session's ``es_node`` must stay up for everyone else). The app fixtures mirror
+``tests/webapp/conftest.py``: every response is checked for a leaked stack trace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from webapp import create_app
+
+
+class CheckedClient(FlaskClient):
+    """A test client that fails any response showing a stack trace."""
+
+    def open(self, *args, **kwargs):
+        response = super().open(*args, **kwargs)
+        assert b"Traceback" not in response.get_data(), response.get_data(as_text=True)
+        return response
+
+
+def build_app(settings, embedder, store=None):
+    app = create_app(settings, embedder=embedder, store=store)
+    app.config.update(TESTING=True)
+    app.test_client_class = CheckedClient
+    return app
+
+
+@pytest.fixture(scope="session")
+def fault_node():
+    """A node of its own that a test may stop and start again (its data dir persists)."""
+    from imgsearch.localnode import LocalNode, free_port
+
+    node_dir = Path(tempfile.mkdtemp(prefix="imgsearch-fault-es-", dir="/tmp"))
+    node_dir.chmod(0o755)  # the unprivileged ES user must reach it
+    node = LocalNode(node_dir, port=free_port(), heap="512m")
+    node.start()
+    yield node
+    node.stop()
+    shutil.rmtree(node_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def forty_photos(clothing_test_dir, tmp_path) -> Path:
+    """A private folder of 40 real photos, four from each of the ten labels."""
+    root = tmp_path / "forty"
+    for label in sorted(p for p in clothing_test_dir.iterdir() if p.is_dir()):
+        (root / label.name).mkdir(parents=True)
+        for f in sorted(label.glob("*.jpg"))[:4]:
+            shutil.copyfile(f, root / label.name / f.name)
+    assert len(list(root.rglob("*.jpg"))) == 40
+    return root
+
+
+@pytest.fixture
+def app(clothing_index, embedder):
+    """The app on the session's indexed clothing test split (372 photos)."""
+    settings, store, _ = clothing_index
+    return build_app(settings, embedder, store)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def all_ids(store) -> set[str]:
+    store.refresh()
+    hits = store.es.search(index=store.alias, size=10_000, source=False).body["hits"]["hits"]
+    return {h["_id"] for h in hits}
