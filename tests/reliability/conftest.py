@@ -2,7 +2,8 @@
 
 ``fault_node`` is a second throwaway Elasticsearch node that tests may stop and start (the
 session's ``es_node`` must stay up for everyone else). The app fixtures mirror
-``tests/webapp/conftest.py``: every response is checked for a leaked stack trace.
+``tests/webapp/conftest.py`` (``tests/support.py``): every response is checked for a leaked
+stack trace.
 """
 
 from __future__ import annotations
@@ -12,25 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from flask.testing import FlaskClient
 
-from webapp import create_app
-
-
-class CheckedClient(FlaskClient):
-    """A test client that fails any response showing a stack trace."""
-
-    def open(self, *args, **kwargs):
-        response = super().open(*args, **kwargs)
-        assert b"Traceback" not in response.get_data(), response.get_data(as_text=True)
-        return response
-
-
-def build_app(settings, embedder, store=None):
-    app = create_app(settings, embedder=embedder, store=store)
-    app.config.update(TESTING=True)
-    app.test_client_class = CheckedClient
-    return app
+from tests.support import build_app
 
 
 @pytest.fixture(scope="session")

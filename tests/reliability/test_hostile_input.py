@@ -20,8 +20,7 @@ from PIL import Image
 from imgsearch.images import content_hash
 from indexer.index import EXIT_PARTIAL, index_folder
 from indexer.sidecar import load_sidecar
-
-from .conftest import build_app
+from tests.support import build_app
 
 PROJECT = Path(__file__).resolve().parents[2]
 HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy")

@@ -7,8 +7,7 @@ import uuid
 
 from imgsearch.store import ImageStore
 from indexer.index import index_folder
-
-from .conftest import build_app
+from tests.support import build_app
 
 
 def test_elasticsearch_restart_while_serving(

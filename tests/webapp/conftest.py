@@ -9,26 +9,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from flask.testing import FlaskClient
 
 from imgsearch.images import content_hash
-from webapp import create_app
-
-
-class CheckedClient(FlaskClient):
-    """A test client that fails any response showing a stack trace."""
-
-    def open(self, *args, **kwargs):
-        response = super().open(*args, **kwargs)
-        assert b"Traceback" not in response.get_data(), response.get_data(as_text=True)
-        return response
-
-
-def _build(settings, embedder, store=None):
-    app = create_app(settings, embedder=embedder, store=store)
-    app.config.update(TESTING=True)
-    app.test_client_class = CheckedClient
-    return app
+from tests.support import build_app as _build
 
 
 @pytest.fixture
