@@ -11,7 +11,7 @@ INDEX_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        bench-quality bench-indexing bench-resize bench-api bench-embedding
+        bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
@@ -86,6 +86,9 @@ bench-resize: venv
 
 bench-embedding: venv
 	$(PY) -m bench.embedding --images $(DATASET)/images/test
+
+bench-bf16: venv
+	$(PY) -m bench.bf16 --images $(DATASET)/images/test
 
 bench-api: venv
 	$(PY) bench/api_latency.py --url http://127.0.0.1:8000 $(DATASET)/images/test -n 200 -k 10
