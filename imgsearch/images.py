@@ -146,14 +146,16 @@ def decode_image(
 
 def read_image_file(path: Path, **decode_kwargs) -> tuple[bytes, DecodedImage]:
     """Read a file's bytes and decode them; both come back so the caller can hash the bytes."""
-    data = _read_bytes(Path(path))
+    data = read_bytes(Path(path))
     return data, decode_image(data, **decode_kwargs)
 
 
 # --- reading and opening ---------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
+    """A regular file's bytes; ImageError for a broken link, a directory, a pipe or device,
+    an unreadable file or an empty one."""
     try:
         st = path.stat()
     except OSError as exc:

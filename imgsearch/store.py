@@ -7,7 +7,6 @@ vectors, so a vector from another model can never be mixed in by accident.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -24,7 +23,6 @@ log = logging.getLogger(__name__)
 
 MAPPING_FILE = PROJECT_ROOT / "es_mappings" / "images.json"
 VECTOR_FIELD = "vector"
-DIMS = 2048
 # Statuses worth retrying: overload and the gateway/availability family.
 RETRY_STATUSES = (429, 502, 503, 504)
 
@@ -58,7 +56,6 @@ def index_body(
     """The create-index body: ``es_mappings/images.json`` with the vector options filled in."""
     raw = json.loads(MAPPING_FILE.read_text())
     body = {k: v for k, v in raw.items() if not k.startswith("_")}
-    body = copy.deepcopy(body)
     mappings = body["mappings"]
     mappings["_meta"] = {"model_version": model_version, "created_by": "imgsearch"}
     mappings["properties"][VECTOR_FIELD]["index_options"] = {

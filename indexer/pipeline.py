@@ -9,8 +9,6 @@ or on Elasticsearch. Every file ends in exactly one outcome, counted in :class:`
 
 from __future__ import annotations
 
-import os
-import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -20,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.images import DecodedImage, ImageError, content_hash, decode_image, sniff_format
+from imgsearch.images import (
+    DecodedImage,
+    ImageError,
+    content_hash,
+    decode_image,
+    read_bytes,
+    sniff_format,
+)
 from imgsearch.thumbnails import ThumbnailStore
 
 # Names that promise an image: such a file that is not one is a failure worth reporting,
@@ -91,16 +96,9 @@ def read_file(path: Path, root: Path) -> Candidate | Failure | Ignored:
     """Read one file, hash it, and decide from its bytes whether it is an image."""
     rel = path.relative_to(root).as_posix()
     try:
-        if path.is_symlink() and not path.exists():
-            return Failure(rel, "broken_symlink", f"broken symbolic link to {os.readlink(path)}")
-        # A FIFO or a device would block or never end; only regular files are read.
-        if not stat.S_ISREG(path.stat().st_mode):
-            return Failure(rel, "unreadable", "not a regular file (a pipe, socket or device)")
-        data = path.read_bytes()
-    except OSError as exc:
-        return Failure(rel, "unreadable", f"cannot read file: {exc.strerror or exc}")
-    if not data:
-        return Failure(rel, "empty", "file is empty (0 bytes)")
+        data = read_bytes(path)
+    except ImageError as exc:
+        return Failure(rel, exc.reason, str(exc))
     if sniff_format(data) is None:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return Failure(

@@ -116,6 +116,21 @@ def clothing_index(settings, embedder, clothing_test_dir, tmp_path_factory):
 
 
 @pytest.fixture
+def app(clothing_index, embedder):
+    """The web app on the indexed clothing test split (372 photos); its test clients fail
+    any response that shows a stack trace."""
+    from tests.support import build_app
+
+    settings, store, _ = clothing_index
+    return build_app(settings, embedder, store)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
 def photo_dir(clothing_test_dir, tmp_path) -> Path:
     """A private folder of 10 real photos (two from each of five labels) that a test may
     change."""

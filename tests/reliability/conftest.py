@@ -1,9 +1,8 @@
 """Fixtures for fault, load and hostile-input tests.
 
 ``fault_node`` is a second throwaway Elasticsearch node that tests may stop and start (the
-session's ``es_node`` must stay up for everyone else). The app fixtures mirror
-``tests/webapp/conftest.py`` (``tests/support.py``): every response is checked for a leaked
-stack trace.
+session's ``es_node`` must stay up for everyone else). The ``app``/``client``
+fixtures come from tests/conftest.py: every response is checked for a leaked stack trace.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from tests.support import build_app
 
 
 @pytest.fixture(scope="session")
@@ -41,18 +38,6 @@ def forty_photos(clothing_test_dir, tmp_path) -> Path:
             shutil.copyfile(f, root / label.name / f.name)
     assert len(list(root.rglob("*.jpg"))) == 40
     return root
-
-
-@pytest.fixture
-def app(clothing_index, embedder):
-    """The app on the session's indexed clothing test split (372 photos)."""
-    settings, store, _ = clothing_index
-    return build_app(settings, embedder, store)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def all_ids(store) -> set[str]:

@@ -1,4 +1,5 @@
-"""App and client fixtures for the web app, on the session's real node, index and model.
+"""Fixtures for web app tests beyond ``app``/``client`` (tests/conftest.py): apps on other
+settings, on the session's real node and model.
 
 Every response any test client receives is checked for a leaked stack trace, so each test
 also proves that its error path is handled.
@@ -12,18 +13,6 @@ import pytest
 
 from imgsearch.images import content_hash
 from tests.support import build_app as _build
-
-
-@pytest.fixture
-def app(clothing_index, embedder):
-    """The app on the indexed clothing test split (372 photos)."""
-    settings, store, _ = clothing_index
-    return _build(settings, embedder, store)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture
