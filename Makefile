@@ -11,7 +11,8 @@ INDEX_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16
+        bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        bench-scale bench-scale-1m
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
@@ -22,7 +23,8 @@ help:
 	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
-	@echo "make bench-quality | bench-indexing | bench-resize | bench-api   (docs/BENCHMARKS.md)"
+	@echo "make bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
+	@echo "     bench-bf16 | bench-scale | bench-scale-1m   (docs/BENCHMARKS.md)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -79,7 +81,7 @@ bench-quality: venv
 	$(PY) -m bench.quality --dataset $(DATASET) --split test
 
 bench-indexing: venv
-	$(PY) -m bench.indexing --images $(DATASET)/images/test
+	$(PY) -m bench.indexing --images $(DATASET)/images
 
 bench-resize: venv
 	$(PY) -m bench.resize_modes --dataset $(DATASET) --split test
@@ -88,7 +90,20 @@ bench-embedding: venv
 	$(PY) -m bench.embedding --images $(DATASET)/images/test
 
 bench-bf16: venv
-	$(PY) -m bench.bf16 --images $(DATASET)/images/test
+	$(PY) -m bench.bf16 --dataset $(DATASET) --split test
 
 bench-api: venv
-	$(PY) bench/api_latency.py --url http://127.0.0.1:8000 $(DATASET)/images/test -n 200 -k 10
+	$(PY) bench/api_latency.py --url http://127.0.0.1:8000 $(DATASET)/images/test -n 200 -k 10 -c 1
+	$(PY) bench/api_latency.py --url http://127.0.0.1:8000 $(DATASET)/images/test -n 200 -k 10 -c 4
+
+# 100k vectors in each index type, then 1M in the quantised ones (hours of 2-core indexing for
+# the float graph; see docs/BENCHMARKS.md). Results are appended as JSON lines to var/.
+bench-scale: venv
+	mkdir -p var
+	$(PY) -m bench.scale --sizes 100000 --types hnsw int8_hnsw bbq_hnsw \
+	  --num-candidates 100 200 --out var/bench-scale.jsonl
+
+bench-scale-1m: venv
+	mkdir -p var
+	$(PY) -m bench.scale --sizes 1000000 --types bbq_hnsw int8_hnsw \
+	  --num-candidates 100 200 --out var/bench-scale.jsonl

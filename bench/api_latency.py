@@ -1,11 +1,12 @@
-"""End-to-end latency of ``POST /api/search`` against a running server, at concurrency 1.
+"""End-to-end latency of ``POST /api/search`` against a running server.
 
 Starts nothing: point it at a server (``make serve``) whose index is populated.
 
-    python bench/api_latency.py --url http://127.0.0.1:8000 <images dir> [-n 120] [-k 10]
+    python bench/api_latency.py --url http://127.0.0.1:8000 <images dir> [-n 120] [-k 10] [-c 4]
 
-Prints client-side percentiles (upload to parsed JSON, one keep-alive connection) and the
-server's own decode / embed / search split from ``timings_ms``.
+``-c`` clients upload in parallel, each on its own keep-alive connection, until ``-n``
+requests have been measured in all. Prints client-side percentiles (upload to parsed JSON),
+the throughput, and the server's own decode / embed / search split from ``timings_ms``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import http.client
 import json
 import statistics
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     parser.add_argument("-n", type=int, default=120, help="measured requests (default 120)")
     parser.add_argument("-k", type=int, default=10, help="results per search (default 10)")
+    parser.add_argument("-c", "--concurrency", type=int, default=1, help="parallel clients")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured requests first")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
@@ -63,34 +67,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no images under {args.images}", file=sys.stderr)
         return 2
     url = urlsplit(args.url)
-    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=120)
     path = url.path.rstrip("/") + "/api/search"
-
     client_ms: list[float] = []
     server_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    total = args.warmup + args.n
-    for i in range(total):
-        photo = files[i % len(files)]
-        body, content_type = multipart(photo.read_bytes(), photo.name, {"k": str(args.k)})
-        started = time.perf_counter()
-        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
-        response = conn.getresponse()
-        payload = json.loads(response.read())
-        elapsed = (time.perf_counter() - started) * 1000.0
-        if response.status != 200:
-            print(f"{photo}: HTTP {response.status}: {payload}", file=sys.stderr)
-            return 1
-        if i < args.warmup:
-            continue
-        client_ms.append(elapsed)
-        for stage in STAGES:
-            server_ms[stage].append(payload["timings_ms"][stage])
-    conn.close()
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(todo: Iterator[int], measure: bool) -> None:
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=120)
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None or errors:
+                break
+            photo = files[i % len(files)]
+            body, content_type = multipart(photo.read_bytes(), photo.name, {"k": str(args.k)})
+            started = time.perf_counter()
+            conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+            response = conn.getresponse()
+            payload = json.loads(response.read())
+            elapsed = (time.perf_counter() - started) * 1000.0
+            with lock:
+                if response.status != 200:
+                    errors.append(f"{photo}: HTTP {response.status}: {payload}")
+                elif measure:
+                    client_ms.append(elapsed)
+                    for stage in STAGES:
+                        server_ms[stage].append(payload["timings_ms"][stage])
+        conn.close()
+
+    client(iter(range(args.warmup)), measure=False)
+    todo = iter(range(args.warmup, args.warmup + args.n))
+    threads = [threading.Thread(target=client, args=(todo, True))
+               for _ in range(args.concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        print(errors[0], file=sys.stderr)
+        return 1
 
     summary = {
         "requests": args.n,
         "distinct_images": min(args.n, len(files)),
         "k": args.k,
+        "concurrency": args.concurrency,
+        "requests_per_s": args.n / wall,
         "client_ms": _stats(client_ms),
         "server_ms": {stage: _stats(values) for stage, values in server_ms.items()},
     }
@@ -98,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"POST {args.url}{path}: {args.n} uploads (after {args.warmup} warm-up), "
-          f"{summary['distinct_images']} distinct images, k={args.k}, concurrency 1")
+          f"{summary['distinct_images']} distinct images, k={args.k}, "
+          f"concurrency {args.concurrency}: {summary['requests_per_s']:.1f} requests/s")
     print(f"{'':>16} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'max':>8}  (ms)")
     rows = [("end to end", summary["client_ms"])]
     rows += [(f"server {stage}", summary["server_ms"][stage]) for stage in STAGES]

@@ -1,25 +1,33 @@
-"""bf16 inference (Keras ``mixed_bfloat16``) against fp32: speed and agreement of the vectors.
+"""bf16 inference against fp32: speed, and how far the vectors and the neighbours move.
 
-    python -m bench.bf16 --images ../shared/datasets/clothing-small/images/test [-n 64]
+    python -m bench.bf16 --dataset ../shared/datasets/clothing-small [--split test]
 
-bf16 pays only where the hardware computes in it (AVX512-BF16/AMX CPUs, recent GPUs); elsewhere
-TensorFlow emulates it. This prints the CPU flags that decide, the two rates, and the cosine of
-each bf16 vector to its fp32 twin.
+Each variant runs in a fresh process (oneDNN fixes its maths mode once per process) over the
+same photos, and reports images/s at batch 32 and batch 1:
+
+- ``fp32``: strict fp32 (``IMGSEARCH_PRECISION=fp32``);
+- ``bf16``: the product's bf16 setting (``IMGSEARCH_PRECISION=bf16``): oneDNN's bf16 maths
+  mode, convolutions and matrix products in bf16 with fp32 accumulation;
+- ``keras-mixed-bf16``: Keras' ``mixed_bfloat16`` policy (every layer computes in bf16);
+- ``tf-auto-mixed``: TensorFlow's oneDNN auto-mixed-precision graph rewrite.
+
+Against fp32 it prints each variant's cosine per photo and the top-10 overlap of exact search
+among the photos (each photo queries the others): how much of a result page changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from imgsearch.embedder import Embedder
-from imgsearch.images import decode_image
-from imgsearch.settings import Settings
+VARIANTS = ("fp32", "bf16", "keras-mixed-bf16", "tf-auto-mixed")
 
 
 def rate(fn, pixels: np.ndarray, batch: int, seconds: float = 8.0) -> float:
@@ -31,40 +39,84 @@ def rate(fn, pixels: np.ndarray, batch: int, seconds: float = 8.0) -> float:
     return done / (time.perf_counter() - started)
 
 
+def worker(variant: str, images: list[Path], out: Path) -> None:
+    """Embed ``images`` one way; save the vectors and the two rates to ``out``."""
+    os.environ["IMGSEARCH_PRECISION"] = "bf16" if variant == "bf16" else "fp32"
+    import keras
+    import tensorflow as tf
+
+    from imgsearch.embedder import Embedder
+    from imgsearch.images import decode_image
+    from imgsearch.settings import Settings
+
+    if variant == "tf-auto-mixed":
+        tf.config.optimizer.set_experimental_options(
+            {"auto_mixed_precision_onednn_bfloat16": True})
+    settings = Settings.from_env()
+    embedder = Embedder(settings)
+    embed = embedder.embed
+    if variant == "keras-mixed-bf16":
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        model = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None)
+        model.set_weights(embedder.model.get_weights())
+        preprocess = keras.applications.resnet50.preprocess_input
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8)])
+        def forward(x):
+            out = tf.cast(model(preprocess(tf.cast(x, tf.float32)), training=False), tf.float32)
+            return tf.math.l2_normalize(out, axis=1)
+
+        def embed(x):
+            return forward(x).numpy()
+
+    pixels = np.stack([decode_image(p.read_bytes(), resize_mode=settings.resize_mode,
+                                    thumbnail_size=0).pixels for p in images])
+    vectors = np.concatenate([embed(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
+    np.savez(out, vectors=vectors, batch32=rate(embed, pixels, 32),
+             batch1=rate(embed, pixels, 1))
+
+
+def top10(vectors: np.ndarray) -> np.ndarray:
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1)[:, :10]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    images = sorted((args.dataset / "images" / args.split).rglob("*.jpg"))
+    if args.worker:
+        worker(args.worker, images, args.out)
+        return
+
     flags = set(Path("/proc/cpuinfo").read_text().split())
     print("CPU bf16 support:", sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
-          or "none (no avx512_bf16 / amx_bf16)")
-
-    settings = Settings.from_env()
-    fp32 = Embedder(settings)
-    paths = sorted(args.images.rglob("*.jpg"))[: args.n]
-    pixels = np.stack([decode_image(p.read_bytes(), resize_mode=settings.resize_mode,
-                                    thumbnail_size=0).pixels for p in paths])
-
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    model = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None)
-    model.set_weights(fp32.model.get_weights())
-    keras.mixed_precision.set_dtype_policy("float32")
-    preprocess = keras.applications.resnet50.preprocess_input
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8)])
-    def bf16(x):
-        out = tf.cast(model(preprocess(tf.cast(x, tf.float32)), training=False), tf.float32)
-        return tf.math.l2_normalize(out, axis=1)
-
-    a = np.concatenate([fp32.embed(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
-    b = np.concatenate([bf16(pixels[i : i + 32]).numpy() for i in range(0, len(pixels), 32)])
-    cos = (a * b).sum(axis=1)
-    r32 = rate(fp32.embed, pixels, 32)
-    r16 = rate(lambda x: bf16(x).numpy(), pixels, 32)
-    print(f"fp32: {r32:.1f} images/s   bf16: {r16:.1f} images/s   ratio {r16 / r32:.2f}x")
-    print(f"cosine bf16 vs fp32 over {len(cos)} photos: min {cos.min():.5f}, "
-          f"mean {cos.mean():.5f}")
+          or "none (no avx512_bf16 / amx_bf16: bf16 is emulated)")
+    print(f"{len(images)} photos of {args.dataset.name}/{args.split}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ["fp32"] + [v for v in args.variants if v != "fp32"]:
+            out = Path(tmp) / f"{variant}.npz"
+            subprocess.run([sys.executable, "-m", "bench.bf16", "--dataset", str(args.dataset),
+                            "--split", args.split, "--worker", variant, "--out", str(out)],
+                           check=True, stderr=subprocess.DEVNULL)
+            results[variant] = dict(np.load(out))
+    ref = results["fp32"]
+    ref_top = top10(ref["vectors"])
+    print(f"{'variant':18s} {'batch 32':>9s} {'speed-up':>8s} {'batch 1':>8s} "
+          f"{'cos min':>8s} {'cos mean':>8s} {'top-10 overlap':>14s}")
+    for variant, r in results.items():
+        cos = (r["vectors"] * ref["vectors"]).sum(axis=1)
+        overlap = np.mean([len(set(a) & set(b)) / 10
+                           for a, b in zip(top10(r["vectors"]), ref_top, strict=True)])
+        print(f"{variant:18s} {float(r['batch32']):7.1f}/s {r['batch32'] / ref['batch32']:7.2f}x "
+              f"{float(r['batch1']):6.1f}/s {cos.min():8.5f} {cos.mean():8.5f} {overlap:14.4f}")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,18 @@
    without Elasticsearch;
 3. ceiling: the compiled batched forward pass on tensors decoded beforehand.
 
-    python -m bench.embedding --images ../shared/datasets/clothing-small/images/test [-n 128]
+    python -m bench.embedding --images ../shared/datasets/clothing-small/images/test [-n 372]
+
+The pipeline and the ceiling run over every photo (a pipeline's fill and drain are fixed costs
+that a short run would overweight), alternately for ``--rounds`` rounds, and the medians are
+compared (a VM's speed drifts by several percent over a minute); the naive way, the slowest by
+far, runs once over the first 64.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,18 +67,28 @@ def ceiling(embedder: Embedder, paths: list[Path], batch: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, required=True)
-    p.add_argument("-n", type=int, default=128, help="photos per method")
+    p.add_argument("-n", type=int, default=0, help="photos (default: all)")
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    paths = sorted(args.images.rglob("*.jpg"))[: args.n]
+    paths = sorted(args.images.rglob("*.jpg"))[: args.n or None]
     with tempfile.TemporaryDirectory() as thumbs:
         settings = Settings.from_env(thumbnail_dir=Path(thumbs))
         embedder = Embedder(settings)
         embedder.warm_up()
+        piped, forward = [], []
+        for _ in range(args.rounds):
+            piped.append(pipeline(embedder, settings, paths, args.images))
+            forward.append(ceiling(embedder, paths, settings.batch_size))
         rates = {
-            "naive (predict per image)": naive(embedder, paths[:32]),
-            "indexer pipeline (no ES)": pipeline(embedder, settings, paths, args.images),
-            "compiled forward (ceiling)": ceiling(embedder, paths, settings.batch_size),
+            "naive (predict per image)": naive(embedder, paths[:64]),
+            "indexer pipeline (no ES)": statistics.median(piped),
+            "compiled forward (ceiling)": statistics.median(forward),
         }
+    def listed(values: list[float]) -> str:
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    print(f"{len(paths)} photos, precision {embedder.precision}; rounds: pipeline "
+          f"{listed(piped)}, forward {listed(forward)}")
     top = rates["compiled forward (ceiling)"]
     base = rates["naive (predict per image)"]
     for name, rate in rates.items():

@@ -6,8 +6,10 @@ is several times slower on CPU); preprocessing and L2 normalisation are inside t
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,6 +20,51 @@ from .settings import Settings  # noqa: E402
 INPUT_SIZE = 224
 DIMS = 2048
 PREPROCESSING = "caffe-bgr-mean"  # keras.applications.resnet50.preprocess_input
+# CPU features with native bf16 dot products; without them bf16 would only be emulated.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+log = logging.getLogger(__name__)
+_process_precision: str | None = None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is not there)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def resolve_precision(requested: str, flags: frozenset[str] | None = None) -> str:
+    """``auto`` becomes ``bf16`` on CPUs that compute in it and ``fp32`` elsewhere."""
+    if requested != "auto":
+        return requested
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if flags & BF16_CPU_FLAGS else "fp32"
+
+
+def apply_precision(precision: str) -> None:
+    """Set how TensorFlow's oneDNN CPU kernels do fp32 maths, for this whole process.
+
+    ``bf16`` lets convolutions and matrix products round their inputs to bf16 and accumulate
+    in fp32 (AMX / AVX512-BF16); everything else (batch norm, sums, pooling, the output) stays
+    fp32, which keeps vectors within cosine 0.9998 of strict fp32 (docs/BENCHMARKS.md).
+    oneDNN reads the mode once, when it builds its first kernel: set it before any model runs.
+    """
+    global _process_precision
+    if _process_precision not in (None, precision):
+        log.warning("precision %s requested, but this process already runs %s; oneDNN "
+                    "keeps the first one", precision, _process_precision)
+        return
+    if precision == "bf16" and not cpu_flags() & BF16_CPU_FLAGS:
+        log.warning("IMGSEARCH_PRECISION=bf16 on a CPU without AVX512-BF16 or AMX: "
+                    "oneDNN computes in fp32 here")
+    os.environ["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16" if precision == "bf16" else "STRICT"
+    _process_precision = precision
 
 
 def model_version(weights_digest: str, resize_mode: str) -> str:
@@ -39,6 +86,8 @@ class Embedder:
     """
 
     def __init__(self, settings: Settings):
+        self.precision = resolve_precision(settings.precision)
+        apply_precision(self.precision)
         import tensorflow as tf
 
         from .weights import load_resnet50

@@ -14,6 +14,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
 RESIZE_MODES = ("squash", "crop", "pad")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _default_cache_dir() -> Path:
@@ -55,6 +56,8 @@ class Settings:
     cache_dir: Path = field(default_factory=_default_cache_dir)
     resize_mode: str = "crop"
     batch_size: int = 32
+    # "auto": bf16 matrix maths where the CPU computes in it (AVX512-BF16/AMX), else fp32.
+    precision: str = "auto"
 
     vector_index_type: str = "hnsw"
     hnsw_m: int = 16
@@ -87,6 +90,7 @@ class Settings:
             cache_dir=Path(_env("IMGSEARCH_CACHE_DIR", str(d.cache_dir))),
             resize_mode=_env("IMGSEARCH_RESIZE", d.resize_mode),
             batch_size=int(_env("IMGSEARCH_BATCH_SIZE", str(d.batch_size))),
+            precision=_env("IMGSEARCH_PRECISION", d.precision),
             vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),
             hnsw_m=int(_env("IMGSEARCH_HNSW_M", str(d.hnsw_m))),
             hnsw_ef_construction=int(
@@ -113,6 +117,11 @@ class Settings:
             raise ValueError(
                 f"IMGSEARCH_RESIZE must be one of {', '.join(RESIZE_MODES)}, "
                 f"not {self.resize_mode!r}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"IMGSEARCH_PRECISION must be one of {', '.join(PRECISIONS)}, "
+                f"not {self.precision!r}"
             )
         if self.batch_size < 1:
             raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")

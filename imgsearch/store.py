@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
+from elasticsearch.serializer import (
+    CompatibilityModeJsonSerializer,
+    CompatibilityModeNdjsonSerializer,
+    JsonSerializer,
+    NdjsonSerializer,
+)
 
 from .settings import PROJECT_ROOT, Settings
 
@@ -35,6 +42,41 @@ class ModelVersionMismatch(StoreError):
     pass
 
 
+class _Orjson:
+    """JSON through orjson: vectors are most of every request, and orjson writes a float32
+    array 13x faster than the json module, in its shortest float32 form (24 KB a vector rather
+    than the 44 KB of float64 digits), which Elasticsearch then parses in less time too."""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def json_loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+class _JsonSerializer(_Orjson, JsonSerializer):
+    pass
+
+
+class _NdjsonSerializer(_Orjson, NdjsonSerializer):
+    pass
+
+
+class _CompatibilityModeJsonSerializer(_Orjson, CompatibilityModeJsonSerializer):
+    pass
+
+
+class _CompatibilityModeNdjsonSerializer(_Orjson, CompatibilityModeNdjsonSerializer):
+    pass
+
+
+SERIALIZERS = {
+    s.mimetype: s()
+    for s in (_JsonSerializer, _NdjsonSerializer, _CompatibilityModeJsonSerializer,
+              _CompatibilityModeNdjsonSerializer)
+}
+
+
 def connect(settings: Settings) -> Elasticsearch:
     """An Elasticsearch client for the settings (credentials and CA only when given)."""
     kwargs: dict[str, Any] = {
@@ -42,6 +84,7 @@ def connect(settings: Settings) -> Elasticsearch:
         "retry_on_status": RETRY_STATUSES,
         "retry_on_timeout": True,
         "max_retries": 3,
+        "serializers": SERIALIZERS,
     }
     if settings.es_username:
         kwargs["basic_auth"] = (settings.es_username, settings.es_password or "")

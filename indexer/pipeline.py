@@ -231,7 +231,7 @@ def to_document(
         "thumbnail": item.thumbnail_ref,
         "model_version": model_version,
         "indexed_at": indexed_at,
-        "vector": vector.astype(np.float32).tolist(),
+        "vector": vector.astype(np.float32, copy=False),  # serialised as float32 (store.py)
     }
     return {k: v for k, v in doc.items() if v is not None}
 

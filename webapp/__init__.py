@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, *, embedder=None, store=None) -
 
         embedder = Embedder(settings)
         embedder.warm_up()  # trace the graph now, not on the first person's upload
-        app.logger.info("model loaded: %s", embedder.version)
+        app.logger.info("model loaded: %s (%s)", embedder.version, embedder.precision)
     store = store or ImageStore.from_settings(settings)
     app.extensions["imgsearch"] = SearchService(settings, store, embedder)
     app.extensions["imgsearch.thumbnails"] = ThumbnailStore(settings.thumbnail_dir)

@@ -18,7 +18,8 @@ def test_defaults_and_env(monkeypatch):
 
 @pytest.mark.parametrize("name,value", [("IMGSEARCH_VECTOR_INDEX", "flat"),
                                         ("IMGSEARCH_RESIZE", "stretch"),
-                                        ("IMGSEARCH_BATCH_SIZE", "0")])
+                                        ("IMGSEARCH_BATCH_SIZE", "0"),
+                                        ("IMGSEARCH_PRECISION", "fp16")])
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

@@ -1,0 +1,74 @@
+"""The embedder's precision setting: how ``auto`` resolves, and that bf16 really applies.
+
+oneDNN fixes its maths mode once per process, so the two precisions are compared in two fresh
+Python processes embedding the same real photo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from imgsearch.embedder import BF16_CPU_FLAGS, cpu_flags, resolve_precision
+from imgsearch.settings import PROJECT_ROOT
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ({"avx2", "fma", "avx512f", "avx512_bf16"}, "bf16"),
+    ({"avx2", "amx_tile", "amx_bf16"}, "bf16"),
+    ({"avx2", "fma", "avx512f"}, "fp32"),  # AVX-512 alone only emulates bf16
+    (set(), "fp32"),
+])
+def test_auto_follows_the_cpu(flags, expected):
+    assert resolve_precision("auto", frozenset(flags)) == expected
+
+
+@pytest.mark.parametrize("requested", ["fp32", "bf16"])
+def test_an_explicit_precision_stands(requested):
+    assert resolve_precision(requested, frozenset()) == requested
+    assert resolve_precision(requested, BF16_CPU_FLAGS) == requested
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 amx_bf16\n\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "amx_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+EMBED_CAT = """
+import json, sys
+import numpy as np
+from skimage import data
+from PIL import Image
+from imgsearch.embedder import Embedder
+from imgsearch.images import model_input
+from imgsearch.settings import Settings
+e = Embedder(Settings.from_env())
+pixels = model_input(Image.fromarray(data.chelsea()), 224, "crop")
+print(json.dumps({"precision": e.precision, "vector": e.embed(pixels)[0].tolist()}))
+"""
+
+
+def _embed_in_fresh_process(precision: str) -> tuple[str, np.ndarray]:
+    env = dict(os.environ, IMGSEARCH_PRECISION=precision, PYTHONPATH=str(PROJECT_ROOT))
+    out = subprocess.run([sys.executable, "-c", EMBED_CAT], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["precision"], np.array(result["vector"], np.float32)
+
+
+def test_bf16_vectors_match_fp32():
+    p32, fp32 = _embed_in_fresh_process("fp32")
+    p16, bf16 = _embed_in_fresh_process("bf16")
+    assert (p32, p16) == ("fp32", "bf16")
+    assert np.linalg.norm(bf16) == pytest.approx(1.0, abs=1e-5)
+    assert float(fp32 @ bf16) >= 0.9998
+    if cpu_flags() & BF16_CPU_FLAGS:
+        # The mode took effect: the kernels really rounded to bf16.
+        assert not np.array_equal(fp32, bf16)
