@@ -84,7 +84,7 @@ class SearchService:
         t1 = time.perf_counter()
         vector = self.embedder.embed(image.pixels)[0]
         t2 = time.perf_counter()
-        hits = self._knn(vector.tolist(), k, num_candidates, filters, offset=offset)
+        hits = self._knn(vector, k, num_candidates, filters, offset=offset)
         t3 = time.perf_counter()
         return SearchResult(
             hits,

@@ -62,6 +62,9 @@ class Settings:
     vector_index_type: str = "hnsw"
     hnsw_m: int = 16
     hnsw_ef_construction: int = 100
+    # Quantised indices (int8_hnsw, bbq_hnsw) rescore this many times k candidates with the
+    # float vectors; 0 turns rescoring off (docs/BENCHMARKS.md, "Scale").
+    rescore_oversample: float = 3.0
 
     thumbnail_dir: Path = PROJECT_ROOT / "var" / "thumbnails"
     thumbnail_size: int = 256
@@ -96,6 +99,9 @@ class Settings:
             hnsw_ef_construction=int(
                 _env("IMGSEARCH_HNSW_EF_CONSTRUCTION", str(d.hnsw_ef_construction))
             ),
+            rescore_oversample=float(
+                _env("IMGSEARCH_RESCORE_OVERSAMPLE", str(d.rescore_oversample))
+            ),
             thumbnail_dir=Path(_env("IMGSEARCH_THUMBNAIL_DIR", str(d.thumbnail_dir))),
             thumbnail_size=int(_env("IMGSEARCH_THUMBNAIL_SIZE", str(d.thumbnail_size))),
             max_image_pixels=int(_env("IMGSEARCH_MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
@@ -123,6 +129,8 @@ class Settings:
                 f"IMGSEARCH_PRECISION must be one of {', '.join(PRECISIONS)}, "
                 f"not {self.precision!r}"
             )
+        if not (self.rescore_oversample == 0 or 1 <= self.rescore_oversample <= 10):
+            raise ValueError("IMGSEARCH_RESCORE_OVERSAMPLE must be 0 (off) or from 1 to 10")
         if self.batch_size < 1:
             raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")
         if self.bulk_retries < 0 or self.bulk_backoff < 0 or self.bulk_max_backoff < 0:

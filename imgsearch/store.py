@@ -94,18 +94,27 @@ def connect(settings: Settings) -> Elasticsearch:
 
 
 def index_body(
-    model_version: str, vector_index_type: str = "hnsw", m: int = 16, ef_construction: int = 100
+    model_version: str,
+    vector_index_type: str = "hnsw",
+    m: int = 16,
+    ef_construction: int = 100,
+    rescore_oversample: float = 3.0,
 ) -> dict:
-    """The create-index body: ``es_mappings/images.json`` with the vector options filled in."""
+    """The create-index body: ``es_mappings/images.json`` with the vector options filled in.
+
+    Quantised types get ``rescore_vector``: every kNN query then re-ranks ``oversample * k``
+    candidates by their float vectors, which is what brings their recall back to float HNSW's.
+    """
     raw = json.loads(MAPPING_FILE.read_text())
     body = {k: v for k, v in raw.items() if not k.startswith("_")}
     mappings = body["mappings"]
     mappings["_meta"] = {"model_version": model_version, "created_by": "imgsearch"}
-    mappings["properties"][VECTOR_FIELD]["index_options"] = {
-        "type": vector_index_type,
-        "m": m,
-        "ef_construction": ef_construction,
+    options: dict[str, Any] = {
+        "type": vector_index_type, "m": m, "ef_construction": ef_construction,
     }
+    if vector_index_type != "hnsw":
+        options["rescore_vector"] = {"oversample": rescore_oversample}
+    mappings["properties"][VECTOR_FIELD]["index_options"] = options
     return body
 
 
@@ -205,6 +214,7 @@ class ImageStore:
             settings.vector_index_type,
             settings.hnsw_m,
             settings.hnsw_ef_construction,
+            settings.rescore_oversample,
         )
         self.es.indices.create(index=name, **body)
         log.info("created index %s (%s)", name, settings.vector_index_type)
@@ -350,7 +360,7 @@ class ImageStore:
 
     def knn(
         self,
-        vector: list[float],
+        vector,
         *,
         k: int = 10,
         num_candidates: int = 100,
@@ -359,6 +369,8 @@ class ImageStore:
         offset: int = 0,
     ) -> list[dict]:
         """Nearest documents as ``{"id", "score", "cosine", "source"}``, best first.
+
+        ``vector`` is a list of floats or a float32 array (sent in its shortest float32 form).
 
         Filters go inside ``knn.filter`` so that ES returns ``k`` filtered neighbours instead
         of filtering ``k`` neighbours afterwards.

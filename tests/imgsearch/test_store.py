@@ -1,0 +1,52 @@
+"""The store's index options against a real node: quantised indices rescore by default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from elasticsearch import helpers
+
+from imgsearch.store import VECTOR_FIELD, ImageStore, connect, index_body
+
+
+def test_float_hnsw_has_nothing_to_rescore():
+    options = index_body("v", "hnsw")["mappings"]["properties"][VECTOR_FIELD]["index_options"]
+    assert options == {"type": "hnsw", "m": 16, "ef_construction": 100}
+
+
+@pytest.mark.parametrize("index_type", ["int8_hnsw", "bbq_hnsw"])
+def test_quantised_index_rescores_to_float_recall(clothing_index, index_type):
+    """The clothing vectors in a quantised index: the product's kNN query finds the exact
+    top 10 again, because the index rescores oversampled candidates with the floats."""
+    settings, source, _ = clothing_index
+    docs = [
+        (hit["_id"], hit["_source"][VECTOR_FIELD])
+        for hit in helpers.scan(source.es, index=source.alias, _source=[VECTOR_FIELD],
+                                source_exclude_vectors=False)
+    ]
+    ids = [doc_id for doc_id, _ in docs]
+    vectors = np.array([v for _, v in docs], np.float32)
+
+    quantised = settings.with_(es_index=f"{source.alias}-{index_type.replace('_', '-')}",
+                               vector_index_type=index_type)
+    store = ImageStore(connect(quantised), quantised.es_index)
+    index = store.create_index(source.index_model_version(), quantised)
+    try:
+        store.point_alias(index)
+        options = store.es.indices.get_mapping(index=index).body[index]["mappings"][
+            "properties"][VECTOR_FIELD]["index_options"]
+        assert options["type"] == index_type
+        assert options["rescore_vector"] == {"oversample": 3.0}
+        helpers.bulk(store.es, ({"_index": index, "_id": i, VECTOR_FIELD: v}
+                                for i, v in zip(ids, vectors, strict=True)))
+        store.refresh()
+
+        exact = np.argsort(-(vectors @ vectors.T), axis=1)[:, :10]
+        queries = range(0, len(ids), 8)
+        recall = np.mean([
+            len({h["id"] for h in store.knn(vectors[q], k=10)} & {ids[j] for j in exact[q]}) / 10
+            for q in queries
+        ])
+        assert recall >= 0.95
+    finally:
+        store.es.indices.delete(index=index, ignore_unavailable=True)
