@@ -105,5 +105,5 @@ bench-scale: venv
 
 bench-scale-1m: venv
 	mkdir -p var
-	$(PY) -m bench.scale --sizes 1000000 --types bbq_hnsw int8_hnsw \
-	  --num-candidates 100 200 --out var/bench-scale.jsonl
+	$(PY) -m bench.scale --sizes 1000000 --types bbq_hnsw \
+	  --num-candidates 100 200 500 1000 --oversample 3 10 --out var/bench-scale.jsonl

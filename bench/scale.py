@@ -131,7 +131,12 @@ def exact_neighbours(collection: Collection, queries: np.ndarray, k: int, cache:
 
 def index_body(index_type: str, m: int, ef_construction: int) -> dict:
     return {
-        "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1"},
+        "settings": {
+            "number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1",
+            # Otherwise merges are IO-throttled from 20 MB/s, and a force merge of 8 GB of
+            # float vectors sits idle for most of an hour on a fast disk.
+            "merge": {"scheduler": {"auto_throttle": False}},
+        },
         "mappings": {
             "dynamic": "strict",
             "properties": {
@@ -275,7 +280,7 @@ def measure(es, collection: Collection, labels: np.ndarray, index_type: str, que
         count = es.count(index=index).body["count"]
         assert count == collection.size, f"{count} documents, expected {collection.size}"
         # Quantized indices: ES rescores by default; oversample 0 turns that off.
-        rescoring = [None] if index_type == "hnsw" else [0, args.oversample]
+        rescoring = [None] if index_type == "hnsw" else [0, *args.oversample]
         for num_candidates in args.num_candidates:
             for oversample in rescoring:
                 result.searches.append(
@@ -311,7 +316,8 @@ def main() -> None:
                    help="multiplicative noise of each copy (log scale)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--num-candidates", type=int, nargs="+", default=[100])
-    p.add_argument("--oversample", type=float, default=3.0)
+    p.add_argument("--oversample", type=float, nargs="+", default=[3.0],
+                   help="rescoring settings to measure besides 0 (off), quantised types only")
     p.add_argument("--m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=100)
     p.add_argument("--threads", type=int, default=2, help="concurrent bulk requests")
