@@ -95,8 +95,9 @@ def main() -> None:
         worker(args.worker, images, args.out)
         return
 
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    print("CPU bf16 support:", sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
+    from imgsearch.embedder import cpu_flags
+
+    print("CPU bf16 support:", sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx"))
           or "none (no avx512_bf16 / amx_bf16: bf16 is emulated)")
     print(f"{len(images)} photos of {args.dataset.name}/{args.split}")
     results = {}

@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from bench.api_latency import percentile
 from imgsearch.settings import Settings
@@ -69,10 +68,10 @@ def base_vectors(settings: Settings, dataset: Path) -> tuple[np.ndarray, np.ndar
             for r in rows[i : i + settings.batch_size]
         ])
         vectors.append(embedder.embed(pixels))
-    labels = np.array([r["label"] for r in rows])
+    vectors, labels = np.concatenate(vectors), np.array([r["label"] for r in rows])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, vectors=np.concatenate(vectors), labels=labels)
-    return np.concatenate(vectors), labels
+    np.savez(cache, vectors=vectors, labels=labels)
+    return vectors, labels
 
 
 def perturb(base: np.ndarray, rows: np.ndarray, sigma: float, rng: np.random.Generator):
@@ -152,14 +151,14 @@ def index_body(index_type: str, m: int, ef_construction: int) -> dict:
     }
 
 
-def bulk_body(start: int, vectors: np.ndarray, labels: np.ndarray, n_base: int) -> bytes:
-    lines = []
+def bulk_actions(start: int, vectors: np.ndarray, labels: np.ndarray, n_base: int) -> list:
+    """Bulk operations for rows ``start...``; the client's serialisers (``imgsearch.store``)
+    write the float32 arrays with orjson, as the indexer's documents are written."""
+    actions: list[dict] = []
     for offset, vector in enumerate(vectors):
         i = start + offset
-        lines.append(b'{"index":{"_id":"%d"}}' % i)
-        lines.append(orjson.dumps({"label": labels[i % n_base], "vector": vector},
-                                  option=orjson.OPT_SERIALIZE_NUMPY))
-    return b"\n".join(lines) + b"\n"
+        actions += [{"index": {"_id": str(i)}}, {"label": labels[i % n_base], "vector": vector}]
+    return actions
 
 
 def ingest(es, index: str, collection: Collection, labels: np.ndarray, threads: int,
@@ -172,8 +171,8 @@ def ingest(es, index: str, collection: Collection, labels: np.ndarray, threads: 
 
     def send(item: tuple[int, np.ndarray]) -> None:
         start, rows = item
-        resp = es.bulk(index=index, operations=bulk_body(start, rows, labels,
-                                                         len(collection.base)))
+        resp = es.bulk(index=index, operations=bulk_actions(start, rows, labels,
+                                                            len(collection.base)))
         if resp.body["errors"]:
             first = next(i for i in resp.body["items"] if i["index"].get("error"))
             raise RuntimeError(f"bulk item failed: {first}")

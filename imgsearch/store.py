@@ -44,8 +44,9 @@ class ModelVersionMismatch(StoreError):
 
 class _Orjson:
     """JSON through orjson: vectors are most of every request, and orjson writes a float32
-    array 13x faster than the json module, in its shortest float32 form (24 KB a vector rather
-    than the 44 KB of float64 digits), which Elasticsearch then parses in less time too."""
+    array 16x faster than the json module, in its shortest float32 form (24 KiB a vector rather
+    than 44 KiB of float64 digits; docs/BENCHMARKS.md), which Elasticsearch then parses in
+    less time too."""
 
     def json_dumps(self, data: Any) -> bytes:
         return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
