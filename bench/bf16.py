@@ -46,7 +46,6 @@ def worker(variant: str, images: list[Path], out: Path) -> None:
     import tensorflow as tf
 
     from imgsearch.embedder import Embedder
-    from imgsearch.images import decode_image
     from imgsearch.settings import Settings
 
     if variant == "tf-auto-mixed":
@@ -69,8 +68,7 @@ def worker(variant: str, images: list[Path], out: Path) -> None:
         def embed(x):
             return forward(x).numpy()
 
-    pixels = np.stack([decode_image(p.read_bytes(), resize_mode=settings.resize_mode,
-                                    thumbnail_size=0).pixels for p in images])
+    pixels = np.stack([embedder.decode(p.read_bytes()).pixels for p in images])
     vectors = np.concatenate([embed(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
     np.savez(out, vectors=vectors, batch32=rate(embed, pixels, 32),
              batch1=rate(embed, pixels, 1))

@@ -24,10 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from imgsearch.embedder import Embedder
-from imgsearch.images import decode_image
 from imgsearch.settings import Settings
 from imgsearch.thumbnails import ThumbnailStore
 from indexer.pipeline import RunStats, batches, embed_batches, make_decoder, ordered_map, read_file
@@ -38,14 +36,16 @@ def naive(embedder: Embedder, paths: list[Path]) -> float:
 
     started = time.perf_counter()
     for p in paths:
-        img = Image.open(p).convert("RGB").resize((224, 224))
-        x = preprocess_input(np.asarray(img, np.float32)[None])
+        # The model's own decoding (its resize mode), then Keras' predict on one image.
+        pixels = embedder.decode(p.read_bytes()).pixels
+        x = preprocess_input(pixels.astype(np.float32)[None])
         embedder.model.predict(x, verbose=0)
     return len(paths) / (time.perf_counter() - started)
 
 
 def pipeline(embedder: Embedder, settings: Settings, paths: list[Path], root: Path) -> float:
-    decode = make_decoder(settings, ThumbnailStore(settings.thumbnail_dir))
+    decode = make_decoder(embedder, ThumbnailStore(settings.thumbnail_dir),
+                          settings.thumbnail_size)
     started = time.perf_counter()
     with ThreadPoolExecutor(3) as pool:
         read = ordered_map(lambda p: read_file(p, root), paths, pool, 64)
@@ -56,7 +56,7 @@ def pipeline(embedder: Embedder, settings: Settings, paths: list[Path], root: Pa
 
 
 def ceiling(embedder: Embedder, paths: list[Path], batch: int) -> float:
-    pixels = np.stack([decode_image(p.read_bytes(), thumbnail_size=0).pixels for p in paths])
+    pixels = np.stack([embedder.decode(p.read_bytes()).pixels for p in paths])
     embedder.embed(pixels[:batch])
     started = time.perf_counter()
     for i in range(0, len(pixels), batch):
@@ -87,7 +87,8 @@ def main() -> None:
     def listed(values: list[float]) -> str:
         return ", ".join(f"{v:.1f}" for v in values)
 
-    print(f"{len(paths)} photos, precision {embedder.precision}; rounds: pipeline "
+    print(f"{len(paths)} photos, model {embedder.version}, precision {embedder.precision}; "
+          f"rounds: pipeline "
           f"{listed(piped)}, forward {listed(forward)}")
     top = rates["compiled forward (ceiling)"]
     base = rates["naive (predict per image)"]

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.embedder import Embedder
-from imgsearch.images import decode_image
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore
 from indexer.index import index_folder
@@ -28,8 +27,7 @@ from indexer.index import index_folder
 
 def forward_rate(embedder: Embedder, paths: list[Path], batch: int, rounds: int = 8) -> float:
     """Images/s of the compiled batched forward pass on pre-decoded tensors (the ceiling)."""
-    pixels = np.stack([decode_image(p.read_bytes(), thumbnail_size=0).pixels
-                       for p in paths[:batch]])
+    pixels = np.stack([embedder.decode(p.read_bytes()).pixels for p in paths[:batch]])
     embedder.embed(pixels)  # trace
     started = time.perf_counter()
     for _ in range(rounds):
@@ -56,7 +54,8 @@ def main() -> None:
         after = forward_rate(embedder, paths, settings.batch_size)
     ceiling = (before + after) / 2
     rate = report.embedded / report.seconds
-    print(f"images:                       {report.embedded} (precision {embedder.precision})")
+    print(f"images:                       {report.embedded} (model {embedder.version}, "
+          f"precision {embedder.precision})")
     print(f"compiled forward pass (batch {settings.batch_size}): {ceiling:6.1f} images/s "
           f"(before {before:.1f}, after {after:.1f})")
     print(f"indexer end to end:           {rate:6.1f} images/s "

@@ -19,7 +19,6 @@ import numpy as np
 
 from bench.quality import average_precision
 from imgsearch.embedder import Embedder
-from imgsearch.images import decode_image
 from imgsearch.settings import RESIZE_MODES, Settings
 
 
@@ -29,9 +28,11 @@ def load_labels(dataset: Path, split: str | None) -> list[tuple[Path, str]]:
     return [(dataset / "images" / r["path"], r["label"]) for r in rows]
 
 
-def embed_all(embedder: Embedder, paths: list[Path], mode: str, batch: int = 32) -> np.ndarray:
+def embed_all(embedder: Embedder, paths: list[Path], batch: int = 32) -> np.ndarray:
+    """Vectors of ``paths``, each decoded the way ``embedder`` (its resize mode) decodes."""
+
     def decode(p: Path) -> np.ndarray:
-        return decode_image(p.read_bytes(), resize_mode=mode, thumbnail_size=0).pixels
+        return embedder.decode(p.read_bytes()).pixels
 
     out = []
     with ThreadPoolExecutor(3) as pool:
@@ -67,7 +68,7 @@ def main() -> None:
     for mode in RESIZE_MODES:
         embedder = Embedder(Settings.from_env(resize_mode=mode))
         started = time.perf_counter()
-        vectors = embed_all(embedder, paths, mode)
+        vectors = embed_all(embedder, paths)
         p10, map10 = retrieval_at_10(vectors, labels)
         print(f"{mode:8s} {p10:7.4f} {map10:7.4f} {time.perf_counter() - started:8.1f}")
 

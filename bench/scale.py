@@ -50,7 +50,6 @@ def base_vectors(settings: Settings, dataset: Path) -> tuple[np.ndarray, np.ndar
     import csv
 
     from imgsearch.embedder import Embedder
-    from imgsearch.images import decode_image
 
     with open(dataset / "labels.csv", newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["path"])
@@ -63,8 +62,7 @@ def base_vectors(settings: Settings, dataset: Path) -> tuple[np.ndarray, np.ndar
     vectors = []
     for i in range(0, len(rows), settings.batch_size):
         pixels = np.stack([
-            decode_image((dataset / "images" / r["path"]).read_bytes(),
-                         resize_mode=settings.resize_mode, thumbnail_size=0).pixels
+            embedder.decode((dataset / "images" / r["path"]).read_bytes()).pixels
             for r in rows[i : i + settings.batch_size]
         ])
         vectors.append(embedder.embed(pixels))

@@ -1,7 +1,8 @@
-"""Images in, unit-length 2,048-d ResNet50 vectors out.
+"""The embedding model: image bytes in, unit-length 2,048-d ResNet50 vectors out.
 
-The model runs through one compiled ``tf.function`` over whole batches (``predict`` per image
-is several times slower on CPU); preprocessing and L2 normalisation are inside the graph.
+:class:`Embedder` is the one object that knows a model's input contract (size, resize mode,
+preprocessing) and identity (:func:`model_version`). The network runs through one compiled
+``tf.function`` over whole batches; preprocessing and L2 normalisation are inside the graph.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from .images import DecodedImage, decode_image  # noqa: E402
 from .settings import Settings  # noqa: E402
 
+ARCHITECTURE = "resnet50-avg"
 INPUT_SIZE = 224
 DIMS = 2048
 PREPROCESSING = "caffe-bgr-mean"  # keras.applications.resnet50.preprocess_input
@@ -71,64 +74,123 @@ def model_version(weights_digest: str, resize_mode: str) -> str:
     """The identity of the vectors: architecture, weights, preprocessing and resizing.
 
     Two runs that produce the same string produce comparable vectors; anything else is refused
-    by the store.
+    by the store. A fine-tuned model has other weights, hence another digest and version.
     """
     return (
-        f"resnet50-avg/w={weights_digest[:16]}/pre={PREPROCESSING}"
+        f"{ARCHITECTURE}/w={weights_digest[:16]}/pre={PREPROCESSING}"
         f"/in={INPUT_SIZE}/resize={resize_mode}"
     )
 
 
 class Embedder:
-    """ResNet50 (include_top=False, pooling='avg') with real weights, loaded once.
+    """One embedding model with its whole input contract: ResNet50 (include_top=False,
+    pooling='avg') with real weights, loaded once.
 
-    Thread-safe: a web worker's threads share one instance.
+    The model, not its callers, owns how an image becomes its input: :meth:`decode` resizes
+    with the model's own mode and size, and :meth:`embed` applies its preprocessing and
+    normalisation. Its identity (:attr:`version`) names all of that, so nothing outside needs
+    to know a resize mode. Decoding a file stays shared (:func:`imgsearch.images.decode_image`).
+
+    ``model_dir`` loads a fine-tuned model (``python -m indexer finetune``) instead of the base
+    one; without it, ``settings.model`` decides (see :mod:`imgsearch.modelstore`). Thread-safe:
+    a web worker's threads share one instance.
     """
 
-    def __init__(self, settings: Settings):
+    architecture = ARCHITECTURE
+    dims = DIMS
+    input_size = INPUT_SIZE
+    preprocessing = PREPROCESSING
+
+    def __init__(self, settings: Settings, model_dir: Path | None = None):
         self.precision = resolve_precision(settings.precision)
         apply_precision(self.precision)
-        import tensorflow as tf
 
+        from .modelstore import load_model_dir, resolve_model_dir
         from .weights import load_resnet50
 
         self.settings = settings
-        self.model, self.weights_digest = load_resnet50(
-            settings.weights, settings.cache_dir, include_top=False, pooling="avg"
-        )
-        self.version = model_version(self.weights_digest, settings.resize_mode)
+        model_dir = model_dir if model_dir is not None else resolve_model_dir(settings)
+        if model_dir is None:
+            self.model, self.weights_digest = load_resnet50(
+                settings.weights, settings.cache_dir, include_top=False, pooling="avg"
+            )
+            self.resize_mode = settings.resize_mode
+            self.card: dict | None = None
+        else:
+            # A tuned model was trained with its own resize mode: it comes with the model.
+            self.model, self.weights_digest, self.card = load_model_dir(model_dir)
+            self.resize_mode = self.card["resize_mode"]
+        self.model_dir = model_dir
+        self.version = model_version(self.weights_digest, self.resize_mode)
         self._lock = threading.Lock()
-        model = self.model
-        preprocess = _preprocess_fn()
+        self._forward = compile_forward(self.model)
 
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)],
-            reduce_retracing=True,
+    def describe(self) -> dict:
+        """What the model is, for logs, health reports and model cards."""
+        return {
+            "model_version": self.version, "architecture": self.architecture, "dims": self.dims,
+            "input_size": self.input_size, "resize_mode": self.resize_mode,
+            "preprocessing": self.preprocessing, "precision": self.precision,
+            "model_dir": str(self.model_dir) if self.model_dir else None,
+        }
+
+    def decode(
+        self, data: bytes, *, thumbnail_size: int = 0, max_pixels: int | None = None
+    ) -> DecodedImage:
+        """Image bytes -> this model's input (and a thumbnail when asked); ImageError if bad."""
+        return decode_image(
+            data,
+            target=self.input_size,
+            resize_mode=self.resize_mode,
+            thumbnail_size=thumbnail_size,
+            max_pixels=self.settings.max_image_pixels if max_pixels is None else max_pixels,
         )
-        def forward(pixels):
-            features = model(preprocess(tf.cast(pixels, tf.float32)), training=False)
-            return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1)
-
-        self._forward = forward
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """``uint8 [N, 224, 224, 3]`` RGB -> ``float32 [N, 2048]`` unit vectors."""
+        """``uint8 [N, 224, 224, 3]`` RGB (from :meth:`decode`) -> ``float32 [N, 2048]`` unit
+        vectors."""
         if pixels.ndim == 3:
             pixels = pixels[None]
-        if pixels.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3) or pixels.dtype != np.uint8:
-            raise ValueError(f"expected uint8 [N,224,224,3], got {pixels.dtype} {pixels.shape}")
+        size = self.input_size
+        if pixels.shape[1:] != (size, size, 3) or pixels.dtype != np.uint8:
+            raise ValueError(f"expected uint8 [N,{size},{size},3], got {pixels.dtype} "
+                             f"{pixels.shape}")
         if len(pixels) == 0:
-            return np.zeros((0, DIMS), np.float32)
+            return np.zeros((0, self.dims), np.float32)
         # TF already spreads one batch over every core; concurrent calls would only thrash.
         with self._lock:
             return self._forward(pixels).numpy()
 
+    def embed_bytes(self, data: bytes) -> np.ndarray:
+        """One image file's bytes -> its unit vector."""
+        return self.embed(self.decode(data).pixels)[0]
+
     def warm_up(self) -> None:
         """Trace the graph now rather than on the first user's request."""
-        self.embed(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
+        self.embed(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
 
 
-def _preprocess_fn():
+def compile_forward(model):
+    """``uint8 [N,224,224,3]`` -> unit vectors: preprocessing, the network and L2
+    normalisation in one compiled graph over whole batches (per-image ``predict`` is several
+    times slower on a CPU)."""
+    import tensorflow as tf
+
+    preprocess = preprocess_fn()
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)],
+        reduce_retracing=True,
+    )
+    def forward(pixels):
+        features = model(preprocess(tf.cast(pixels, tf.float32)), training=False)
+        return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1)
+
+    return forward
+
+
+def preprocess_fn():
+    """RGB floats in 0-255 -> the network's input (BGR, ImageNet channel means subtracted)."""
     from keras.applications.resnet50 import preprocess_input
 
     return preprocess_input

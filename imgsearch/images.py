@@ -91,14 +91,17 @@ def sniff_format(data: bytes) -> str | None:
 def decode_image(
     data: bytes,
     *,
-    target: int = 224,
-    resize_mode: str = "squash",
+    target: int,
+    resize_mode: str,
     thumbnail_size: int = 256,
     max_pixels: int = 50_000_000,
     min_side: int = 8,
     draft: bool = True,
 ) -> DecodedImage:
     """Decode ``data`` once into the model input, a thumbnail and metadata.
+
+    ``target`` and ``resize_mode`` are the model's (callers go through
+    :meth:`imgsearch.embedder.Embedder.decode`, which knows them).
 
     ``thumbnail_size=0`` skips the thumbnail (a search query needs none; it is the costliest
     step). ``draft=False`` turns off JPEG DCT scaling (only for comparisons; it is slower).
@@ -142,12 +145,6 @@ def decode_image(
         camera=_camera(exif),
         frames=frames,
     )
-
-
-def read_image_file(path: Path, **decode_kwargs) -> tuple[bytes, DecodedImage]:
-    """Read a file's bytes and decode them; both come back so the caller can hash the bytes."""
-    data = read_bytes(Path(path))
-    return data, decode_image(data, **decode_kwargs)
 
 
 # --- reading and opening ---------------------------------------------------------------------

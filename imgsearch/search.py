@@ -1,7 +1,9 @@
 """The search service: what the web app and ``python -m indexer search`` ask of the product.
 
 It owns the whole query path (decode -> embed -> kNN with filters) and its timings, so views
-and commands never build Elasticsearch queries themselves.
+and commands never build Elasticsearch queries themselves. Every query runs on one
+:class:`~imgsearch.serving.Route`: the model that embeds it and the concrete index that model
+built, so a query vector never meets another model's vectors, even while the alias swaps.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 from .filters import Filters
-from .images import decode_image
+from .serving import ModelFollower, Route
 from .settings import Settings
-from .store import VECTOR_FIELD, ImageStore
+from .store import VECTOR_FIELD, ImageStore, StoreError
 
 MAX_K = 100
 MAX_NUM_CANDIDATES = 10_000
@@ -40,6 +42,8 @@ class SearchResult:
     hits: list[Hit]
     timings_ms: dict[str, float] = field(default_factory=dict)
     query: dict = field(default_factory=dict)
+    model_version: str | None = None  # of the query vector and of the index searched
+    index: str | None = None  # the concrete index searched
 
 
 def check_limits(k: int, num_candidates: int | None, offset: int = 0) -> tuple[int, int]:
@@ -56,12 +60,35 @@ def check_limits(k: int, num_candidates: int | None, offset: int = 0) -> tuple[i
 
 
 class SearchService:
-    """Search by image bytes or by an indexed image's stored vector."""
+    """Search by image bytes or by an indexed image's stored vector.
 
-    def __init__(self, settings: Settings, store: ImageStore, embedder):
+    ``model`` is the model to start with; ``follow_alias`` (the web app) switches to the model
+    of whatever index the alias points at, loading it from the model store, with
+    ``check_interval`` seconds between looks at the alias.
+    """
+
+    def __init__(self, settings: Settings, store: ImageStore, model, *,
+                 check_interval: float = 1.0):
         self.settings = settings
         self.store = store
-        self.embedder = embedder
+        self.models = ModelFollower(settings, store, model, check_interval=check_interval)
+
+    @property
+    def model(self):
+        """The model that answers queries now."""
+        return self.models.model
+
+    def route(self) -> Route:
+        """The (model, concrete index) pair for one query."""
+        route = self.models.route()
+        if route.index is None and self.models.alias_index is not None:
+            status = self.models.status()
+            raise StoreError(
+                f"the index {status['alias']['index']} holds vectors of model "
+                f"{status['alias']['model_version']}, and that model is not loaded yet"
+                + (f" ({status['error']})" if status["error"] else "; try again in a moment")
+            )
+        return route
 
     def search_image(
         self,
@@ -74,23 +101,20 @@ class SearchService:
     ) -> SearchResult:
         """Nearest indexed images to an uploaded image (raises ``ImageError`` if it is bad)."""
         k, num_candidates = check_limits(k, num_candidates, offset)
+        route = self.route()
         t0 = time.perf_counter()
-        image = decode_image(
-            data,
-            resize_mode=self.settings.resize_mode,
-            thumbnail_size=0,
-            max_pixels=self.settings.max_image_pixels,
-        )
+        image = route.model.decode(data)
         t1 = time.perf_counter()
-        vector = self.embedder.embed(image.pixels)[0]
+        vector = route.model.embed(image.pixels)[0]
         t2 = time.perf_counter()
-        hits = self._knn(vector, k, num_candidates, filters, offset=offset)
+        hits = self._knn(route, vector, k, num_candidates, filters, offset=offset)
         t3 = time.perf_counter()
         return SearchResult(
             hits,
             _timings(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
             {"k": k, "num_candidates": num_candidates, "offset": offset,
              "width": image.width, "height": image.height, "format": image.format},
+            route.model_version, route.index,
         )
 
     def similar(
@@ -105,17 +129,20 @@ class SearchService:
         """"More like this": neighbours of an indexed image by its stored vector (no
         re-embedding); None when the id is unknown. The image itself is left out."""
         k, num_candidates = check_limits(k, num_candidates, offset)
+        route = self.route()
         t0 = time.perf_counter()
-        source = self.store.get(doc_id, with_vector=True)
+        source = self.store.get(doc_id, with_vector=True, index=route.index)
         if source is None:
             return None
         hits = self._knn(
-            source[VECTOR_FIELD], k, num_candidates, filters, offset=offset, exclude_id=doc_id
+            route, source[VECTOR_FIELD], k, num_candidates, filters, offset=offset,
+            exclude_id=doc_id,
         )
         t1 = time.perf_counter()
         return SearchResult(
             hits, _timings(search=t1 - t0, total=t1 - t0),
             {"k": k, "num_candidates": num_candidates, "offset": offset, "like": doc_id},
+            route.model_version, route.index,
         )
 
     def get(self, doc_id: str) -> dict | None:
@@ -129,7 +156,9 @@ class SearchService:
         """What ``/healthz`` reports. ``ok`` needs Elasticsearch reachable, an index behind the
         alias and a loaded model whose version is the one the index was built with."""
         es = self.store.health()
-        version = getattr(self.embedder, "version", None)
+        follow = self.models.status()
+        serving = follow["serving"]
+        version = serving["model_version"]
         problems = []
         if version is None:
             problems.append("the model is not loaded")
@@ -146,10 +175,10 @@ class SearchService:
                 f"no index behind the alias {self.store.alias!r}: index a folder with "
                 "`make index IMAGES=<dir>`"
             )
-        elif version and es["model_version"] != version:
+        elif serving["index"] is None:
             problems.append(
-                f"the index holds vectors of model {es['model_version']!r}, not {version!r}: "
-                "rebuild it with `python -m indexer <dir> --new-index`"
+                f"the index holds vectors of model {es['model_version']!r}, and that model is "
+                + ("loading" if follow["loading"] else f"not available ({follow['error']})")
             )
         return {
             "ok": not problems,
@@ -164,11 +193,17 @@ class SearchService:
                 "model_version": es["model_version"],
             },
             "model": {"loaded": version is not None, "version": version},
+            # What queries use now, and any switch to the alias's model still under way.
+            "serving": serving,
+            "switching": {"to": follow["alias"]["model_version"], "loading": follow["loading"],
+                          "error": follow["error"]}
+            if follow["alias"]["model_version"] not in (None, version) else None,
         }
 
-    def _knn(self, vector, k, num_candidates, filters, *, offset=0, exclude_id=None):
+    def _knn(self, route, vector, k, num_candidates, filters, *, offset=0, exclude_id=None):
         raw = self.store.knn(
             vector,
+            index=route.index,
             k=k,
             num_candidates=num_candidates,
             filters=filters.to_es() if filters else None,

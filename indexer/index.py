@@ -143,7 +143,8 @@ def index_folder(
         with ThreadPoolExecutor(workers, "decode") as pool, ThreadPoolExecutor(1, "bulk") as bulk:
             read = ordered_map(partial(read_file, root=root), paths, pool, window)
             fresh = skip_known(read, partial(store.existing_ids, index=index), stats)
-            decoded = ordered_map(make_decoder(settings, thumbnails), fresh, pool, window)
+            decoder = make_decoder(embedder, thumbnails, settings.thumbnail_size)
+            decoded = ordered_map(decoder, fresh, pool, window)
             for group, vectors in embed_batches(
                 batches(decoded, settings.batch_size, stats), embedder.embed
             ):
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete documents of files under this folder that are gone")
     p.add_argument("--new-index", action="store_true",
                    help="build a fresh index and switch the alias to it when complete")
+    p.add_argument("--model", help="a fine-tuned model: its directory or its model version in "
+                   "the model store (default: IMGSEARCH_MODEL, else the base model)")
     p.add_argument("--batch-size", type=int, help="images per inference batch")
     p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
     p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
@@ -261,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return EXIT_USAGE
     try:
-        overrides = {"batch_size": args.batch_size} if args.batch_size else {}
+        overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
+        if args.model:
+            overrides["model"] = args.model
         settings = Settings.from_env(**overrides)
         sidecar = load_sidecar(args.metadata) if args.metadata else None
     except (ValueError, SidecarError) as exc:

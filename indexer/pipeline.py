@@ -22,7 +22,6 @@ from imgsearch.images import (
     DecodedImage,
     ImageError,
     content_hash,
-    decode_image,
     read_bytes,
     sniff_format,
 )
@@ -149,20 +148,15 @@ def skip_known(
         yield from flush(buffer)
 
 
-def make_decoder(settings, thumbnails: ThumbnailStore) -> Callable:
-    """The per-file decode step: model input, metadata, and the thumbnail written to the store."""
+def make_decoder(model, thumbnails: ThumbnailStore, thumbnail_size: int) -> Callable:
+    """The per-file decode step: ``model``'s input, metadata, and the thumbnail written to the
+    store."""
 
     def decode(item: Candidate | Failure) -> Decoded | Failure:
         if isinstance(item, Failure):
             return item
         try:
-            image = decode_image(
-                item.data,
-                target=224,
-                resize_mode=settings.resize_mode,
-                thumbnail_size=settings.thumbnail_size,
-                max_pixels=settings.max_image_pixels,
-            )
+            image = model.decode(item.data, thumbnail_size=thumbnail_size)
         except ImageError as exc:
             return Failure(item.rel_path, exc.reason, str(exc))
         ref = thumbnails.put(item.content_hash, image.thumbnail)

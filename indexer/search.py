@@ -24,16 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from imgsearch.embedder import Embedder
     from imgsearch.images import ImageError
     from imgsearch.search import QueryError, SearchService
+    from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore
 
     try:
         data = args.image.read_bytes()
         filters = Filters.from_params({"label": args.label, "folder": args.folder})
         settings = Settings.from_env()
-        service = SearchService(settings, ImageStore.from_settings(settings), Embedder(settings))
+        store = ImageStore.from_settings(settings)
+        # The model that built the index (from the model store), else the configured one.
+        service = SearchService(settings, store, initial_model(settings, store))
         result = service.search_image(
             data, k=args.k, num_candidates=args.num_candidates, filters=filters
         )

@@ -20,9 +20,17 @@ CSP = (
 )
 
 
-def create_app(settings: Settings | None = None, *, embedder=None, store=None) -> Flask:
-    """Build the app; tests pass their own settings, embedder and store."""
+def create_app(
+    settings: Settings | None = None, *, embedder=None, store=None, check_interval: float = 1.0
+) -> Flask:
+    """Build the app; tests pass their own settings, model (``embedder``) and store.
+
+    The app serves the model that built the index behind the alias: it starts with that model
+    when the model store has it, and follows the alias to another model's index afterwards
+    (``imgsearch/serving.py``), checking at most every ``check_interval`` seconds.
+    """
     from imgsearch.search import SearchService
+    from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore
 
     settings = settings or Settings.from_env()
@@ -32,14 +40,14 @@ def create_app(settings: Settings | None = None, *, embedder=None, store=None) -
     app.json.sort_keys = False
     _use_gunicorn_logging(app)
 
+    store = store or ImageStore.from_settings(settings)
     if embedder is None:
-        from imgsearch.embedder import Embedder
-
-        embedder = Embedder(settings)
+        embedder = initial_model(settings, store)
         embedder.warm_up()  # trace the graph now, not on the first person's upload
         app.logger.info("model loaded: %s (%s)", embedder.version, embedder.precision)
-    store = store or ImageStore.from_settings(settings)
-    app.extensions["imgsearch"] = SearchService(settings, store, embedder)
+    app.extensions["imgsearch"] = SearchService(
+        settings, store, embedder, check_interval=check_interval
+    )
     app.extensions["imgsearch.thumbnails"] = ThumbnailStore(settings.thumbnail_dir)
 
     from . import api, errors, pages

@@ -36,7 +36,7 @@ def image(doc_id: str):
     source = service().get(check_id(doc_id))
     if source is None:
         raise _unknown(doc_id)
-    return jsonify(doc_json(doc_id, source))
+    return jsonify({"model_version": service().model.version, **doc_json(doc_id, source)})
 
 
 @bp.get("/api/images/<doc_id>/similar")
@@ -51,13 +51,15 @@ def similar(doc_id: str):
 
 @bp.get("/api/facets")
 def facets():
-    return jsonify(service().facets())
+    return jsonify({"model_version": service().model.version, **service().facets()})
 
 
 @bp.get("/healthz")
 def healthz():
     report = service().health()
-    return jsonify(report), 200 if report["ok"] else 503
+    return jsonify({"model_version": report["serving"]["model_version"], **report}), (
+        200 if report["ok"] else 503
+    )
 
 
 def _unknown(doc_id: str) -> Problem:

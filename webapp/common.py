@@ -102,6 +102,9 @@ def result_json(result: SearchResult, filters: Filters) -> dict:
     if not result.hits and result.query.get("offset", 0) == 0:
         _check_not_empty()
     return {
+        # The model that embedded the query and built the index searched: always one version.
+        "model_version": result.model_version,
+        "index": result.index,
         "hits": [doc_json(h.id, h.source, score=h.score, cosine=h.cosine) for h in result.hits],
         # The same keys for every kind of search; a similar-search neither decodes nor embeds.
         "timings_ms": {"decode": 0.0, "embed": 0.0, **result.timings_ms},

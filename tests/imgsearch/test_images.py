@@ -27,7 +27,7 @@ from imgsearch.images import (
     ImageError,
     content_hash,
     decode_image,
-    read_image_file,
+    read_bytes,
     sniff_format,
 )
 from imgsearch.settings import Settings
@@ -42,6 +42,18 @@ def photo() -> Path:
     if not photos:
         pytest.fail(f"no clothing photos under {images} (IMGSEARCH_DATASETS_DIR)", pytrace=False)
     return photos[0]
+
+
+def decode(data: bytes, *, target: int = 224, resize_mode: str = "squash", **kw):
+    """``decode_image`` at 224 px: these tests are about decoding, so the size and resize mode
+    are theirs to pick (the product's come from its model, ``Embedder.decode``)."""
+    return decode_image(data, target=target, resize_mode=resize_mode, **kw)
+
+
+def read_image_file(path: Path, **kw):
+    """A file's bytes and their decoding, as the indexer reads them."""
+    data = read_bytes(Path(path))
+    return data, decode(data, **kw)
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -88,7 +100,7 @@ def assert_thumbnail(decoded: DecodedImage, limit: int = 256) -> Image.Image:
 
 def reason_of(data: bytes, **kw) -> str:
     with pytest.raises(ImageError) as info:
-        decode_image(data, **kw)
+        decode(data, **kw)
     assert str(info.value) and " " in str(info.value)  # a sentence, not just the code
     return info.value.reason
 
@@ -120,8 +132,8 @@ def test_draft_keeps_size_and_look(mode):
     # A big JPEG is where draft matters: libjpeg decodes it at a fraction of its size.
     big = bands((2400, 1800), [RED, GREEN, BLUE]).resize((2400, 1800), Image.Resampling.BILINEAR)
     data = encode(big, "JPEG", quality=90)
-    fast = decode_image(data, resize_mode=mode)
-    slow = decode_image(data, resize_mode=mode, draft=False)
+    fast = decode(data, resize_mode=mode)
+    slow = decode(data, resize_mode=mode, draft=False)
     assert (fast.width, fast.height) == (slow.width, slow.height) == (2400, 1800)
     assert np.abs(fast.pixels.astype(int) - slow.pixels).mean() < 3
     assert max(Image.open(io.BytesIO(fast.thumbnail)).size) == 256
@@ -131,14 +143,14 @@ def test_draft_keeps_size_and_look(mode):
 
 
 def test_squash_keeps_whole_image():
-    pixels = decode_image(encode(bands((400, 100), [RED, BLUE]), "PNG")).pixels
+    pixels = decode(encode(bands((400, 100), [RED, BLUE]), "PNG")).pixels
     assert pixels.shape == (224, 224, 3)
     assert close(pixels[112, 2], RED) and close(pixels[112, -3], BLUE)
 
 
 def test_crop_keeps_the_centre():
     data = encode(bands((300, 100), [RED, GREEN, BLUE]), "PNG")
-    pixels = decode_image(data, resize_mode="crop").pixels
+    pixels = decode(data, resize_mode="crop").pixels
     assert pixels.shape == (224, 224, 3)
     # The filter reaches one source pixel past the crop box, so the outermost columns blend.
     assert all(close(p, GREEN) for p in pixels[::20, 1:-1:20].reshape(-1, 3))
@@ -147,7 +159,7 @@ def test_crop_keeps_the_centre():
 
 @pytest.mark.parametrize(("size", "axis"), [((400, 200), 0), ((200, 400), 1)])
 def test_pad_fills_with_white(size, axis):
-    pixels = decode_image(encode(Image.new("RGB", size, BLACK), "PNG"), resize_mode="pad").pixels
+    pixels = decode(encode(Image.new("RGB", size, BLACK), "PNG"), resize_mode="pad").pixels
     assert pixels.shape == (224, 224, 3)
     line = pixels[:, 112] if axis == 0 else pixels[112, :]  # across the padded direction
     assert close(line[0], WHITE) and close(line[-1], WHITE)
@@ -156,19 +168,19 @@ def test_pad_fills_with_white(size, axis):
 
 
 def test_small_image_thumbnail_not_enlarged():
-    decoded = decode_image(encode(Image.new("RGB", (40, 30), RED), "PNG"))
+    decoded = decode(encode(Image.new("RGB", (40, 30), RED), "PNG"))
     assert Image.open(io.BytesIO(decoded.thumbnail)).size == (40, 30)
     assert decoded.pixels.shape == (224, 224, 3)
 
 
 def test_thumbnail_size_option():
-    decoded = decode_image(encode(Image.new("RGB", (500, 100), RED), "PNG"), thumbnail_size=64)
+    decoded = decode(encode(Image.new("RGB", (500, 100), RED), "PNG"), thumbnail_size=64)
     assert Image.open(io.BytesIO(decoded.thumbnail)).size == (64, 13)
 
 
 def test_bad_resize_mode_is_a_programming_error():
     with pytest.raises(ValueError) as info:
-        decode_image(encode(Image.new("RGB", (20, 20)), "PNG"), resize_mode="stretch")
+        decode(encode(Image.new("RGB", (20, 20)), "PNG"), resize_mode="stretch")
     assert not isinstance(info.value, ImageError)
 
 
@@ -189,7 +201,7 @@ def jpeg_with_exif(img: Image.Image, **tags) -> bytes:
 def test_orientation_6_rotates(draft):
     # Stored 400x200 red|blue; orientation 6 means "rotate 90 degrees clockwise to display".
     data = jpeg_with_exif(bands((400, 200), [RED, BLUE]), Orientation=6)
-    decoded = decode_image(data, draft=draft, resize_mode="pad")
+    decoded = decode(data, draft=draft, resize_mode="pad")
     assert (decoded.width, decoded.height) == (200, 400)
     assert close(decoded.pixels[60, 112], RED) and close(decoded.pixels[164, 112], BLUE)
     assert close(decoded.pixels[112, 2], WHITE)  # pad now adds the borders left and right
@@ -205,7 +217,7 @@ def test_exif_date_and_camera():
         DateTimeOriginal="2019:05:04 13:22:01",
         DateTime="2020:01:01 00:00:00",
     )
-    decoded = decode_image(data)
+    decoded = decode(data)
     assert decoded.exif_datetime == "2019-05-04T13:22:01"
     assert decoded.camera == "Canon EOS 5D"
 
@@ -222,12 +234,12 @@ def test_exif_date_and_camera():
     ],
 )  # fmt: skip
 def test_exif_variants(tags, when, camera):
-    decoded = decode_image(jpeg_with_exif(Image.new("RGB", (16, 16)), **tags))
+    decoded = decode(jpeg_with_exif(Image.new("RGB", (16, 16)), **tags))
     assert (decoded.exif_datetime, decoded.camera) == (when, camera)
 
 
 def test_png_has_no_exif():
-    decoded = decode_image(encode(Image.new("RGB", (16, 16)), "PNG"))
+    decoded = decode(encode(Image.new("RGB", (16, 16)), "PNG"))
     assert decoded.exif_datetime is None and decoded.camera is None
 
 
@@ -237,7 +249,7 @@ def test_png_has_no_exif():
 def test_cmyk_jpeg():
     img = Image.new("CMYK", (40, 20), (0, 0, 0, 0))  # left half paper white
     img.paste((255, 0, 0, 0), (20, 0, 40, 20))  # right half pure cyan
-    decoded = decode_image(encode(img, "JPEG", quality=95))
+    decoded = decode(encode(img, "JPEG", quality=95))
     assert decoded.mode == "CMYK"
     assert close(decoded.pixels[112, 20], WHITE)
     assert close(decoded.pixels[112, 200], (0, 255, 255), tol=20)
@@ -245,7 +257,7 @@ def test_cmyk_jpeg():
 
 def test_grayscale():
     img = Image.linear_gradient("L").resize((64, 64))
-    decoded = decode_image(encode(img, "PNG"))
+    decoded = decode(encode(img, "PNG"))
     assert decoded.mode == "L"
     p = decoded.pixels.astype(int)
     assert (p[..., 0] == p[..., 1]).all() and (p[..., 1] == p[..., 2]).all()
@@ -255,7 +267,7 @@ def test_grayscale():
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 def test_16_bit_grayscale_keeps_its_range(fmt):
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
-    decoded = decode_image(encode(Image.fromarray(ramp), fmt))
+    decoded = decode(encode(Image.fromarray(ramp), fmt))
     assert decoded.mode.startswith("I;16")
     assert decoded.pixels.min() < 10 and decoded.pixels.max() > 245
     assert 100 < decoded.pixels.mean() < 155  # a ramp, not all white
@@ -265,7 +277,7 @@ def test_32_bit_and_float_grayscale():
     ints = Image.fromarray(np.tile(np.arange(0, 4096, 64, dtype=np.int32), (16, 1)))
     floats = Image.fromarray(np.tile(np.linspace(0, 1, 64, dtype=np.float32), (16, 1)))
     for img in (ints, floats):
-        pixels = decode_image(encode(img, "TIFF")).pixels
+        pixels = decode(encode(img, "TIFF")).pixels
         assert pixels[:, 0].max() < 10 and pixels[:, -1].min() > 0
 
 
@@ -273,7 +285,7 @@ def test_palette_with_transparency():
     img = Image.new("P", (20, 20), 0)
     img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 red, 1 blue
     img.paste(1, (10, 0, 20, 20))
-    decoded = decode_image(encode(img, "PNG", transparency=0))
+    decoded = decode(encode(img, "PNG", transparency=0))
     assert decoded.mode == "P"
     assert close(decoded.pixels[112, 20], WHITE)  # the transparent red
     assert close(decoded.pixels[112, 200], BLUE)
@@ -283,7 +295,7 @@ def test_rgba_composited_on_white():
     img = Image.new("RGBA", (30, 10), (0, 0, 0, 0))
     img.paste((255, 0, 0, 255), (10, 0, 20, 10))
     img.paste((0, 0, 0, 128), (20, 0, 30, 10))
-    decoded = decode_image(encode(img, "PNG"))
+    decoded = decode(encode(img, "PNG"))
     assert decoded.mode == "RGBA"
     row = decoded.pixels[112]
     assert close(row[20], WHITE) and close(row[112], RED) and close(row[205], (127,) * 3)
@@ -291,8 +303,8 @@ def test_rgba_composited_on_white():
 
 
 def test_gray_alpha_and_one_bit():
-    la = decode_image(encode(Image.new("LA", (10, 10), (0, 0)), "PNG"))
-    bits = decode_image(encode(Image.new("1", (10, 10), 1), "PNG"))
+    la = decode(encode(Image.new("LA", (10, 10), (0, 0)), "PNG"))
+    bits = decode(encode(Image.new("1", (10, 10), 1), "PNG"))
     assert (la.mode, bits.mode) == ("LA", "1")
     assert (la.pixels == 255).all() and (bits.pixels == 255).all()
 
@@ -301,7 +313,7 @@ def test_gray_alpha_and_one_bit():
 def test_animation_uses_first_frame(fmt):
     frames = [Image.new("RGB", (16, 16), c) for c in (RED, GREEN, BLUE)]
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    decoded = decode_image(data)
+    decoded = decode(data)
     assert decoded.format == fmt and decoded.frames == 3
     assert close(decoded.pixels[112, 112], RED)
 
@@ -310,7 +322,7 @@ def test_animation_uses_first_frame(fmt):
 def test_formats_decode_and_sniff(fmt):
     data = encode(Image.new("RGB", (20, 10), GREEN), fmt)
     assert sniff_format(data) == fmt
-    decoded = decode_image(data)
+    decoded = decode(data)
     assert decoded.format == fmt and (decoded.width, decoded.height) == (20, 10)
     assert close(decoded.pixels[112, 112], GREEN, tol=20)
     assert_thumbnail(decoded)
@@ -370,14 +382,14 @@ def test_decompression_bomb_refused_before_decoding(size):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may leak out as a warning either
         with pytest.raises(ImageError) as info:
-            decode_image(crafted_png(*size))
+            decode(crafted_png(*size))
     assert info.value.reason == "too_many_pixels"
     assert f"{size[0] * size[1]}" in str(info.value).replace(",", "")
 
 
 def test_max_pixels_argument(photo):
     with pytest.raises(ImageError) as info:
-        decode_image(photo.read_bytes(), max_pixels=10_000)
+        decode(photo.read_bytes(), max_pixels=10_000)
     assert info.value.reason == "too_many_pixels" and "10,000" in str(info.value)
 
 
@@ -391,9 +403,9 @@ def test_globals_untouched():
     filters, limit = list(warnings.filters), Image.MAX_IMAGE_PIXELS
     for _ in range(3):
         with pytest.raises(ImageError):
-            decode_image(crafted_png(8000, 8000))
+            decode(crafted_png(8000, 8000))
         with pytest.raises(ImageError):
-            decode_image(crafted_png(20000, 20000), max_pixels=10**9)
+            decode(crafted_png(20000, 20000), max_pixels=10**9)
     assert warnings.filters == filters and limit == Image.MAX_IMAGE_PIXELS
 
 
@@ -405,7 +417,7 @@ def test_threads_restore_warning_filters():
         for _ in range(30):
             for d in data:
                 with contextlib.suppress(ImageError):
-                    decode_image(d)
+                    decode(d)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -421,7 +433,7 @@ def test_too_small(size):
 
 
 def test_min_side_argument():
-    assert decode_image(encode(Image.new("RGB", (2, 2)), "PNG"), min_side=1).width == 2
+    assert decode(encode(Image.new("RGB", (2, 2)), "PNG"), min_side=1).width == 2
 
 
 def test_unsupported_compression():
@@ -517,7 +529,7 @@ _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 def decodes_or_image_error(data: bytes) -> None:
     try:
-        decoded = decode_image(data, max_pixels=4_000_000)
+        decoded = decode(data, max_pixels=4_000_000)
     except ImageError as exc:
         assert exc.reason and str(exc)
     else:

@@ -148,7 +148,7 @@ def test_upload_over_the_byte_limit_is_refused_before_decoding(
     def never(*args, **kwargs):
         raise AssertionError("an over-limit upload reached the decoder")
 
-    monkeypatch.setattr("imgsearch.search.decode_image", never)
+    monkeypatch.setattr("imgsearch.embedder.decode_image", never)
     error = _error(_post(client, jpeg), 413, "upload_too_large")
     assert str(len(jpeg) - 1) in error["message"]
     # A huge body (21 MB, over the default 20 MB) on the default app too.
