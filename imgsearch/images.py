@@ -147,6 +147,31 @@ def decode_image(
     )
 
 
+def decode_rgb(data: bytes, *, short_side: int, max_pixels: int = 50_000_000) -> Image.Image:
+    """The whole image as oriented RGB, its shorter side reduced to about ``short_side``
+    (never enlarged; JPEG DCT scaling where it helps). For training, whose augmentation
+    crops and resizes by itself. Raises :class:`ImageError` like :func:`decode_image`."""
+    fmt = _sniff_or_raise(data)
+    img = _open(data, fmt, max_pixels)
+    with _pil_errors(fmt, data):
+        _check_size(img.size, max_pixels, 8)
+        if fmt == "JPEG":
+            _draft(img, short_side, "crop", 0)
+        img.load()
+    exif = _exif(img)
+    orientation = exif.get(ExifTags.Base.Orientation) if exif is not None else None
+    with _pil_errors(fmt, data):
+        if orientation not in (None, 1):
+            _exif_transpose(img)
+        rgb = to_rgb(img)
+        width, height = rgb.size
+        scale = short_side / min(width, height)
+        if scale < 1:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return rgb
+
+
 # --- reading and opening ---------------------------------------------------------------------
 
 

@@ -76,21 +76,23 @@ def load_model_dir(model_dir: Path):
 
 
 def write_model_dir(model_dir: Path, keras_model, card: dict) -> None:
-    """Write (or overwrite) the weights and then the card, each atomically.
+    """Write (or overwrite) the weights and then the card, each atomically; with
+    ``keras_model=None`` only the card (whose digest must still be the weights').
 
     The card is written last and names the digest of the weights beside it, so a crash
     between the two leaves a directory that refuses to load rather than one that lies.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".weights-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        keras_model.save_weights(tmp)
-        os.replace(tmp, model_dir / WEIGHTS_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if keras_model is not None:
+        fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".weights-", suffix=".weights.h5")
+        os.close(fd)
+        try:
+            keras_model.save_weights(tmp)
+            os.replace(tmp, model_dir / WEIGHTS_FILE)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     missing = [f for f in CARD_FIELDS if f not in card]
     if missing:
         raise ValueError(f"model card lacks {missing}")

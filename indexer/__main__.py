@@ -1,10 +1,11 @@
-"""`python -m indexer <dir>` indexes a folder; `python -m indexer search <image>` searches."""
+"""`python -m indexer <dir>` indexes a folder; `python -m indexer search <image>` searches;
+`python -m indexer finetune <dir>` makes a domain model from a labelled folder."""
 
 import sys
 
-from . import index, search
+from . import finetune, index, search
 
-VERBS = {"index": index.main, "search": search.main}
+VERBS = {"index": index.main, "search": search.main, "finetune": finetune.main}
 
 
 def main(argv: list[str]) -> int:
