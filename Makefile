@@ -7,23 +7,29 @@ PY     := $(VENV)/bin/python
 IMAGES ?=
 METADATA ?=
 INDEX_ARGS ?=
+# A fine-tuned model for `make index` (its directory or model version); `make finetune` writes
+# one into MODEL_OUT (default: var/models/<folder>-<UTC time>).
+MODEL ?=
+MODEL_OUT ?=
+FINETUNE_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        finetune bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
 	@echo "make es-up | es-down | es-status local Elasticsearch node on 127.0.0.1:9200"
-	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>]"
+	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL=<model dir>] [INDEX_ARGS=--new-index]"
+	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
 	@echo "make search IMAGE=<file>        nearest indexed images"
 	@echo "make serve                      web app on http://127.0.0.1:8000 (gunicorn)"
 	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
-	@echo "make bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
+	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
 	@echo "     bench-bf16 | bench-scale | bench-scale-1m   (docs/BENCHMARKS.md)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -53,7 +59,13 @@ es-status: venv
 
 index: venv
 	@test -n "$(IMAGES)" || (echo "usage: make index IMAGES=<dir> [METADATA=<file>]"; exit 2)
-	$(PY) -m indexer "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") $(INDEX_ARGS)
+	$(PY) -m indexer "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") \
+	  $(if $(MODEL),--model "$(MODEL)") $(INDEX_ARGS)
+
+finetune: venv weights
+	@test -n "$(IMAGES)" || (echo "usage: make finetune IMAGES=<dir> [METADATA=<file>] [MODEL_OUT=<dir>]"; exit 2)
+	$(PY) -m indexer finetune "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") \
+	  $(if $(MODEL_OUT),--out "$(MODEL_OUT)") $(FINETUNE_ARGS)
 
 search: venv
 	@test -n "$(IMAGE)" || (echo "usage: make search IMAGE=<file>"; exit 2)
@@ -76,6 +88,10 @@ lint: venv
 # Benchmarks: each prints what docs/BENCHMARKS.md records. They need `make es-up` (all but
 # bench-resize) and, for bench-api, `make serve` running.
 DATASET ?= $(or $(IMGSEARCH_DATASETS_DIR),../shared/datasets)/clothing-small
+
+bench-finetune: venv
+	mkdir -p var
+	$(PY) -m bench.finetune --dataset $(DATASET) --json var/bench-finetune.jsonl
 
 bench-quality: venv
 	$(PY) -m bench.quality --dataset $(DATASET) --split test

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality import average_precision
 from imgsearch.embedder import Embedder
+from imgsearch.metrics import retrieval_scores
 from imgsearch.settings import RESIZE_MODES, Settings
 
 
@@ -42,17 +42,6 @@ def embed_all(embedder: Embedder, paths: list[Path], batch: int = 32) -> np.ndar
     return np.concatenate(out)
 
 
-def retrieval_at_10(vectors: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Mean precision@10 and mAP@10 of exact search, each query excluding itself."""
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -np.inf)
-    top = np.argsort(-sims, axis=1)[:, :10]
-    rel = labels[top] == labels[:, None]
-    totals = {label: int((labels == label).sum()) - 1 for label in set(labels)}
-    ap = [average_precision(rel[i], min(10, totals[label])) for i, label in enumerate(labels)]
-    return float(rel.mean()), float(np.mean(ap))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path, default=Settings.from_env().datasets_dir
@@ -69,7 +58,8 @@ def main() -> None:
         embedder = Embedder(Settings.from_env(resize_mode=mode))
         started = time.perf_counter()
         vectors = embed_all(embedder, paths)
-        p10, map10 = retrieval_at_10(vectors, labels)
+        scores = retrieval_scores(vectors, labels)
+        p10, map10 = scores["p@10"], scores["map@10"]
         print(f"{mode:8s} {p10:7.4f} {map10:7.4f} {time.perf_counter() - started:8.1f}")
 
 

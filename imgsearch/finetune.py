@@ -52,8 +52,8 @@ from .modelstore import write_model_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-FROZEN_OUTPUT = "conv4_block6_out"  # the last layer that does not learn
 TUNED_STAGE = "conv5"
+CONV4_OUTPUT = "conv4_block6_out"
 VALIDATION_SPLITS = ("validation", "val", "valid")
 
 
@@ -66,6 +66,8 @@ class Recipe:
     """Every choice that shapes the model; all of it goes into the model card."""
 
     max_epochs: int = 8
+    # The first conv5 block that learns (1: the whole stage); the output before it is cached.
+    tune_from_block: int = 1
     patience: int = 2  # epochs without a better validation P@10 before stopping
     views: int = 3  # augmented views precomputed per training image
     batch_size: int = 32
@@ -86,7 +88,8 @@ class Recipe:
     def describe(self) -> dict:
         return {
             "name": "conv5+cosface-proxies/frozen-bn/cached-conv4-views",
-            "tuned_layers": f"{TUNED_STAGE} (conv5_block1..3), conv1-conv4 frozen",
+            "tuned_layers": f"{TUNED_STAGE}_block{self.tune_from_block}..3, the rest frozen "
+                            f"(cached at {frozen_output(self.tune_from_block)})",
             "batch_norm": "inference mode (statistics frozen), scale/offset trained",
             "loss": (f"normalised softmax with CosFace margin: scale {self.scale}, margin "
                      f"{self.margin}, label smoothing {self.label_smoothing}; proxies start at "
@@ -138,7 +141,8 @@ class EpochResult:
     loss: float
     p10: float
     map10: float
-    seconds: float
+    seconds: float  # training and validation
+    train_seconds: float  # training steps only
 
 
 @dataclass
@@ -280,14 +284,21 @@ def augment(rgb: Image.Image, recipe: Recipe, rng: np.random.Generator, size: in
 # --- the network, split at the frozen layer --------------------------------------------------
 
 
-def frozen_part(model):
-    """``uint8 images -> conv4 maps (float16)``: the layers that do not learn, compiled."""
+def frozen_output(tune_from_block: int) -> str:
+    """The last layer that does not learn."""
+    if tune_from_block == 1:
+        return CONV4_OUTPUT
+    return f"{TUNED_STAGE}_block{tune_from_block - 1}_out"
+
+
+def frozen_part(model, tune_from_block: int = 1):
+    """``uint8 images -> maps (float16)``: the layers that do not learn, compiled."""
     import keras
     import tensorflow as tf
 
     from .embedder import INPUT_SIZE, preprocess_fn
 
-    trunk = keras.Model(model.inputs, model.get_layer(FROZEN_OUTPUT).output)
+    trunk = keras.Model(model.inputs, model.get_layer(frozen_output(tune_from_block)).output)
     preprocess = preprocess_fn()
 
     @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)])
@@ -298,14 +309,14 @@ def frozen_part(model):
     return forward
 
 
-def tuned_part(model):
-    """conv4 maps -> GAP vectors, made of the conv5 layers *of ``model``* (shared, not copied):
-    training this changes ``model``, which is what gets saved."""
+def tuned_part(model, tune_from_block: int = 1):
+    """Cached maps -> GAP vectors, made of the conv5 layers *of ``model``* (shared, not
+    copied): training this changes ``model``, which is what gets saved."""
     import keras
 
-    channels = model.get_layer(FROZEN_OUTPUT).output.shape[-1]
+    channels = model.get_layer(frozen_output(tune_from_block)).output.shape[-1]
     x = inputs = keras.Input((None, None, channels))
-    for block in (1, 2, 3):
+    for block in range(tune_from_block, 4):
         name = f"{TUNED_STAGE}_block{block}"
         shortcut = x
         if block == 1:
@@ -337,8 +348,8 @@ class Trainer:
         self.progress = progress
         self.workers = workers or min(4, len(os.sched_getaffinity(0)) + 1)
         self.label_index = {label: i for i, label in enumerate(data.labels)}
-        self.frozen = frozen_part(base.model)
-        self.stage = tuned_part(base.model)
+        self.frozen = frozen_part(base.model, recipe.tune_from_block)
+        self.stage = tuned_part(base.model, recipe.tune_from_block)
         self.skipped: list[Skipped] = []
         self.hashes: dict[str, str] = {}
         # Set by a Ctrl-C handler: the loops stop at the next batch, never inside a write.
@@ -523,9 +534,10 @@ class Trainer:
                 self.check_stop()
                 losses.append(float(step(batch, self.train_labels[idx])))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            trained = time.perf_counter() - started
             scores = self.validate()
             result = EpochResult(epoch, float(np.mean(losses)), scores["p@10"],
-                                 scores["map@10"], time.perf_counter() - started)
+                                 scores["map@10"], time.perf_counter() - started, trained)
             bar.set_postfix(loss=f"{result.loss:.3f}", val_p10=f"{result.p10:.4f}")
             bar.close()
             results.append(result)
@@ -610,7 +622,7 @@ def finetune(
             "interrupted": interrupted,
             "wall_seconds": round(seconds, 1),
             "training_images_per_second": round(
-                trained / sum(e.seconds for e in epochs), 1) if epochs else None,
+                trained / sum(e.train_seconds for e in epochs), 1) if epochs else None,
             "validation": {
                 "metric": "leave-one-out exact search over the validation images, same label "
                           "relevant",

@@ -162,9 +162,11 @@ class ModelFollower:
         path = ModelStore(self.settings.model_store).find(version)
         if path is not None:
             return Embedder(self.settings, model_dir=path)
-        base = Embedder(self.settings.with_(model=""))
-        if base.version == version:
-            return base
+        # Not a tuned model of the store: the base model, unless it is loaded and is not it.
+        if not any(getattr(m, "card", 0) is None for m in self._models.values()):
+            base = Embedder(self.settings.with_(model=""))
+            if base.version == version:
+                return base
         raise WeightsError(
             f"model {version} is not in the model store {self.settings.model_store} "
             "(IMGSEARCH_MODEL_STORE): copy its directory there"

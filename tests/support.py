@@ -16,9 +16,9 @@ class CheckedClient(FlaskClient):
         return response
 
 
-def build_app(settings, embedder, store=None):
+def build_app(settings, embedder, store=None, **options):
     """An app in testing mode whose clients check every response."""
-    app = create_app(settings, embedder=embedder, store=store)
+    app = create_app(settings, embedder=embedder, store=store, **options)
     app.config.update(TESTING=True)
     app.test_client_class = CheckedClient
     return app
