@@ -65,11 +65,15 @@ class FinetuneError(ValueError):
 class Recipe:
     """Every choice that shapes the model; all of it goes into the model card."""
 
-    max_epochs: int = 8
+    max_epochs: int = 6
     # The first conv5 block that learns (1: the whole stage); the output before it is cached.
-    tune_from_block: int = 1
+    # Blocks 2-3 train 1.55x faster than all of conv5 (18.6 against 12.0 images/s here) and
+    # reached validation P@10 0.839 against 0.850 after 3 epochs on 1,000 clothing photos.
+    tune_from_block: int = 2
     patience: int = 2  # epochs without a better validation P@10 before stopping
-    views: int = 3  # augmented views precomputed per training image
+    # Each view costs a forward pass of the frozen layers over every training image (~5 min
+    # for the 3,068 clothing photos on a 2-core AVX2 CPU): the dominant cost of a run.
+    views: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-4  # conv5 (Adam)
     head_learning_rate: float = 1e-3  # the label proxies (Adam)
@@ -108,7 +112,7 @@ class Recipe:
             },
             **{k: v for k, v in asdict(self).items() if k in (
                 "max_epochs", "patience", "views", "batch_size")},
-            "early_stopping": "validation precision@10",
+            "early_stopping": "validation precision@10 (ties: mAP@10), best epoch kept",
         }
 
 
@@ -517,7 +521,10 @@ class Trainer:
         step = self._build_step()
         rng = np.random.default_rng((self.seed, 1_000_003))
         results: list[EpochResult] = []
-        best, waited = self.before["p@10"], 0
+        # The best epoch so far is kept even if it does not beat the base model (the caller
+        # says so): a run always leaves a model once its first epoch is done.
+        best: tuple[float, float] | None = None
+        waited = 0
         n = len(self.train_labels)
         for epoch in range(1, r.max_epochs + 1):
             started = time.perf_counter()
@@ -541,9 +548,10 @@ class Trainer:
             bar.set_postfix(loss=f"{result.loss:.3f}", val_p10=f"{result.p10:.4f}")
             bar.close()
             results.append(result)
-            is_best = result.p10 > best
+            score = (result.p10, result.map10)  # P@10, ties broken by mAP@10
+            is_best = best is None or score > best
             if is_best:
-                best, waited = result.p10, 0
+                best, waited = score, 0
             else:
                 waited += 1
             on_epoch(result, is_best)

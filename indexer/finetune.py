@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  python -m indexer <folder> --model {out} --new-index",
         file=sys.stderr,
     )
+    if after["p@10"] <= before["p@10"]:
+        print("warning: the tuned model does not beat the base model on validation; more "
+              "images per label, more epochs or another recipe may", file=sys.stderr)
     if result.interrupted:
         return EXIT_ABORTED
     return EXIT_PARTIAL if result.skipped else EXIT_OK

@@ -104,7 +104,7 @@ def test_frozen_then_tuned_part_is_the_whole_network(embedder, photo_dir, block)
                        for p in sorted(photo_dir.rglob("*.jpg"))[:4]])
     maps = frozen_part(embedder.model, block)(pixels).numpy()
     pooled = np.asarray(tuned_part(embedder.model, block)(maps.astype(np.float32)))
-    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    pooled = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     cosines = (pooled * embedder.embed(pixels)).sum(axis=1)
     assert cosines.min() > 0.9999  # float16 maps: equal to ~1e-5
 
@@ -118,7 +118,7 @@ def test_a_short_finetune_beats_the_base_model(tuned_model):
     before, after = validation["before"]["p@10"], validation["after"]["p@10"]
     print(f"validation P@10 {before:.4f} -> {after:.4f} ({len(result.epochs)} epochs, "
           f"{result.seconds:.0f} s)")
-    # Measured: 0.48 -> 0.66 with 12 photos per label and 2 epochs; 0.05 is a safe floor.
+    # Measured: 0.41 -> 0.59 with 12 photos per label and 2 epochs; 0.05 is a safe floor.
     assert after >= before + 0.05
     assert validation["after"]["map@10"] > validation["before"]["map@10"]
 

@@ -121,5 +121,6 @@ def test_a_tuned_model_is_refused_by_an_index_of_the_base_model(
     code = index_main([str(photo_dir), "--model", str(model_dir), "--no-progress"])
     err = capsys.readouterr().err
     assert code == EXIT_ABORTED
-    assert f"holds vectors of model '{embedder.version}'" in err and "--new-index" in err
+    assert f"holds vectors of model version '{embedder.version}'" in err
+    assert "--new-index" in err
     assert store.index_model_version() == embedder.version
