@@ -36,15 +36,16 @@ ENV VIRTUAL_ENV=/opt/venv \
     TF_CPP_MIN_LOG_LEVEL=2 \
     IMGSEARCH_CACHE_DIR=/opt/imgsearch/cache \
     IMGSEARCH_THUMBNAIL_DIR=/data/thumbnails \
+    IMGSEARCH_MODEL_STORE=/data/models \
     WEBAPP_BIND=0.0.0.0:8000
 
-# The app's user, and the thumbnail store it writes (a named volume mounted on
-# /data/thumbnails starts out with this directory's owner).
+# The app's user, and the thumbnail and model stores it writes (a named volume mounted on
+# /data/thumbnails or /data/models starts out with this directory's owner).
 RUN groupadd --system --gid 10001 imgsearch \
     && useradd --system --uid 10001 --gid imgsearch --create-home --home-dir /home/imgsearch \
        --shell /usr/sbin/nologin imgsearch \
-    && mkdir -p /data/thumbnails \
-    && chown imgsearch:imgsearch /data/thumbnails
+    && mkdir -p /data/thumbnails /data/models \
+    && chown imgsearch:imgsearch /data/thumbnails /data/models
 
 COPY --from=build /opt/venv /opt/venv
 # Only the converted, verified weights (not the npm tarball); read-only for the app.

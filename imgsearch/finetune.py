@@ -2,22 +2,25 @@
 
 The recipe, chosen by measurement on the clothing set (docs/BENCHMARKS.md, "Fine-tuning"):
 
-- **Only the conv5 stage learns.** conv1-conv4 stay as ImageNet made them, so what they yield
-  for an image is fixed: it is computed once per *augmented view* of each training image (the
-  14x14x1024 conv4 map, kept as float16) and training then runs conv5 alone, about a quarter of
-  the network's cost forward and backward. That is what makes minutes possible on a 2-core CPU.
+- **Only the last two conv5 blocks learn** (``Recipe.tune_from_block``; 1 tunes all of
+  conv5). Everything before them stays as ImageNet made it, so what it yields for an image is
+  fixed: it is computed once per *augmented view* of each training image (the 7x7x2048 output
+  of conv5_block1, kept as float16: 200 KB a view) and training then runs those two blocks
+  alone, about a ninth of the network's forward cost, forward and backward. That is what makes
+  minutes possible on a 2-core CPU.
 - **Real image augmentation**, applied to the photo before the frozen layers: random resized
   crop, horizontal flip, brightness/contrast/saturation jitter and small rotations; each epoch
   trains on another of the precomputed views, horizontally flipped at random on the map.
 - **Batch norm statistics frozen** (the layers run in inference mode): with 32-image batches of
   ten labels, batch statistics would be noisy and would drift away from the statistics that
-  the frozen conv4 output was normalised for; their scale and offset still learn.
+  the frozen layers' output was normalised for; their scale and offset still learn.
 - **Normalised softmax with a margin** (CosFace): one learnt proxy per label, logits are
   ``scale * (cos(embedding, proxy) - margin for the true label)``. Its embedding is the GAP
   vector itself, compared by cosine exactly as the index compares it. Proxies start at the
   labels' mean base embeddings, so the first steps already pull in the right direction.
 - Early stopping on validation precision@10 (leave-one-out over the validation split);
-  the best epoch is written as soon as it is found, so Ctrl-C leaves a usable model.
+  the best epoch is written as soon as it is found, so Ctrl-C leaves a usable model (the loops
+  stop at a batch boundary, never inside a write).
 
 The embedding stays the 2,048-d GAP of the (tuned) network, L2-normalised: the index mapping
 does not change, only the model version (its weights digest) does.
@@ -91,7 +94,7 @@ class Recipe:
 
     def describe(self) -> dict:
         return {
-            "name": "conv5+cosface-proxies/frozen-bn/cached-conv4-views",
+            "name": "conv5-tail+cosface-proxies/frozen-bn/cached-augmented-views",
             "tuned_layers": f"{TUNED_STAGE}_block{self.tune_from_block}..3, the rest frozen "
                             f"(cached at {frozen_output(self.tune_from_block)})",
             "batch_norm": "inference mode (statistics frozen), scale/offset trained",
@@ -108,7 +111,7 @@ class Recipe:
                 "brightness": self.brightness, "contrast": self.contrast,
                 "saturation": self.saturation,
                 "precomputed_views_per_image": self.views,
-                "map_flip": "each epoch flips each cached conv4 map with p=0.5",
+                "map_flip": "each epoch flips each cached map horizontally with p=0.5",
             },
             **{k: v for k, v in asdict(self).items() if k in (
                 "max_epochs", "patience", "views", "batch_size")},
@@ -423,8 +426,8 @@ class Trainer:
         return out
 
     def prepare(self) -> None:
-        """Decode everything once, then cache conv4 maps: clean ones for validation, and
-        ``views`` augmented ones per training image."""
+        """Decode everything once, then cache the frozen layers' maps: clean ones for
+        validation, and ``views`` augmented ones per training image."""
         size = self.base.input_size
         self.val_items, val_pixels = self._load(
             self.data.validation, lambda d: self.base.decode(d).pixels, "validation images")

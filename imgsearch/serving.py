@@ -139,17 +139,22 @@ class ModelFollower:
             log.error("cannot load model %s (still serving %s): %s", version,
                       self._route.model_version, exc)
             self._failed[version] = (time.monotonic(), str(exc))
-            return
-        finally:
             self._loading = None
+            return
         self._failed.pop(version, None)
-        self._models[version] = model
+        self._models[version] = model  # before _loading clears, so no check loads it twice
+        self._loading = None
         self._checked_at = float("-inf")
         self._check()  # moves the route, to wherever the alias points by now
 
     def _switch(self, route: Route) -> None:
         previous = self._route
         self._route = route  # one assignment: readers see the old pair or the new one
+        # Keep the serving model and the base one (a swap back is then instant); drop the rest.
+        self._models = {
+            v: m for v, m in self._models.items()
+            if v == route.model_version or getattr(m, "card", 0) is None
+        }
         if previous.index is not None:
             log.info("now serving %s from %s (was %s from %s)", route.model_version,
                      route.index, previous.model_version, previous.index)

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner)")
     p.add_argument("--views", type=int, help="augmented views precomputed per image")
     p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
+    p.add_argument("--tune-from-block", type=int, choices=(1, 2, 3),
+                   help="first conv5 block that learns (1: all of conv5; default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of each label held out when there is no split column")
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         sidecar = load_sidecar(args.metadata) if args.metadata else None
         recipe = Recipe(**{k: v for k, v in {
             "max_epochs": args.epochs, "views": args.views, "patience": args.patience,
+            "tune_from_block": args.tune_from_block,
         }.items() if v is not None})
         if recipe.max_epochs < 1 or recipe.views < 1 or recipe.patience < 1:
             raise ValueError("--epochs, --views and --patience must be at least 1")

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from imgsearch.images import ImageError
     from imgsearch.search import QueryError, SearchService
     from imgsearch.serving import initial_model
-    from imgsearch.store import ImageStore
+    from imgsearch.store import ImageStore, StoreError
+    from imgsearch.weights import WeightsError
 
     try:
         data = args.image.read_bytes()
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ImageError, QueryError, FilterError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (StoreError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for rank, hit in enumerate(result.hits, 1):
         label = hit.source.get("label") or "-"
         print(f"{rank:3d}  {hit.cosine:.4f}  {label:12s}  {hit.source.get('path')}")

@@ -37,6 +37,7 @@ APP_SERVICES = ("webapp", "indexer")
 # image or the service must set these whatever Settings says.
 MUST_SET_IN_CONTAINER = (
     "ES_URL", "ES_USERNAME", "ES_PASSWORD", "IMGSEARCH_CACHE_DIR", "IMGSEARCH_THUMBNAIL_DIR",
+    "IMGSEARCH_MODEL_STORE",
 )
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}, $VAR; $$ escapes.

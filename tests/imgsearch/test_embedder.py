@@ -42,16 +42,15 @@ def test_cpu_flags_reads_the_flags_line(tmp_path):
 
 
 EMBED_CAT = """
-import json, sys
-import numpy as np
+import io, json
 from skimage import data
 from PIL import Image
 from imgsearch.embedder import Embedder
-from imgsearch.images import model_input
 from imgsearch.settings import Settings
 e = Embedder(Settings.from_env())
-pixels = model_input(Image.fromarray(data.chelsea()), 224, "crop")
-print(json.dumps({"precision": e.precision, "vector": e.embed(pixels)[0].tolist()}))
+png = io.BytesIO()
+Image.fromarray(data.chelsea()).save(png, "PNG")
+print(json.dumps({"precision": e.precision, "vector": e.embed_bytes(png.getvalue()).tolist()}))
 """
 
 

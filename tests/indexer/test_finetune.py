@@ -124,3 +124,23 @@ def test_a_tuned_model_is_refused_by_an_index_of_the_base_model(
     assert f"holds vectors of model version '{embedder.version}'" in err
     assert "--new-index" in err
     assert store.index_model_version() == embedder.version
+
+
+@pytest.mark.parametrize("content", ["junk", "foreign"])
+def test_corrupt_or_foreign_base_weights_exit_1_never_random_weights(
+    tmp_path, train_dir, capsys, monkeypatch, content
+):
+    """IMGSEARCH_WEIGHTS naming a file that is not ResNet50's weights: a clear error."""
+    import keras
+
+    weights = tmp_path / "base.weights.h5"
+    if content == "junk":
+        weights.write_bytes(b"not an hdf5 file" * 64)
+    else:  # a real Keras weights file, of another network
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.save_weights(str(weights))
+    monkeypatch.setenv("IMGSEARCH_WEIGHTS", str(weights))
+    root = _labelled(tmp_path / "photos", train_dir, {"dress": 6, "hat": 6})
+    assert finetune_main([str(root), "--out", str(tmp_path / "model")]) == EXIT_ABORTED
+    assert f"cannot load {weights}" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
