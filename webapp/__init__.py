@@ -57,6 +57,7 @@ def create_app(
     errors.register(app)
     app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)
+    app.after_request(_model_version_header)
     return app
 
 
@@ -90,6 +91,15 @@ def _security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
+def _model_version_header(response):
+    """Every response, errors and pages included, names the model serving when it was sent;
+    search responses also carry, in their body, the model that answered them."""
+    from flask import current_app
+
+    response.headers["X-Model-Version"] = current_app.extensions["imgsearch"].model.version
     return response
 
 

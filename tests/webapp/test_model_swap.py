@@ -114,3 +114,10 @@ def test_a_model_missing_from_the_store_keeps_the_old_pair_serving(
     assert "not in the model store" in health["switching"]["error"]
     assert _search(client, photo).status_code == 200
 
+
+
+def test_every_response_names_the_serving_model(client, embedder):
+    for path in ("/api/facets", "/healthz", "/api/images/" + "0" * 64, "/", "/nowhere"):
+        response = client.get(path)
+        assert response.headers["X-Model-Version"] == embedder.version, path
+    assert client.get("/api/facets").get_json()["model_version"] == embedder.version
