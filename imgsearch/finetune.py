@@ -487,7 +487,7 @@ class Trainer:
         opt_backbone = keras.optimizers.Adam(r.learning_rate)
         opt_head = keras.optimizers.Adam(r.head_learning_rate)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)  # no Python control flow inside
         def step(maps, labels):
             with tf.GradientTape() as tape:
                 emb = tf.math.l2_normalize(self.stage(tf.cast(maps, tf.float32),
@@ -508,7 +508,7 @@ class Trainer:
     def _stage_forward_fn(self):
         import tensorflow as tf
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def forward(maps):
             return tf.math.l2_normalize(self.stage(tf.cast(maps, tf.float32), training=False),
                                         axis=1)
