@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=Recipe.max_epochs)
     p.add_argument("--views", type=int, default=Recipe.views)
     p.add_argument("--tune-from-block", type=int, default=Recipe.tune_from_block)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=Recipe.lr_schedule)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="append the figures as a JSON line to this file")
     args = p.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
         model_dir = args.out or settings.model_store / (
             f"bench-{args.dataset.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}")
         recipe = Recipe(max_epochs=args.epochs, views=args.views,
-                        tune_from_block=args.tune_from_block)
+                        tune_from_block=args.tune_from_block, lr_schedule=args.lr_schedule)
         started = time.perf_counter()
         result = finetune(
             args.dataset / "images", model_dir, settings=settings,

@@ -80,6 +80,8 @@ class Recipe:
     batch_size: int = 32
     learning_rate: float = 1e-4  # conv5 (Adam)
     head_learning_rate: float = 1e-3  # the label proxies (Adam)
+    # "constant", or "cosine": both rates decay to zero over max_epochs (per step).
+    lr_schedule: str = "constant"
     scale: float = 16.0  # normalised-softmax temperature (logits = scale * cosine)
     margin: float = 0.1  # CosFace margin on the true label's cosine
     label_smoothing: float = 0.1
@@ -92,6 +94,14 @@ class Recipe:
     saturation: float = 0.3
     flip: bool = True
 
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise FinetuneError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if self.tune_from_block not in (1, 2, 3):
+            raise FinetuneError("tune_from_block must be 1, 2 or 3 (the conv5 blocks)")
+        if min(self.max_epochs, self.views, self.patience, self.batch_size) < 1:
+            raise FinetuneError("epochs, views, patience and batch size must be at least 1")
+
     def describe(self) -> dict:
         return {
             "name": "conv5-tail+cosface-proxies/frozen-bn/cached-augmented-views",
@@ -102,7 +112,7 @@ class Recipe:
                      f"{self.margin}, label smoothing {self.label_smoothing}; proxies start at "
                      "the labels' mean base embeddings"),
             "optimizer": (f"Adam, lr {self.learning_rate} (conv5), {self.head_learning_rate} "
-                          "(proxies)"),
+                          f"(proxies), {self.lr_schedule}"),
             "augmentation": {
                 "random_resized_crop": {"scale": list(self.crop_scale),
                                         "ratio": [round(r, 4) for r in self.crop_ratio]},
@@ -484,8 +494,14 @@ class Trainer:
         means = np.stack([sample[self.train_labels == c].mean(axis=0) for c in range(n_labels)])
         self.proxies = tf.Variable(means.T.astype(np.float32), name="proxies")
         backbone = self.stage.trainable_variables
-        opt_backbone = keras.optimizers.Adam(r.learning_rate)
-        opt_head = keras.optimizers.Adam(r.head_learning_rate)
+        def rate(initial: float):
+            if r.lr_schedule == "constant":
+                return initial
+            steps = r.max_epochs * -(-len(self.train_labels) // r.batch_size)
+            return keras.optimizers.schedules.CosineDecay(initial, decay_steps=steps)
+
+        opt_backbone = keras.optimizers.Adam(rate(r.learning_rate))
+        opt_head = keras.optimizers.Adam(rate(r.head_learning_rate))
 
         @tf.function(reduce_retracing=True, autograph=False)  # no Python control flow inside
         def step(maps, labels):

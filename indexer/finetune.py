@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner)")
     p.add_argument("--views", type=int, help="augmented views precomputed per image")
     p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                   help="learning rates constant (default) or decaying to zero over --epochs")
     p.add_argument("--tune-from-block", type=int, choices=(1, 2, 3),
                    help="first conv5 block that learns (1: all of conv5; default 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -72,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         sidecar = load_sidecar(args.metadata) if args.metadata else None
         recipe = Recipe(**{k: v for k, v in {
             "max_epochs": args.epochs, "views": args.views, "patience": args.patience,
-            "tune_from_block": args.tune_from_block,
+            "tune_from_block": args.tune_from_block, "lr_schedule": args.lr_schedule,
         }.items() if v is not None})
-        if recipe.max_epochs < 1 or recipe.views < 1 or recipe.patience < 1:
-            raise ValueError("--epochs, --views and --patience must be at least 1")
         if not 0 < args.validation_fraction < 1:
             raise ValueError("--validation-fraction must be between 0 and 1")
     except (ValueError, SidecarError) as exc:

@@ -59,7 +59,7 @@ def test_an_existing_model_directory_is_kept_unless_forced(tmp_path, train_dir, 
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--epochs", "0"], "at least 1"),
+    (["--epochs", "0"], "must be at least 1"),
     (["--validation-fraction", "1.5"], "between 0 and 1"),
     (["--metadata", "/nonexistent/labels.csv"], "cannot read metadata file"),
 ])
