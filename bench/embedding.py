@@ -45,7 +45,7 @@ def naive(embedder: Embedder, paths: list[Path]) -> float:
 
 def pipeline(embedder: Embedder, settings: Settings, paths: list[Path], root: Path) -> float:
     decode = make_decoder(embedder, ThumbnailStore(settings.thumbnail_dir),
-                          settings.thumbnail_size)
+                          settings.thumbnail_size, settings.max_image_pixels)
     started = time.perf_counter()
     with ThreadPoolExecutor(3) as pool:
         read = ordered_map(lambda p: read_file(p, root), paths, pool, 64)

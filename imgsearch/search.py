@@ -103,7 +103,7 @@ class SearchService:
         k, num_candidates = check_limits(k, num_candidates, offset)
         route = self.route()
         t0 = time.perf_counter()
-        image = route.model.decode(data)
+        image = route.model.decode(data, max_pixels=self.settings.max_image_pixels)
         t1 = time.perf_counter()
         vector = route.model.embed(image.pixels)[0]
         t2 = time.perf_counter()

@@ -143,7 +143,9 @@ def index_folder(
         with ThreadPoolExecutor(workers, "decode") as pool, ThreadPoolExecutor(1, "bulk") as bulk:
             read = ordered_map(partial(read_file, root=root), paths, pool, window)
             fresh = skip_known(read, partial(store.existing_ids, index=index), stats)
-            decoder = make_decoder(embedder, thumbnails, settings.thumbnail_size)
+            decoder = make_decoder(
+                embedder, thumbnails, settings.thumbnail_size, settings.max_image_pixels
+            )
             decoded = ordered_map(decoder, fresh, pool, window)
             for group, vectors in embed_batches(
                 batches(decoded, settings.batch_size, stats), embedder.embed

@@ -148,15 +148,17 @@ def skip_known(
         yield from flush(buffer)
 
 
-def make_decoder(model, thumbnails: ThumbnailStore, thumbnail_size: int) -> Callable:
+def make_decoder(
+    model, thumbnails: ThumbnailStore, thumbnail_size: int, max_pixels: int
+) -> Callable:
     """The per-file decode step: ``model``'s input, metadata, and the thumbnail written to the
-    store."""
+    store; images over ``max_pixels`` are refused from their header."""
 
     def decode(item: Candidate | Failure) -> Decoded | Failure:
         if isinstance(item, Failure):
             return item
         try:
-            image = model.decode(item.data, thumbnail_size=thumbnail_size)
+            image = model.decode(item.data, thumbnail_size=thumbnail_size, max_pixels=max_pixels)
         except ImageError as exc:
             return Failure(item.rel_path, exc.reason, str(exc))
         ref = thumbnails.put(item.content_hash, image.thumbnail)

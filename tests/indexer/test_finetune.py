@@ -140,7 +140,8 @@ def test_corrupt_or_foreign_base_weights_exit_1_never_random_weights(
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         model.save_weights(str(weights))
     monkeypatch.setenv("IMGSEARCH_WEIGHTS", str(weights))
-    root = _labelled(tmp_path / "photos", train_dir, {"dress": 6, "hat": 6})
-    assert finetune_main([str(root), "--out", str(tmp_path / "model")]) == EXIT_ABORTED
+    root = _labelled(tmp_path / "photos", train_dir, {"dress": 8, "hat": 8})
+    args = [str(root), "--out", str(tmp_path / "model"), "--validation-fraction", "0.25"]
+    assert finetune_main(args) == EXIT_ABORTED
     assert f"cannot load {weights}" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
