@@ -63,7 +63,7 @@ class ModelFollower:
         self.retry_interval = retry_interval
         self._loader = loader or self._load_from_store
         self._route = Route(model, None)
-        self._models = {model.version: model}  # the base stays loaded: swaps back are instant
+        self._models = {model.version: model}  # loaded models by version (see _switch)
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
         self._loading: str | None = None
@@ -114,7 +114,10 @@ class ModelFollower:
             if index is None or index == self._route.index:
                 return
             model = self._models.get(version)
-            if model is not None:
+            if version is None:
+                self._failed[""] = (time.monotonic(),
+                                    f"the index {index} records no model version in its _meta")
+            elif model is not None:
                 self._switch(Route(model, index))
             elif self._loading is None and self._may_try(version):
                 self._loading = version

@@ -247,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _WithoutTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_transport_logs() -> None:
+    """One line per HTTP request would drown the progress bar, and the client logs each retry
+    with a 30-line traceback: keep warnings, as one line each (the final error says it all)."""
+    transport = logging.getLogger("elastic_transport")
+    transport.setLevel(logging.WARNING)
+    for name in ("elastic_transport.transport", "elastic_transport.node_pool"):
+        logging.getLogger(name).addFilter(_WithoutTraceback())
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run stops, prints its summary and exits 1."""
 
@@ -260,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # One line per HTTP request would drown the progress bar; failures still show as warnings.
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+    quiet_transport_logs()
     if not args.folder.is_dir():
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return EXIT_USAGE

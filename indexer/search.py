@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from imgsearch.images import ImageError
+
+    from .index import quiet_transport_logs
+
+    quiet_transport_logs()
     from imgsearch.search import QueryError, SearchService
     from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore, StoreError

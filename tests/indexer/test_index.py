@@ -247,4 +247,7 @@ def test_cli_aborts_when_elasticsearch_is_unreachable(photo_dir):
         env=env, capture_output=True, text=True, timeout=600, cwd=PROJECT,
     )
     assert proc.returncode == EXIT_ABORTED, proc.stderr[-3000:]
-    assert "not reachable" in proc.stderr or "failed" in proc.stderr
+    # The message names the address and the fix, and nothing was half-done.
+    assert "error: Elasticsearch at http://127.0.0.1:9 is not reachable" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert "make es-up" in proc.stderr and "Traceback" not in proc.stderr

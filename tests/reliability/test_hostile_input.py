@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import time
 import zipfile
 from pathlib import Path
@@ -226,7 +227,21 @@ def small_jpeg(clothing_test_dir) -> bytes:
     return _save(img, "JPEG", quality=85)
 
 
-def test_server_is_healthy_after_the_onslaught(client):
+def test_the_same_app_answers_correctly_after_an_onslaught(client, jpeg, small_jpeg):
+    """The app that took the hostile uploads, not a fresh one, still finds a real photo and
+    reports itself healthy."""
+    rng = random.Random(0)
+    for _ in range(30):
+        blob = bytearray(small_jpeg)
+        for _ in range(rng.randint(1, 20)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        response = _post(client, bytes(blob[: rng.randint(1, len(blob))]))
+        assert response.status_code in (200, 400), response.status_code
+    for blob in (b"\xff\xd8\xff", bytes(range(256)) * 16, b"GIF89a" + b"\0" * 64):
+        assert _post(client, blob).status_code == 400
+    response = _post(client, jpeg, k="1")
+    assert response.status_code == 200
+    assert response.get_json()["hits"][0]["id"] == content_hash(jpeg)
     assert client.get("/healthz").status_code == 200
 
 
