@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, help="augmented views precomputed per image")
     p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"),
-                   help="learning rates constant (default) or decaying to zero over --epochs")
+                   help="learning rates decaying to zero over --epochs (cosine, the default) "
+                   "or constant")
     p.add_argument("--tune-from-block", type=int, choices=(1, 2, 3),
                    help="first conv5 block that learns (1: all of conv5; default 2)")
     p.add_argument("--seed", type=int, default=0)

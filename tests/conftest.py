@@ -159,7 +159,8 @@ def tuned_model(settings, datasets_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("model-store") / "clothing-small-tuned"
     result = finetune(
         root / "images", out, settings=settings, sidecar=load_sidecar(root / "labels.csv"),
-        recipe=Recipe(max_epochs=2, views=1, patience=2), max_per_label=TUNED_PER_LABEL,
+        recipe=Recipe(max_epochs=2, views=1, patience=2, lr_schedule="constant"),
+        max_per_label=TUNED_PER_LABEL,
         progress=False, log_epoch=print,
     )
     return out, result
