@@ -120,19 +120,9 @@ class Embedder:
             # A tuned model was trained with its own resize mode: it comes with the model.
             self.model, self.weights_digest, self.card = load_model_dir(model_dir)
             self.resize_mode = self.card["resize_mode"]
-        self.model_dir = model_dir
         self.version = model_version(self.weights_digest, self.resize_mode)
         self._lock = threading.Lock()
         self._forward = compile_forward(self.model)
-
-    def describe(self) -> dict:
-        """What the model is, for logs, health reports and model cards."""
-        return {
-            "model_version": self.version, "architecture": self.architecture, "dims": self.dims,
-            "input_size": self.input_size, "resize_mode": self.resize_mode,
-            "preprocessing": self.preprocessing, "precision": self.precision,
-            "model_dir": str(self.model_dir) if self.model_dir else None,
-        }
 
     def decode(
         self, data: bytes, *, thumbnail_size: int = 0, max_pixels: int | None = None

@@ -370,6 +370,7 @@ class Trainer:
         self.label_index = {label: i for i, label in enumerate(data.labels)}
         self.frozen = frozen_part(base.model, recipe.tune_from_block)
         self.stage = tuned_part(base.model, recipe.tune_from_block)
+        self._stage_forward = self._stage_forward_fn()
         self.skipped: list[Skipped] = []
         self.hashes: dict[str, str] = {}
         # Set by a Ctrl-C handler: the loops stop at the next batch, never inside a write.
@@ -480,7 +481,6 @@ class Trainer:
         return np.concatenate(out)
 
     def measure_base(self) -> None:
-        self._stage_forward = self._stage_forward_fn()
         self.before = self.validate()
 
     def validate(self) -> dict[str, float]:
@@ -624,7 +624,7 @@ def finetune(
         from .embedder import model_version
 
         seconds = time.perf_counter() - started
-        trained = sum(len(trainer.train_labels) for _ in epochs)
+        trained = len(trainer.train_labels) * len(epochs)
         return {
             "model_version": model_version(digest, base.resize_mode),
             "weights_digest": digest,

@@ -82,6 +82,9 @@ def write_model_dir(model_dir: Path, keras_model, card: dict) -> None:
     The card is written last and names the digest of the weights beside it, so a crash
     between the two leaves a directory that refuses to load rather than one that lies.
     """
+    missing = [f for f in CARD_FIELDS if f not in card]
+    if missing:  # checked before anything is written: an incomplete card replaces nothing
+        raise ValueError(f"model card lacks {missing}")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     if keras_model is not None:
@@ -93,9 +96,6 @@ def write_model_dir(model_dir: Path, keras_model, card: dict) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    missing = [f for f in CARD_FIELDS if f not in card]
-    if missing:
-        raise ValueError(f"model card lacks {missing}")
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".card-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(card, f, indent=2)

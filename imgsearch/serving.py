@@ -105,8 +105,7 @@ class ModelFollower:
         try:
             self._checked_at = time.monotonic()
             try:
-                index = self.store.current_index()
-                version = self.store.index_model_version(index) if index else None
+                index, version = self.store.alias_target()
             except (StoreError, TransportError, ApiError) as exc:
                 log.debug("cannot check the alias: %s", exc)
                 return
@@ -156,7 +155,7 @@ class ModelFollower:
         # Keep the serving model and the base one (a swap back is then instant); drop the rest.
         self._models = {
             v: m for v, m in self._models.items()
-            if v == route.model_version or getattr(m, "card", 0) is None
+            if v == route.model_version or _is_base(m)
         }
         if previous.index is not None:
             log.info("now serving %s from %s (was %s from %s)", route.model_version,
@@ -171,7 +170,7 @@ class ModelFollower:
         if path is not None:
             return Embedder(self.settings, model_dir=path)
         # Not a tuned model of the store: the base model, unless it is loaded and is not it.
-        if not any(getattr(m, "card", 0) is None for m in self._models.values()):
+        if not any(_is_base(m) for m in self._models.values()):
             base = Embedder(self.settings.with_(model=""))
             if base.version == version:
                 return base
@@ -181,6 +180,11 @@ class ModelFollower:
         )
 
 
+def _is_base(model) -> bool:
+    """The base model has no model card (a tuned one always has)."""
+    return getattr(model, "card", 0) is None
+
+
 def initial_model(settings: Settings, store: ImageStore):
     """The model a server starts with: the one that built the index behind the alias, when
     the model store has it; otherwise the configured one (``IMGSEARCH_MODEL``), which the
@@ -188,8 +192,7 @@ def initial_model(settings: Settings, store: ImageStore):
     from .embedder import Embedder
 
     try:
-        index = store.current_index()
-        version = store.index_model_version(index) if index else None
+        _, version = store.alias_target()
     except (StoreError, TransportError, ApiError) as exc:
         log.warning("cannot ask Elasticsearch which model built the index (%s); starting "
                     "with the configured model", exc)

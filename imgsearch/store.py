@@ -200,6 +200,12 @@ class ImageStore:
             raise StoreError(f"alias {self.alias!r} points at {len(names)} indices: {names}")
         return names[0]
 
+    def alias_target(self) -> tuple[str | None, str | None]:
+        """``(concrete index, its model version)`` behind the alias; ``(None, None)`` when
+        there is no index yet."""
+        index = self.current_index()
+        return index, (self.index_model_version(index) if index else None)
+
     def index_model_version(self, index: str | None = None) -> str | None:
         index = index or self.current_index()
         if index is None:
