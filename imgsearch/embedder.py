@@ -1,15 +1,15 @@
 """The embedding model: image bytes in, unit-length 2,048-d ResNet50 vectors out.
 
 :class:`Embedder` is the one object that knows a model's input contract (size, resize mode,
-preprocessing) and identity (:func:`model_version`). The network runs through one compiled
-``tf.function`` over whole batches; preprocessing and L2 normalisation are inside the graph.
+preprocessing) and identity (:func:`model_version`). The network runs on TensorFlow or OpenVINO
+(:mod:`imgsearch.runtime`, ``IMGSEARCH_RUNTIME``) over whole batches, preprocessing and L2
+normalisation inside the graph.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from .images import DecodedImage, decode_image  # noqa: E402
+from .runtime import make_forward, resolve_runtime  # noqa: E402
 from .settings import Settings  # noqa: E402
 
 ARCHITECTURE = "resnet50-avg"
@@ -121,8 +122,12 @@ class Embedder:
             self.model, self.weights_digest, self.card = load_model_dir(model_dir)
             self.resize_mode = self.card["resize_mode"]
         self.version = model_version(self.weights_digest, self.resize_mode)
-        self._lock = threading.Lock()
-        self._forward = compile_forward(self.model)
+        # Both runtimes compute the same vectors (cosine >= 0.99999): one version for both.
+        self.runtime = resolve_runtime(settings.runtime)
+        self._forward = make_forward(
+            self.runtime, self.model, input_size=self.input_size, version=self.version,
+            precision=self.precision, cache_dir=settings.cache_dir,
+        )
 
     def decode(
         self, data: bytes, *, thumbnail_size: int = 0, max_pixels: int | None = None
@@ -147,9 +152,7 @@ class Embedder:
                              f"{pixels.shape}")
         if len(pixels) == 0:
             return np.zeros((0, self.dims), np.float32)
-        # TF already spreads one batch over every core; concurrent calls would only thrash.
-        with self._lock:
-            return self._forward(pixels).numpy()
+        return self._forward(pixels)
 
     def embed_bytes(self, data: bytes) -> np.ndarray:
         """One image file's bytes -> its unit vector."""
@@ -158,29 +161,3 @@ class Embedder:
     def warm_up(self) -> None:
         """Trace the graph now rather than on the first user's request."""
         self.embed(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
-
-
-def compile_forward(model):
-    """``uint8 [N,224,224,3]`` -> unit vectors: preprocessing, the network and L2
-    normalisation in one compiled graph over whole batches (per-image ``predict`` is several
-    times slower on a CPU)."""
-    import tensorflow as tf
-
-    preprocess = preprocess_fn()
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)],
-        reduce_retracing=True,
-    )
-    def forward(pixels):
-        features = model(preprocess(tf.cast(pixels, tf.float32)), training=False)
-        return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1)
-
-    return forward
-
-
-def preprocess_fn():
-    """RGB floats in 0-255 -> the network's input (BGR, ImageNet channel means subtracted)."""
-    from keras.applications.resnet50 import preprocess_input
-
-    return preprocess_input

@@ -316,7 +316,8 @@ def frozen_part(model, tune_from_block: int = 1):
     import keras
     import tensorflow as tf
 
-    from .embedder import INPUT_SIZE, preprocess_fn
+    from .embedder import INPUT_SIZE
+    from .runtime import preprocess_fn
 
     trunk = keras.Model(model.inputs, model.get_layer(frozen_output(tune_from_block)).output)
     preprocess = preprocess_fn()

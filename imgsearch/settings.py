@@ -15,6 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
 RESIZE_MODES = ("squash", "crop", "pad")
 PRECISIONS = ("auto", "fp32", "bf16")
+RUNTIMES = ("auto", "tensorflow", "openvino")
 
 
 def _default_cache_dir() -> Path:
@@ -63,6 +64,9 @@ class Settings:
     batch_size: int = 32
     # "auto": bf16 matrix maths where the CPU computes in it (AVX512-BF16/AMX), else fp32.
     precision: str = "auto"
+    # Where the network runs: "tensorflow", "openvino" or "auto" (OpenVINO where installed,
+    # the faster one in bench/embedding.py; both give the same vectors, imgsearch/runtime.py).
+    runtime: str = "auto"
 
     vector_index_type: str = "hnsw"
     hnsw_m: int = 16
@@ -101,6 +105,7 @@ class Settings:
             model_store=Path(_env("IMGSEARCH_MODEL_STORE", str(d.model_store))),
             batch_size=int(_env("IMGSEARCH_BATCH_SIZE", str(d.batch_size))),
             precision=_env("IMGSEARCH_PRECISION", d.precision),
+            runtime=_env("IMGSEARCH_RUNTIME", d.runtime),
             vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),
             hnsw_m=int(_env("IMGSEARCH_HNSW_M", str(d.hnsw_m))),
             hnsw_ef_construction=int(
@@ -135,6 +140,10 @@ class Settings:
             raise ValueError(
                 f"IMGSEARCH_PRECISION must be one of {', '.join(PRECISIONS)}, "
                 f"not {self.precision!r}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ValueError(
+                f"IMGSEARCH_RUNTIME must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}"
             )
         if not (self.rescore_oversample == 0 or 1 <= self.rescore_oversample <= 10):
             raise ValueError("IMGSEARCH_RESCORE_OVERSAMPLE must be 0 (off) or from 1 to 10")

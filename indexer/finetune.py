@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return EXIT_USAGE
     from imgsearch.finetune import FinetuneError, Recipe, finetune
+    from imgsearch.runtime import RuntimeUnavailable
     from imgsearch.weights import WeightsError
 
     try:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except WeightsError as exc:
+    except (WeightsError, RuntimeUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ABORTED
     except KeyboardInterrupt:

@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     from imgsearch.embedder import Embedder
+    from imgsearch.runtime import RuntimeUnavailable
     from imgsearch.weights import WeightsError
 
     store = ImageStore.from_settings(settings)
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             sync=args.sync, new_index=args.new_index, workers=args.workers,
             progress=not args.no_progress,
         )
-    except (StoreError, WeightsError) as exc:
+    except (StoreError, WeightsError, RuntimeUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ABORTED
     except TransportError as exc:  # unreachable before the first write

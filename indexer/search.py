@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from .index import quiet_transport_logs
 
     quiet_transport_logs()
+    from imgsearch.runtime import RuntimeUnavailable
     from imgsearch.search import QueryError, SearchService
     from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore, StoreError
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ImageError, QueryError, FilterError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, WeightsError) as exc:
+    except (StoreError, WeightsError, RuntimeUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for rank, hit in enumerate(result.hits, 1):

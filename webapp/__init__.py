@@ -44,7 +44,8 @@ def create_app(
     if embedder is None:
         embedder = initial_model(settings, store)
         embedder.warm_up()  # trace the graph now, not on the first person's upload
-        app.logger.info("model loaded: %s (%s)", embedder.version, embedder.precision)
+        app.logger.info("model loaded: %s (%s on %s)", embedder.version, embedder.precision,
+                        embedder.runtime)
     app.extensions["imgsearch"] = SearchService(
         settings, store, embedder, check_interval=check_interval
     )

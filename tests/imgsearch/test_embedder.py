@@ -1,7 +1,7 @@
 """The embedder's precision setting: how ``auto`` resolves, and that bf16 really applies.
 
 oneDNN fixes its maths mode once per process, so the two precisions are compared in two fresh
-Python processes embedding the same real photo.
+Python processes embedding the same real photo, on each runtime.
 """
 
 from __future__ import annotations
@@ -54,20 +54,25 @@ print(json.dumps({"precision": e.precision, "vector": e.embed_bytes(png.getvalue
 """
 
 
-def _embed_in_fresh_process(precision: str) -> tuple[str, np.ndarray]:
-    env = dict(os.environ, IMGSEARCH_PRECISION=precision, PYTHONPATH=str(PROJECT_ROOT))
+def _embed_in_fresh_process(precision: str, runtime: str) -> tuple[str, np.ndarray]:
+    env = dict(os.environ, IMGSEARCH_PRECISION=precision, IMGSEARCH_RUNTIME=runtime,
+               PYTHONPATH=str(PROJECT_ROOT))
     out = subprocess.run([sys.executable, "-c", EMBED_CAT], env=env, capture_output=True,
                          text=True, timeout=300, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["precision"], np.array(result["vector"], np.float32)
 
 
-def test_bf16_vectors_match_fp32():
-    p32, fp32 = _embed_in_fresh_process("fp32")
-    p16, bf16 = _embed_in_fresh_process("bf16")
+@pytest.mark.parametrize("runtime", ["tensorflow", "openvino"])
+def test_bf16_vectors_match_fp32(runtime):
+    p32, fp32 = _embed_in_fresh_process("fp32", runtime)
+    p16, bf16 = _embed_in_fresh_process("bf16", runtime)
     assert (p32, p16) == ("fp32", "bf16")
     assert np.linalg.norm(bf16) == pytest.approx(1.0, abs=1e-5)
-    assert float(fp32 @ bf16) >= 0.9998
+    # TensorFlow rounds only the inputs of convolutions and matrix products (0.9998 measured
+    # on AMX); OpenVINO also keeps activations in bf16 between layers, so its bound is looser
+    # (not yet measured on an AMX machine; on AVX2 both compute in fp32 and agree exactly).
+    assert float(fp32 @ bf16) >= (0.9998 if runtime == "tensorflow" else 0.998)
     if cpu_flags() & BF16_CPU_FLAGS:
         # The mode took effect: the kernels really rounded to bf16.
         assert not np.array_equal(fp32, bf16)

@@ -1,0 +1,194 @@
+"""Where the network runs: TensorFlow, the reference, or OpenVINO, converted from it.
+
+Keras/TensorFlow stays the model's definition, the training framework and the reference.
+:func:`make_forward` turns a Keras model into one callable, ``uint8 [N,224,224,3]`` ->
+``float32 [N,2048]`` unit vectors, with preprocessing and normalisation inside, on the runtime
+that ``IMGSEARCH_RUNTIME`` names:
+
+- ``tensorflow``: one compiled ``tf.function`` (oneDNN kernels);
+- ``openvino``: the same ``tf.function`` converted by ``openvino.convert_model`` once per model
+  version and cached (:mod:`imgsearch.ircache`). Its vectors agree with TensorFlow's to cosine
+  0.9999998 on real photos (tests/imgsearch/test_runtime.py asks >= 0.99999), so both runtimes
+  share a model version and an index. On a 2-core AVX2 EPYC it ran batch 32 at 1.4x and batch 1
+  at 1.5-1.6x TensorFlow's rate (docs/BENCHMARKS.md, "Runtimes");
+- ``auto``: OpenVINO where it is installed (the faster one in that benchmark), else TensorFlow.
+  Naming ``openvino`` where it cannot run is an error, never a quiet change of runtime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# The compile-time precision of an fp32 model on OpenVINO, for IMGSEARCH_PRECISION's values.
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+class RuntimeUnavailable(Exception):
+    """The configured runtime cannot run the model: not installed, or it refused to compile."""
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_runtime(requested: str) -> str:
+    """``auto`` becomes ``openvino`` where the package is installed, else ``tensorflow``."""
+    if requested == "auto":
+        return "openvino" if openvino_installed() else "tensorflow"
+    if requested == "openvino" and not openvino_installed():
+        raise RuntimeUnavailable(
+            "IMGSEARCH_RUNTIME=openvino, but the openvino package is not installed in this "
+            "environment (it is in requirements.txt: run `make setup`), or set "
+            "IMGSEARCH_RUNTIME=tensorflow"
+        )
+    return requested
+
+
+def make_forward(
+    runtime: str, model, *, input_size: int, version: str, precision: str, cache_dir: Path
+):
+    """The forward pass of Keras ``model`` (square RGB inputs of ``input_size``) on ``runtime``
+    (``tensorflow`` or ``openvino``; resolve ``auto`` first). ``version`` keys the cache of
+    converted models."""
+    if runtime == "tensorflow":
+        return TensorFlowForward(model, input_size)
+    if runtime == "openvino":
+        from .ircache import IRCache
+
+        ov_model = IRCache(cache_dir).get_or_convert(
+            version, lambda: convert(model, input_size)
+        )
+        return OpenVINOForward(ov_model, precision, name=version)
+    raise ValueError(f"unknown runtime {runtime!r}")
+
+
+def compile_forward(model, input_size: int):
+    """``uint8 [N,224,224,3]`` -> unit vectors: preprocessing, the network and L2
+    normalisation in one compiled graph over whole batches (per-image ``predict`` is several
+    times slower on a CPU)."""
+    import tensorflow as tf
+
+    preprocess = preprocess_fn()
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.uint8)],
+        reduce_retracing=True,
+    )
+    def forward(pixels):
+        features = model(preprocess(tf.cast(pixels, tf.float32)), training=False)
+        return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1)
+
+    return forward
+
+
+def preprocess_fn():
+    """RGB floats in 0-255 -> the network's input (BGR, ImageNet channel means subtracted)."""
+    from keras.applications.resnet50 import preprocess_input
+
+    return preprocess_input
+
+
+def convert(model, input_size: int):
+    """The Keras model's whole forward pass (:func:`compile_forward`) as an OpenVINO model:
+    uint8 pixels in, unit vectors out, so both runtimes compute exactly the same function."""
+    import openvino as ov
+
+    return ov.convert_model(compile_forward(model, input_size).get_concrete_function())
+
+
+class TensorFlowForward:
+    runtime = "tensorflow"
+
+    def __init__(self, model, input_size: int):
+        self._forward = compile_forward(model, input_size)
+        self._lock = threading.Lock()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        # TF already spreads one batch over every core; concurrent calls would only thrash.
+        with self._lock:
+            return self._forward(pixels).numpy()
+
+
+class OpenVINOForward:
+    """An OpenVINO model compiled twice, lazily, for the two ways this product calls it.
+
+    - One image (a web query): the LATENCY hint, one stream whose threads share each
+      convolution. 60-62 ms against TensorFlow's 96 ms on the 2-core AVX2 EPYC.
+    - A batch (the indexer): the THROUGHPUT hint, one stream per pair of cores' worth of
+      work, the batch split between them and run at once. On the same machine a batch of 32
+      as one LATENCY request ran 14.6-14.9 images/s; split over two THROUGHPUT streams
+      (16 each) 16.4-19.9 (docs/BENCHMARKS.md, "Runtimes").
+
+    Compiling takes 0.1-0.2 s, so an indexer that never sees a single image never compiles the
+    first, and a web worker never the second. Thread-safe: each mode serialises its own
+    requests (a second concurrent request would only share the same cores).
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, ov_model, precision: str, *, name: str = "model"):
+        import openvino as ov
+
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f"OpenVINO runs fp32 models in {sorted(OPENVINO_PRECISIONS)}, "
+                             f"not {precision!r}")
+        self._core = ov.Core()
+        self._model = ov_model
+        self._name = name
+        self._config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+        self._lock = threading.Lock()
+        self._single = None  # (compiled model, infer request)
+        self._batched = None  # (compiled model, async queue, streams)
+        self.compile("LATENCY")  # fail here, at startup, rather than on the first query
+
+    def compile(self, hint: str):
+        import openvino as ov
+
+        try:
+            compiled = self._core.compile_model(
+                self._model, "CPU", {**self._config, "PERFORMANCE_HINT": hint}
+            )
+        except RuntimeError as exc:
+            raise RuntimeUnavailable(
+                f"IMGSEARCH_RUNTIME=openvino could not compile {self._name} for the CPU "
+                f"({hint}): {exc}"
+            ) from exc
+        if hint == "LATENCY":
+            self._single = compiled, compiled.create_infer_request()
+        else:
+            streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self._batched = compiled, ov.AsyncInferQueue(compiled, streams), streams
+        return compiled
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if len(pixels) == 1:
+                if self._single is None:
+                    self.compile("LATENCY")
+                return self._single[1].infer({0: pixels})[0].copy()
+            if self._batched is None:
+                self.compile("THROUGHPUT")
+            return self._run_split(pixels)
+
+    def _run_split(self, pixels: np.ndarray) -> np.ndarray:
+        _, queue, streams = self._batched
+        out = np.empty((len(pixels), self._model.outputs[0].get_partial_shape()[1].get_length()),
+                       np.float32)
+
+        def collect(request, start):
+            result = request.get_output_tensor(0).data
+            out[start : start + len(result)] = result
+
+        queue.set_callback(collect)
+        step = -(-len(pixels) // streams)
+        for start in range(0, len(pixels), step):
+            queue.start_async({0: np.ascontiguousarray(pixels[start : start + step])}, start)
+        queue.wait_all()
+        return out
