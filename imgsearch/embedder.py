@@ -17,7 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from .images import DecodedImage, decode_image  # noqa: E402
-from .runtime import make_forward, resolve_runtime  # noqa: E402
+from .quantize import is_quantized, load_quantized, require_openvino  # noqa: E402
+from .runtime import OpenVINOForward, make_forward, resolve_runtime  # noqa: E402
 from .settings import Settings  # noqa: E402
 
 ARCHITECTURE = "resnet50-avg"
@@ -92,9 +93,10 @@ class Embedder:
     normalisation. Its identity (:attr:`version`) names all of that, so nothing outside needs
     to know a resize mode. Decoding a file stays shared (:func:`imgsearch.images.decode_image`).
 
-    ``model_dir`` loads a fine-tuned model (``python -m indexer finetune``) instead of the base
-    one; without it, ``settings.model`` decides (see :mod:`imgsearch.modelstore`). Thread-safe:
-    a web worker's threads share one instance.
+    ``model_dir`` loads a fine-tuned model (``python -m indexer finetune``) or an int8 one
+    (``python -m indexer quantize``, OpenVINO only) instead of the base one; without it,
+    ``settings.model`` decides (see :mod:`imgsearch.modelstore`). Thread-safe: a web
+    worker's threads share one instance.
     """
 
     architecture = ARCHITECTURE
@@ -124,10 +126,18 @@ class Embedder:
         self.version = model_version(self.weights_digest, self.resize_mode)
         # Both runtimes compute the same vectors (cosine >= 0.99999): one version for both.
         self.runtime = resolve_runtime(settings.runtime)
-        self._forward = make_forward(
-            self.runtime, self.model, input_size=self.input_size, version=self.version,
-            precision=self.precision, cache_dir=settings.cache_dir,
-        )
+        if is_quantized(self.card):
+            # int8 vectors are other vectors: the model has a version of its own.
+            require_openvino(self.runtime, settings.runtime, model_dir)
+            self.version, self.precision = self.card["model_version"], "int8"
+            self._forward = OpenVINOForward(
+                load_quantized(model_dir, self.card), "fp32", name=self.version
+            )
+        else:
+            self._forward = make_forward(
+                self.runtime, self.model, input_size=self.input_size, version=self.version,
+                precision=self.precision, cache_dir=settings.cache_dir,
+            )
 
     def decode(
         self, data: bytes, *, thumbnail_size: int = 0, max_pixels: int | None = None

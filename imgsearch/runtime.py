@@ -120,11 +120,11 @@ class OpenVINOForward:
     """An OpenVINO model compiled twice, lazily, for the two ways this product calls it.
 
     - One image (a web query): the LATENCY hint, one stream whose threads share each
-      convolution. 60-62 ms against TensorFlow's 96 ms on the 2-core AVX2 EPYC.
+      convolution, on a copy of the model with a static batch of 1.
     - A batch (the indexer): the THROUGHPUT hint, one stream per pair of cores' worth of
       work, the batch split between them and run at once. On the same machine a batch of 32
       as one LATENCY request ran 14.6-14.9 images/s; split over two THROUGHPUT streams
-      (16 each) 16.4-19.9 (docs/BENCHMARKS.md, "Runtimes").
+      (16 each) 16.4-19.9 (docs/BENCHMARKS.md, "Runtimes", has the figures of both modes).
 
     Compiling takes 0.1-0.2 s, so an indexer that never sees a single image never compiles the
     first, and a web worker never the second. Thread-safe: each mode serialises its own
@@ -151,9 +151,17 @@ class OpenVINOForward:
     def compile(self, hint: str):
         import openvino as ov
 
+        model = self._model
+        if hint == "LATENCY":
+            # One image at a time: a static batch of 1 lets the plugin plan its kernels and
+            # memory ahead (57-67 ms against 68-76 ms with the dynamic batch, same machine).
+            model = model.clone()
+            shape = model.inputs[0].get_partial_shape()
+            shape[0] = 1
+            model.reshape({model.inputs[0]: shape})
         try:
             compiled = self._core.compile_model(
-                self._model, "CPU", {**self._config, "PERFORMANCE_HINT": hint}
+                model, "CPU", {**self._config, "PERFORMANCE_HINT": hint}
             )
         except RuntimeError as exc:
             raise RuntimeUnavailable(
@@ -172,10 +180,14 @@ class OpenVINOForward:
             if len(pixels) == 1:
                 if self._single is None:
                     self.compile("LATENCY")
-                return self._single[1].infer({0: pixels})[0].copy()
-            if self._batched is None:
-                self.compile("THROUGHPUT")
-            return self._run_split(pixels)
+                vectors = self._single[1].infer({0: pixels})[0].copy()
+            else:
+                if self._batched is None:
+                    self.compile("THROUGHPUT")
+                vectors = self._run_split(pixels)
+        # The graph normalises already; an int8 model's last ops do it only to within ~1 %.
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
     def _run_split(self, pixels: np.ndarray) -> np.ndarray:
         _, queue, streams = self._batched

@@ -1,11 +1,13 @@
 """`python -m indexer <dir>` indexes a folder; `python -m indexer search <image>` searches;
-`python -m indexer finetune <dir>` makes a domain model from a labelled folder."""
+`python -m indexer finetune <dir>` makes a domain model from a labelled folder;
+`python -m indexer quantize <dir>` makes an int8 OpenVINO model calibrated on a folder."""
 
 import sys
 
-from . import finetune, index, search
+from . import finetune, index, quantize, search
 
-VERBS = {"index": index.main, "search": search.main, "finetune": finetune.main}
+VERBS = {"index": index.main, "search": search.main, "finetune": finetune.main,
+         "quantize": quantize.main}
 
 
 def main(argv: list[str]) -> int:
