@@ -12,11 +12,13 @@ INDEX_ARGS ?=
 MODEL ?=
 MODEL_OUT ?=
 FINETUNE_ARGS ?=
+# `make quantize`: an int8 model of MODEL (default: the base model) calibrated on IMAGES.
+QUANTIZE_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        finetune bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m
 
 help:
@@ -24,13 +26,15 @@ help:
 	@echo "make es-up | es-down | es-status local Elasticsearch node on 127.0.0.1:9200"
 	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL=<model dir>] [INDEX_ARGS=--new-index]"
 	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
+	@echo "make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]   int8 model (OpenVINO)"
 	@echo "make search IMAGE=<file>        nearest indexed images"
 	@echo "make serve                      web app on http://127.0.0.1:8000 (gunicorn)"
 	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-scale | bench-scale-1m   (docs/BENCHMARKS.md)"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-scale | bench-scale-1m"
+	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +65,11 @@ index: venv
 	@test -n "$(IMAGES)" || (echo "usage: make index IMAGES=<dir> [METADATA=<file>]"; exit 2)
 	$(PY) -m indexer "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") \
 	  $(if $(MODEL),--model "$(MODEL)") $(INDEX_ARGS)
+
+quantize: venv weights
+	@test -n "$(IMAGES)" || (echo "usage: make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]"; exit 2)
+	$(PY) -m indexer quantize "$(IMAGES)" $(if $(MODEL),--model "$(MODEL)") \
+	  $(if $(MODEL_OUT),--out "$(MODEL_OUT)") $(QUANTIZE_ARGS)
 
 finetune: venv weights
 	@test -n "$(IMAGES)" || (echo "usage: make finetune IMAGES=<dir> [METADATA=<file>] [MODEL_OUT=<dir>]"; exit 2)
@@ -96,17 +105,30 @@ bench-finetune: venv
 bench-quality: venv
 	$(PY) -m bench.quality --dataset $(DATASET) --split test
 
+# The int8 model that the runtime benchmarks add to their tables (make quantize-bench makes it).
+INT8 ?= var/models/base-int8
+WITH_INT8 = $(if $(wildcard $(INT8)/model_card.json),--int8 $(INT8))
+
+quantize-bench: venv weights
+	$(PY) -m indexer quantize $(DATASET)/images/train --out $(INT8) --force
+
+bench-int8: venv
+	$(PY) -m bench.int8 --dataset $(DATASET) --int8 $(INT8)
+
 bench-indexing: venv
-	$(PY) -m bench.indexing --images $(DATASET)/images
+	$(PY) -m bench.indexing --images $(DATASET)/images $(WITH_INT8)
 
 bench-resize: venv
 	$(PY) -m bench.resize_modes --dataset $(DATASET) --split test
 
 bench-embedding: venv
-	$(PY) -m bench.embedding --images $(DATASET)/images/test
+	$(PY) -m bench.embedding --images $(DATASET)/images/test --rounds 2 $(WITH_INT8)
 
 bench-bf16: venv
 	$(PY) -m bench.bf16 --dataset $(DATASET) --split test
+
+bench-api-runtimes: venv
+	$(PY) -m bench.api_runtimes --images $(DATASET)/images/test -n 120 $(WITH_INT8)
 
 bench-api: venv
 	$(PY) bench/api_latency.py --url http://127.0.0.1:8000 $(DATASET)/images/test -n 200 -k 10 -c 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import cpu_line
 from imgsearch.embedder import Embedder, cpu_flags
 from imgsearch.settings import Settings
 from imgsearch.thumbnails import ThumbnailStore
@@ -43,21 +43,6 @@ from indexer.pipeline import RunStats, batches, embed_batches, make_decoder, ord
 
 # Multiply-accumulates of ResNet50 without its classifier at 224x224 (4.09 G), two FLOPs each.
 RESNET50_GFLOP = 8.2
-SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-               "amx_int8")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
-
-
-def cpu_line() -> str:
-    flags = cpu_flags()
-    return (f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, flags: "
-            f"{' '.join(f for f in SHOWN_FLAGS if f in flags) or 'none of ' + str(SHOWN_FLAGS)}")
 
 
 def peak_gflops() -> tuple[float, str]:

@@ -17,24 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.machine import cpu_model
 from bench.quality import measure
 from imgsearch.embedder import Embedder, cpu_flags
 from imgsearch.finetune import Recipe, finetune
 from imgsearch.modelstore import read_card
 from imgsearch.settings import Settings
 from indexer.sidecar import load_sidecar
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -23,18 +23,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .digest import file_sha256
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FILES = ("model.xml", "model.bin")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class IRCache:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,8 @@ import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,8 @@ def _download(maven_repo: Path) -> Path:
     return archive
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify_sha256(archive: Path) -> None:
-    actual = _sha256(archive)
+    actual = file_sha256(archive)
     if actual != ES_ZIP_SHA256:
         # Maven would keep serving the bad file from its repository, so remove it.
         archive.unlink()

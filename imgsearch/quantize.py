@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .digest import file_sha256
 from .images import ImageError
 from .modelstore import CARD_FIELDS, read_card, write_model_dir
 from .runtime import RuntimeUnavailable
@@ -62,10 +63,6 @@ def calibration_paths(root: Path, samples: int, seed: int) -> list[Path]:
         picked = np.random.default_rng(seed).choice(len(paths), samples, replace=False)
         paths = [paths[i] for i in sorted(picked)]
     return paths
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def quantize(
@@ -114,7 +111,7 @@ def quantize(
     ir_dir = out_dir / IR_DIR
     ir_dir.mkdir(parents=True)
     ov.save_model(int8, ir_dir / "model.xml", compress_to_fp16=False)
-    ir_sha = {name: _sha256(ir_dir / name) for name in IR_FILES}
+    ir_sha = {name: file_sha256(ir_dir / name) for name in IR_FILES}
     calibration_digest = digest.hexdigest()
     identity = hashlib.sha256(f"{calibration_digest}{ir_sha['model.bin']}".encode()).hexdigest()
     card = {**(source.card or _base_card(source))}
@@ -168,7 +165,7 @@ def load_quantized(model_dir: Path, card: dict | None = None):
     expected = card["quantization"].get("sha256") or {}
     for name in IR_FILES:
         try:
-            actual = _sha256(ir_dir / name)
+            actual = file_sha256(ir_dir / name)
         except OSError as exc:
             raise WeightsError(f"{model_dir} lacks its int8 model: {exc}") from exc
         if actual != expected.get(name):

