@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
                           f"search {s['search']['p50']:.1f} ms)", flush=True)
     finally:
         for _, index, _ in runs:
-            store.es.indices.delete(index=f"{index}-v*", ignore_unavailable=True)
+            if store.es.indices.exists_alias(name=index):
+                for concrete in store.es.indices.get_alias(name=index):
+                    store.es.indices.delete(index=concrete)
 
 
 if __name__ == "__main__":
