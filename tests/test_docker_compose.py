@@ -497,6 +497,19 @@ def test_final_stage_has_the_converted_weights_where_the_app_looks(stages):
     assert f"--from=build {build_cache}/{converted} {final_cache}/" in copies
 
 
+def test_the_image_carries_the_base_model_converted_for_openvino(stages):
+    build_runs = [args for keyword, args in stages[0] if keyword == "RUN"]
+    converts = [r for r in build_runs if "Embedder(Settings.from_env(runtime='openvino'))" in r]
+    assert converts, "the build stage must convert the base model for OpenVINO"
+    assert build_runs.index(converts[0]) > build_runs.index("python -m imgsearch.weights")
+    build_cache = dockerfile_env(stages[0])["IMGSEARCH_CACHE_DIR"]
+    final_cache = dockerfile_env(stages[-1])["IMGSEARCH_CACHE_DIR"]
+    copies = [args for keyword, args in stages[-1] if keyword == "COPY"]
+    # Where imgsearch/ircache.py looks, writable by the app's user (tuned models' conversions).
+    assert (f"--from=build --chown=imgsearch:imgsearch {build_cache}/openvino "
+            f"{final_cache}/openvino") in copies
+
+
 def test_final_stage_has_the_code_runs_as_a_user_and_serves_with_gunicorn(stages):
     final = stages[-1]
     copies = {args for keyword, args in final if keyword == "COPY"}

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgsearch.digest import file_sha256
 from imgsearch.settings import Settings
 from imgsearch.weights import (
     NPM_TARBALL_NAME,
     NPM_TARBALL_SHA256,
     WEIGHTS_DIGEST,
     WeightsError,
-    _sha256_file,
     fetch_npm_tarball,
     keras3_layer_name,
     keras3_weight_path,
@@ -76,7 +76,7 @@ def _photo(name: str) -> np.ndarray:
 
 
 def test_tarball_is_pinned(tarball):
-    assert _sha256_file(tarball) == NPM_TARBALL_SHA256
+    assert file_sha256(tarball) == NPM_TARBALL_SHA256
 
 
 def test_corrupt_tarball_is_refused(tarball, tmp_path):
