@@ -1,0 +1,189 @@
+"""Region search, measured before it is built: can a crop of a photo find its source?
+
+    python -m bench.regions --images ../shared/datasets/clothing-small/images/test \
+        [--areas 1 2 4] [--scales 2 3 4] [--queries 200]
+
+The gallery is every photo of the folder. For each gallery photo the conv5 feature map is
+computed on the whole image resized to each ``--areas`` budget (in multiples of the 224 x 224
+global pass's pixels, aspect kept, sides multiples of 32), and pooled into R-MAC windows
+at 1..``--scales`` scales (:mod:`imgsearch.regions`). Queries are random crops of the first
+``--queries`` photos covering 5-10 %, 10-20 % and 20-40 % of their area (aspect 1:2 to 2:1),
+each embedded as a whole photo by the model (its own decoding: centre crop at 224 px), as an
+uploaded crop would be. An image scores the best cosine of its global vector and its regions;
+reported: recall@1 and @10 of the source photo, per crop size, against the global vectors alone,
+with the windows per image, float bytes per image, and the region pass's pixels and measured
+time against the global pass's (TensorFlow, one image at a time against batches of 32, so the
+time ratio overstates the cost; the pixel ratio is the FLOP ratio). Exact search in numpy (no
+ES): this chooses the design; the index type is measured on top of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.machine import cpu_line
+from imgsearch.embedder import Embedder
+from imgsearch.images import decode_rgb, model_input
+from imgsearch.regions import pool, windows
+from imgsearch.settings import Settings
+
+AREAS = ((0.05, 0.10), (0.10, 0.20), (0.20, 0.40))
+
+
+def map_model(embedder: Embedder):
+    """``uint8 [1, H, W, 3]`` of any size -> the conv5 map ``[h, w, 2048]`` (float32)."""
+    import keras
+    import tensorflow as tf
+
+    from imgsearch.runtime import preprocess_fn
+
+    net = keras.applications.ResNet50(weights=None, include_top=False,
+                                      input_shape=(None, None, 3))
+    net.set_weights(embedder.model.get_weights())
+    preprocess = preprocess_fn()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)],
+                 reduce_retracing=True)
+    def forward(pixels):
+        return net(preprocess(tf.cast(pixels, tf.float32)), training=False)[0]
+
+    return lambda pixels: forward(pixels[None]).numpy()
+
+
+def whole_image(rgb: Image.Image, area: float) -> np.ndarray:
+    """The whole image, aspect kept, resized to about ``area`` times 224 x 224 pixels (the
+    region pass then costs about ``area`` global passes), both sides multiples of 32 (one map
+    cell each), the longer side at most 3 times the shorter."""
+    w, h = rgb.size
+    scale = np.sqrt(area * 224 * 224 / (w * h))
+    size = [max(32, round(w * scale / 32) * 32), max(32, round(h * scale / 32) * 32)]
+    short = min(size)
+    size = [min(side, 3 * short) for side in size]
+    return np.asarray(rgb.resize(tuple(size), Image.Resampling.BILINEAR))
+
+
+def at_gallery_scale(crop: Image.Image, source: Image.Image, area: float) -> np.ndarray:
+    """A crop resized by the factor its whole photo gets in the region pass of ``area``, so
+    that its features have the scale of the gallery's regions (a box drawn on a photo: the
+    photo's size is known). Sides multiples of 32, at least one cell."""
+    w, h = source.size
+    scale = np.sqrt(area * 224 * 224 / (w * h))
+    size = (max(32, round(crop.width * scale / 32) * 32),
+            max(32, round(crop.height * scale / 32) * 32))
+    return np.asarray(crop.resize(size, Image.Resampling.BILINEAR))
+
+
+def random_crop(rgb: Image.Image, area: tuple[float, float], rng) -> Image.Image:
+    w, h = rgb.size
+    for _ in range(100):
+        share = rng.uniform(*area)
+        aspect = np.exp(rng.uniform(np.log(0.5), np.log(2)))
+        cw, ch = round(np.sqrt(share * w * h * aspect)), round(np.sqrt(share * w * h / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+            return rgb.crop((x, y, x + cw, y + ch))
+    raise ValueError("no crop fits")
+
+
+def recall(sims_per_image: np.ndarray, sources: np.ndarray) -> tuple[float, float]:
+    order = np.argsort(-sims_per_image, axis=1)
+    rank = np.argmax(order == sources[:, None], axis=1)
+    return float(np.mean(rank < 1)), float(np.mean(rank < 10))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--areas", type=float, nargs="+", default=[1.0, 2.0, 4.0],
+                   help="region pass sizes, in multiples of the 224 x 224 pass's pixels")
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    paths = sorted(args.images.rglob("*.jpg"))
+    settings = Settings.from_env()
+    model = Embedder(settings)
+    rgbs = [decode_rgb(p.read_bytes(), short_side=1024) for p in paths]
+    started = time.perf_counter()
+    gallery = np.concatenate([model.embed(np.stack([model.decode(p.read_bytes()).pixels
+                                                     for p in paths[i:i + 32]]))
+                              for i in range(0, len(paths), 32)])
+    global_seconds = time.perf_counter() - started
+
+    rng = np.random.default_rng(args.seed)
+    sources = np.arange(min(args.queries, len(paths)))
+    queries, crops_by_area = {}, {}
+    for area in AREAS:
+        crops = crops_by_area[area] = [random_crop(rgbs[i], area, rng) for i in sources]
+        pixels = np.stack([model_input(c, model.input_size, model.resize_mode) for c in crops])
+        queries[area] = np.concatenate([model.embed(pixels[i:i + 32])
+                                        for i in range(0, len(pixels), 32)])
+
+    results = {"cpu": cpu_line(), "gallery": len(paths), "queries_per_area": len(sources),
+               "global_seconds": round(global_seconds, 1), "rows": []}
+    for area in AREAS:
+        r1, r10 = recall(queries[area] @ gallery.T, sources)
+        results["rows"].append({"mode": "global", "area": area, "recall@1": r1,
+                                "recall@10": r10})
+    forward = map_model(model)
+
+    def gap(feature_map: np.ndarray) -> np.ndarray:
+        v = feature_map.mean(axis=(0, 1))
+        return v / np.linalg.norm(v)
+
+    for area_budget in args.areas:
+        # The same crops, described at the gallery regions' scale (box queries).
+        scaled = {area: np.stack([gap(forward(at_gallery_scale(c, rgbs[i], area_budget)))
+                                  for c, i in zip(crops_by_area[area], sources, strict=True)])
+                  for area in AREAS}
+        images = [whole_image(rgb, area_budget) for rgb in rgbs]
+        pixels_ratio = float(np.mean([i.shape[0] * i.shape[1] for i in images])) / 224**2
+        started = time.perf_counter()
+        maps = [forward(image) for image in images]
+        seconds = time.perf_counter() - started
+        for scales in args.scales:
+            pooled = []
+            for m in maps:
+                pooled.append(pool(m, windows(m.shape[0], m.shape[1], scales)))
+            counts = np.array([len(v) for v in pooled])
+            owner = np.repeat(np.arange(len(pooled)), counts)
+            regions = np.concatenate(pooled)
+            for area, query_mode in ((a, m) for m in ("224", "scaled") for a in AREAS):
+                q = queries[area] if query_mode == "224" else scaled[area]
+                best = np.full((len(q), len(paths)), -1.0, np.float32)
+                sims = q @ regions.T
+                for j in range(len(paths)):
+                    best[:, j] = sims[:, owner == j].max(axis=1)
+                best = np.maximum(best, q @ gallery.T)
+                r1, r10 = recall(best, sources)
+                results["rows"].append({
+                    "mode": f"{area_budget:g}x L{scales} q{query_mode}", "area": area,
+                    "recall@1": r1,
+                    "recall@10": r10, "windows_mean": float(counts.mean()),
+                    "kb_per_image_float": float(counts.mean() * 2048 * 4 / 1024),
+                    "map_seconds_vs_global": round(seconds / global_seconds, 2),
+                    "map_pixels_vs_global": round(pixels_ratio, 2),
+                })
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"CPU: {results['cpu']}; gallery {len(paths)}, {len(sources)} crops per size")
+    print(f"{'mode':14s} {'crop area':>10s} {'R@1':>6s} {'R@10':>6s} {'windows':>8s} "
+          f"{'KB/img':>7s} {'pixels':>6s} {'time':>5s}")
+    for r in results["rows"]:
+        lo, hi = r["area"]
+        print(f"{r['mode']:14s} {f'{lo:.0%}-{hi:.0%}':>10s} {r['recall@1']:6.3f} "
+              f"{r['recall@10']:6.3f} {r.get('windows_mean', 0):8.1f} "
+              f"{r.get('kb_per_image_float', 0):7.0f} {r.get('map_pixels_vs_global', 1):6.2f} "
+              f"{r.get('map_seconds_vs_global', 1):5.2f}")
+
+
+if __name__ == "__main__":
+    main()

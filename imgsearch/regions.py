@@ -1,0 +1,71 @@
+"""Region vectors: a convolutional feature map pooled over multi-scale overlapping windows.
+
+R-MAC (Tolias et al., 2016) lays square windows over the last convolutional map at ``L`` scales:
+at scale ``l`` the side is ``2 * min(H, W) / (l + 1)`` cells, and the windows are spread evenly
+along each axis so that neighbours overlap by about 40 %. Each window's cells are pooled into
+one vector, L2-normalised, with its box as fractions of the image. Average pooling (not R-MAC's
+max) keeps a region vector comparable with the global vector of a photo of that region alone,
+which the network also average-pools: a crop searched as a query then meets its region.
+
+Pure numpy over maps computed elsewhere (:mod:`imgsearch.embedder`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Window:
+    """Cells ``[y0, y1) x [x0, x1)`` of a map, and the same box as fractions of the image."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1]
+
+
+def windows(height: int, width: int, scales: int, *, overlap: float = 0.4) -> list[Window]:
+    """R-MAC windows over an ``height x width`` map at ``scales`` scales (1: one window of the
+    whole shorter side, slid along the longer one), in order of scale."""
+    out: list[Window] = []
+    seen: set[tuple[int, int, int, int]] = set()
+    short = min(height, width)
+    for level in range(1, scales + 1):
+        side = max(1, round(2 * short / (level + 1)))
+        for y0 in _starts(height, side, overlap):
+            for x0 in _starts(width, side, overlap):
+                cells = (y0, x0, min(height, y0 + side), min(width, x0 + side))
+                if cells in seen:
+                    continue
+                seen.add(cells)
+                y, x, y1, x1 = cells
+                out.append(Window(y, x, y1, x1, (x / width, y / height, x1 / width,
+                                                 y1 / height)))
+    return out
+
+
+def _starts(length: int, side: int, overlap: float) -> list[int]:
+    """Evenly spaced window starts along one axis, neighbours overlapping by ~``overlap``."""
+    if side >= length:
+        return [0]
+    count = 1 + int(np.ceil((length - side) / (side * (1 - overlap))))
+    return sorted({round(i * (length - side) / (count - 1)) for i in range(count)})
+
+
+def pool(feature_map: np.ndarray, wins: list[Window]) -> np.ndarray:
+    """``[H, W, C]`` map -> ``[len(wins), C]`` unit vectors, each window average-pooled."""
+    # An integral image makes each window's sum four lookups, whatever its size.
+    integral = np.zeros((feature_map.shape[0] + 1, feature_map.shape[1] + 1,
+                         feature_map.shape[2]), np.float64)
+    integral[1:, 1:] = feature_map.astype(np.float64).cumsum(0).cumsum(1)
+    vectors = np.empty((len(wins), feature_map.shape[2]), np.float32)
+    for i, w in enumerate(wins):
+        total = (integral[w.y1, w.x1] - integral[w.y0, w.x1] - integral[w.y1, w.x0]
+                 + integral[w.y0, w.x0])
+        vectors[i] = total / ((w.y1 - w.y0) * (w.x1 - w.x0))
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors

@@ -1,0 +1,55 @@
+"""R-MAC windows over a feature map, and their pooling (imgsearch/regions.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgsearch.regions import pool, windows
+
+
+def test_one_scale_on_a_square_map_is_the_whole_map():
+    (only,) = windows(7, 7, 1)
+    assert (only.y0, only.x0, only.y1, only.x1) == (0, 0, 7, 7)
+    assert only.box == (0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("height,width", [(7, 7), (10, 10), (14, 14), (12, 9), (9, 17), (3, 3)])
+@pytest.mark.parametrize("scales", [1, 2, 3, 4])
+def test_windows_cover_the_map_inside_its_bounds_without_repeats(height, width, scales):
+    wins = windows(height, width, scales)
+    covered = np.zeros((height, width), bool)
+    for w in wins:
+        assert 0 <= w.y0 < w.y1 <= height and 0 <= w.x0 < w.x1 <= width
+        x0, y0, x1, y1 = w.box
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        assert (x0, y0, x1, y1) == (w.x0 / width, w.y0 / height, w.x1 / width, w.y1 / height)
+        covered[w.y0 : w.y1, w.x0 : w.x1] = True
+    assert covered.all()
+    assert len({(w.y0, w.x0, w.y1, w.x1) for w in wins}) == len(wins)
+
+
+def test_finer_scales_add_smaller_overlapping_windows():
+    counts = [len(windows(10, 13, s)) for s in (1, 2, 3)]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    level2 = [w for w in windows(10, 10, 2) if (w.y1 - w.y0) == 7]
+    assert len(level2) == 4  # a 2 x 2 grid of 7-cell windows, overlapping by 4 cells
+    assert sorted({w.x0 for w in level2}) == [0, 3]
+
+
+def test_pooling_averages_each_window_and_normalises():
+    rng = np.random.default_rng(0)
+    feature_map = rng.random((9, 12, 16), np.float32)
+    wins = windows(9, 12, 3)
+    pooled = pool(feature_map, wins)
+    assert pooled.shape == (len(wins), 16) and pooled.dtype == np.float32
+    for w, vector in zip(wins, pooled, strict=True):
+        mean = feature_map[w.y0 : w.y1, w.x0 : w.x1].mean(axis=(0, 1))
+        np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), rtol=1e-5)
+
+
+def test_the_whole_map_window_is_the_global_average_pool():
+    feature_map = np.random.default_rng(1).random((7, 7, 8), np.float32)
+    (whole,) = pool(feature_map, windows(7, 7, 1))
+    gap = feature_map.mean(axis=(0, 1))
+    np.testing.assert_allclose(whole, gap / np.linalg.norm(gap), rtol=1e-5)
