@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,7 +19,12 @@ import numpy as np  # noqa: E402
 
 from .images import DecodedImage, decode_image  # noqa: E402
 from .quantize import is_quantized, load_quantized, require_openvino  # noqa: E402
-from .runtime import OpenVINOForward, make_forward, resolve_runtime  # noqa: E402
+from .runtime import (  # noqa: E402
+    OpenVINOForward,
+    make_forward,
+    make_map_forward,
+    resolve_runtime,
+)
 from .settings import Settings  # noqa: E402
 
 ARCHITECTURE = "resnet50-avg"
@@ -27,6 +33,11 @@ DIMS = 2048
 PREPROCESSING = "caffe-bgr-mean"  # keras.applications.resnet50.preprocess_input
 # CPU features with native bf16 dot products; without them bf16 would only be emulated.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Region vectors (imgsearch/regions.py): the region pass's pixels in multiples of the input's,
+# and the window scales. 1.5 and 2 reached the region-search targets at 8 windows a photo and
+# 1.45x the global pass's pixels (docs/BENCHMARKS.md, "Region search").
+REGION_PASS_AREA = 1.5
+REGION_SCALES = 2
 
 log = logging.getLogger(__name__)
 _process_precision: str | None = None
@@ -126,6 +137,8 @@ class Embedder:
         self.version = model_version(self.weights_digest, self.resize_mode)
         # Both runtimes compute the same vectors (cosine >= 0.99999): one version for both.
         self.runtime = resolve_runtime(settings.runtime)
+        self._map_forward = None  # built on first use: only region indexing and queries need it
+        self._map_lock = threading.Lock()
         if is_quantized(self.card):
             # int8 vectors are other vectors: the model has a version of its own.
             require_openvino(self.runtime, settings.runtime, model_dir)
@@ -163,6 +176,62 @@ class Embedder:
         if len(pixels) == 0:
             return np.zeros((0, self.dims), np.float32)
         return self._forward(pixels)
+
+    # -- regions -----------------------------------------------------------------------------
+
+    def regions(self, data: bytes) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+        """Region vectors of one photo and their boxes (``x0, y0, x1, y1`` as fractions of the
+        photo): its whole frame at :data:`REGION_PASS_AREA` times the input's pixels, pooled
+        over R-MAC windows at :data:`REGION_SCALES` scales."""
+        from PIL import Image
+
+        from .regions import pass_size, pool, windows
+
+        rgb = self._decode_whole(data)
+        size = pass_size(rgb.width, rgb.height, self._region_pixels)
+        feature_map = self._feature_map(np.asarray(rgb.resize(size, Image.Resampling.BILINEAR)))
+        wins = windows(feature_map.shape[0], feature_map.shape[1], REGION_SCALES)
+        return pool(feature_map, wins), [w.box for w in wins]
+
+    def embed_box(self, data: bytes, box: tuple[float, float, float, float]) -> np.ndarray:
+        """The unit vector of the part ``box`` (fractions ``x0, y0, x1, y1``) of a photo,
+        described at the scale of indexed regions: the box resized by the factor its whole
+        photo gets in the region pass, its map average-pooled. A box smaller than one map cell
+        at that scale is described at one cell."""
+        from PIL import Image
+
+        from .regions import box_pass_size
+
+        rgb = self._decode_whole(data)
+        x0, y0, x1, y1 = box
+        crop = (x0 * rgb.width, y0 * rgb.height, x1 * rgb.width, y1 * rgb.height)
+        size = box_pass_size(crop[2] - crop[0], crop[3] - crop[1], rgb.width, rgb.height,
+                             self._region_pixels)
+        pixels = np.asarray(rgb.resize(size, Image.Resampling.BILINEAR, box=crop))
+        vector = self._feature_map(pixels).mean(axis=(0, 1))
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    @property
+    def _region_pixels(self) -> float:
+        return REGION_PASS_AREA * self.input_size**2
+
+    def _decode_whole(self, data: bytes):
+        from .images import decode_rgb
+
+        # Twice the input size on the shorter side is more than any region pass needs.
+        return decode_rgb(data, short_side=2 * self.input_size,
+                          max_pixels=self.settings.max_image_pixels)
+
+    def _feature_map(self, pixels: np.ndarray) -> np.ndarray:
+        if self._map_forward is None:
+            with self._map_lock:
+                if self._map_forward is None:
+                    if self.precision == "int8":
+                        raise ValueError("region vectors come from fp32 models; this one is int8")
+                    self._map_forward = make_map_forward(
+                        self.runtime, self.model, version=self.version,
+                        precision=self.precision, cache_dir=self.settings.cache_dir)
+        return self._map_forward(pixels[None])
 
     def embed_bytes(self, data: bytes) -> np.ndarray:
         """One image file's bytes -> its unit vector."""

@@ -7,7 +7,9 @@ one vector, L2-normalised, with its box as fractions of the image. Average pooli
 max) keeps a region vector comparable with the global vector of a photo of that region alone,
 which the network also average-pools: a crop searched as a query then meets its region.
 
-Pure numpy over maps computed elsewhere (:mod:`imgsearch.embedder`).
+Pure numpy over maps computed elsewhere (:meth:`imgsearch.embedder.Embedder.regions`). Measured
+design (docs/BENCHMARKS.md, "Region search"): the photo's region pass at 1.5 x 224² pixels,
+scales 1-2 (8 windows a photo), and box queries described at the scale of the indexed regions.
 """
 
 from __future__ import annotations
@@ -54,6 +56,26 @@ def _starts(length: int, side: int, overlap: float) -> list[int]:
         return [0]
     count = 1 + int(np.ceil((length - side) / (side * (1 - overlap))))
     return sorted({round(i * (length - side) / (count - 1)) for i in range(count)})
+
+
+CELL = 32  # input pixels per cell of ResNet50's last map
+
+
+def pass_size(width: int, height: int, pixels: float) -> tuple[int, int]:
+    """The size a ``width x height`` photo is resized to for its region pass: about ``pixels``
+    pixels, aspect kept, both sides whole cells, the longer at most 3 times the shorter."""
+    scale = np.sqrt(pixels / (width * height))
+    w, h = (max(CELL, round(side * scale / CELL) * CELL) for side in (width, height))
+    return min(w, 3 * h), min(h, 3 * w)
+
+
+def box_pass_size(box_width: float, box_height: float, width: int, height: int,
+                  pixels: float) -> tuple[int, int]:
+    """The size of a box (pixels of a ``width x height`` photo) resized by the factor its whole
+    photo gets in the region pass: its features then have the scale of the indexed regions.
+    At least one cell a side."""
+    scale = np.sqrt(pixels / (width * height))
+    return tuple(max(CELL, round(side * scale / CELL) * CELL) for side in (box_width, box_height))
 
 
 def pool(feature_map: np.ndarray, wins: list[Window]) -> np.ndarray:

@@ -69,6 +69,52 @@ def make_forward(
     raise ValueError(f"unknown runtime {runtime!r}")
 
 
+def make_map_forward(runtime: str, model, *, version: str, precision: str, cache_dir: Path):
+    """``uint8 [1, H, W, 3]`` of any size (multiples of 32) -> the last convolutional map
+    ``float32 [H/32, W/32, C]`` of Keras ``model``, on ``runtime``, for region vectors."""
+    if runtime == "tensorflow":
+        forward, lock = compile_feature_map(model), threading.Lock()
+
+        def run(pixels: np.ndarray) -> np.ndarray:
+            with lock:
+                return forward(pixels).numpy()[0]
+
+        return run
+    if runtime == "openvino":
+        import openvino as ov
+
+        from .ircache import IRCache
+
+        ov_model = IRCache(cache_dir).get_or_convert(
+            f"{version}#conv-map",
+            lambda: ov.convert_model(compile_feature_map(model).get_concrete_function()),
+        )
+        forward = OpenVINOForward(ov_model, precision, name=f"{version} (feature map)",
+                                  normalize=False)
+        return lambda pixels: forward(pixels)[0]
+    raise ValueError(f"unknown runtime {runtime!r}")
+
+
+def compile_feature_map(model):
+    """The network of ``model`` without its pooling, on inputs of any size: ``uint8 [1, H, W,
+    3]`` -> ``float32 [1, H/32, W/32, C]``."""
+    import keras
+    import tensorflow as tf
+
+    # The same architecture with free spatial dimensions, holding the same weights.
+    net = keras.applications.ResNet50(weights=None, include_top=False,
+                                      input_shape=(None, None, 3))
+    net.set_weights(model.get_weights())
+    preprocess = preprocess_fn()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)],
+                 reduce_retracing=True)
+    def forward(pixels):
+        return tf.cast(net(preprocess(tf.cast(pixels, tf.float32)), training=False), tf.float32)
+
+    return forward
+
+
 def compile_forward(model, input_size: int):
     """``uint8 [N,224,224,3]`` -> unit vectors: preprocessing, the network and L2
     normalisation in one compiled graph over whole batches (per-image ``predict`` is several
@@ -133,7 +179,7 @@ class OpenVINOForward:
 
     runtime = "openvino"
 
-    def __init__(self, ov_model, precision: str, *, name: str = "model"):
+    def __init__(self, ov_model, precision: str, *, name: str = "model", normalize: bool = True):
         import openvino as ov
 
         if precision not in OPENVINO_PRECISIONS:
@@ -142,6 +188,7 @@ class OpenVINOForward:
         self._core = ov.Core()
         self._model = ov_model
         self._name = name
+        self._normalize = normalize
         self._config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
         self._lock = threading.Lock()
         self._single = None  # (compiled model, infer request)
@@ -185,8 +232,9 @@ class OpenVINOForward:
                 if self._batched is None:
                     self.compile("THROUGHPUT")
                 vectors = self._run_split(pixels)
-        # The graph normalises already; an int8 model's last ops do it only to within ~1 %.
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if self._normalize:
+            # The graph normalises already; an int8 model's last ops do it only to within ~1 %.
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
     def _run_split(self, pixels: np.ndarray) -> np.ndarray:
