@@ -18,7 +18,7 @@ QUANTIZE_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m
 
 help:
@@ -33,7 +33,7 @@ help:
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-scale | bench-scale-1m"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-scale | bench-scale-1m"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -126,6 +126,10 @@ bench-embedding: venv
 
 bench-bf16: venv
 	$(PY) -m bench.bf16 --dataset $(DATASET) --split test
+
+# Region search's design measurements (exact search, no ES; ~7 min), docs/BENCHMARKS.md.
+bench-regions: venv
+	$(PY) -m bench.regions --images $(DATASET)/images/test --areas 1.5 2 --scales 2 3 --queries 200
 
 bench-api-runtimes: venv
 	$(PY) -m bench.api_runtimes --images $(DATASET)/images/test -n 120 $(WITH_INT8)

@@ -30,53 +30,11 @@ from PIL import Image
 from bench.machine import cpu_line
 from imgsearch.embedder import Embedder
 from imgsearch.images import decode_rgb, model_input
-from imgsearch.regions import pool, windows
+from imgsearch.regions import box_pass_size, pass_size, pool, windows
+from imgsearch.runtime import compile_feature_map
 from imgsearch.settings import Settings
 
 AREAS = ((0.05, 0.10), (0.10, 0.20), (0.20, 0.40))
-
-
-def map_model(embedder: Embedder):
-    """``uint8 [1, H, W, 3]`` of any size -> the conv5 map ``[h, w, 2048]`` (float32)."""
-    import keras
-    import tensorflow as tf
-
-    from imgsearch.runtime import preprocess_fn
-
-    net = keras.applications.ResNet50(weights=None, include_top=False,
-                                      input_shape=(None, None, 3))
-    net.set_weights(embedder.model.get_weights())
-    preprocess = preprocess_fn()
-
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)],
-                 reduce_retracing=True)
-    def forward(pixels):
-        return net(preprocess(tf.cast(pixels, tf.float32)), training=False)[0]
-
-    return lambda pixels: forward(pixels[None]).numpy()
-
-
-def whole_image(rgb: Image.Image, area: float) -> np.ndarray:
-    """The whole image, aspect kept, resized to about ``area`` times 224 x 224 pixels (the
-    region pass then costs about ``area`` global passes), both sides multiples of 32 (one map
-    cell each), the longer side at most 3 times the shorter."""
-    w, h = rgb.size
-    scale = np.sqrt(area * 224 * 224 / (w * h))
-    size = [max(32, round(w * scale / 32) * 32), max(32, round(h * scale / 32) * 32)]
-    short = min(size)
-    size = [min(side, 3 * short) for side in size]
-    return np.asarray(rgb.resize(tuple(size), Image.Resampling.BILINEAR))
-
-
-def at_gallery_scale(crop: Image.Image, source: Image.Image, area: float) -> np.ndarray:
-    """A crop resized by the factor its whole photo gets in the region pass of ``area``, so
-    that its features have the scale of the gallery's regions (a box drawn on a photo: the
-    photo's size is known). Sides multiples of 32, at least one cell."""
-    w, h = source.size
-    scale = np.sqrt(area * 224 * 224 / (w * h))
-    size = (max(32, round(crop.width * scale / 32) * 32),
-            max(32, round(crop.height * scale / 32) * 32))
-    return np.asarray(crop.resize(size, Image.Resampling.BILINEAR))
 
 
 def random_crop(rgb: Image.Image, area: tuple[float, float], rng) -> Image.Image:
@@ -132,18 +90,24 @@ def main(argv: list[str] | None = None) -> None:
         r1, r10 = recall(queries[area] @ gallery.T, sources)
         results["rows"].append({"mode": "global", "area": area, "recall@1": r1,
                                 "recall@10": r10})
-    forward = map_model(model)
+    feature_map = compile_feature_map(model.model)
 
-    def gap(feature_map: np.ndarray) -> np.ndarray:
-        v = feature_map.mean(axis=(0, 1))
+    def forward(pixels: np.ndarray) -> np.ndarray:
+        return feature_map(pixels[None]).numpy()[0]
+
+    def described(crop: Image.Image, photo: Image.Image, budget: float) -> np.ndarray:
+        """A crop at the scale of its photo's regions, average-pooled (a box query)."""
+        size = box_pass_size(*crop.size, *photo.size, budget)
+        v = forward(np.asarray(crop.resize(size, Image.Resampling.BILINEAR))).mean(axis=(0, 1))
         return v / np.linalg.norm(v)
 
     for area_budget in args.areas:
-        # The same crops, described at the gallery regions' scale (box queries).
-        scaled = {area: np.stack([gap(forward(at_gallery_scale(c, rgbs[i], area_budget)))
-                                  for c, i in zip(crops_by_area[area], sources, strict=True)])
+        pixels_budget = area_budget * 224 * 224
+        scaled = {area: np.stack([described(c, rgbs[i], pixels_budget) for c, i in
+                                  zip(crops_by_area[area], sources, strict=True)])
                   for area in AREAS}
-        images = [whole_image(rgb, area_budget) for rgb in rgbs]
+        images = [np.asarray(rgb.resize(pass_size(*rgb.size, pixels_budget),
+                                        Image.Resampling.BILINEAR)) for rgb in rgbs]
         pixels_ratio = float(np.mean([i.shape[0] * i.shape[1] for i in images])) / 224**2
         started = time.perf_counter()
         maps = [forward(image) for image in images]
