@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,57 @@ def random_crop(rgb: Image.Image, area: tuple[float, float], rng) -> Image.Image
     raise ValueError("no crop fits")
 
 
+def es_measure(es, index_type: str, regions: list[np.ndarray],
+               boxes: list[list[tuple[float, float, float, float]]], queries: dict,
+               sources: np.ndarray, num_candidates: int = 100) -> list[dict]:
+    """Region vectors in a nested ``dense_vector`` field of ``index_type``; nested kNN (one hit
+    an image, the best region as inner hit) for every query: recall@1/@10 of the source,
+    latency, and the vector files' sizes per image."""
+    from bench.scale import sizes
+
+    index = f"bench-regions-{index_type.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+    es.indices.create(index=index, settings={"number_of_shards": 1, "number_of_replicas": 0},
+                      mappings={"properties": {"regions": {"type": "nested", "properties": {
+                          "vector": {"type": "dense_vector", "dims": regions[0].shape[1],
+                                     "similarity": "dot_product", "index": True,
+                                     "index_options": {"type": index_type}},
+                          "box": {"type": "float", "index": False}}}}})
+    try:
+        for start in range(0, len(regions), 16):
+            ops = []
+            for i in range(start, min(start + 16, len(regions))):
+                ops.append({"index": {"_index": index, "_id": str(i)}})
+                ops.append({"regions": [{"vector": v.tolist(), "box": list(b)}
+                                        for v, b in zip(regions[i], boxes[i], strict=True)]})
+            es.bulk(operations=ops, refresh=False)
+        es.indices.refresh(index=index)
+        es.indices.forcemerge(index=index, max_num_segments=1)
+        size = sizes(es, index, index_type)
+        rows = []
+        for area, q in queries.items():
+            ranks, took = [], []
+            for vector, source in zip(q, sources, strict=True):
+                started = time.perf_counter()
+                resp = es.search(index=index, size=10, source=False, knn={
+                    "field": "regions.vector", "query_vector": vector.tolist(), "k": 10,
+                    "num_candidates": num_candidates,
+                    "inner_hits": {"size": 1, "_source": False, "fields": ["regions.box"]}})
+                took.append((time.perf_counter() - started) * 1000)
+                ids = [int(h["_id"]) for h in resp["hits"]["hits"]]
+                ranks.append(ids.index(source) if source in ids else 99)
+            ranks, took = np.array(ranks), np.sort(took)
+            rows.append({"index_type": index_type, "area": area,
+                         "recall@1": float(np.mean(ranks < 1)),
+                         "recall@10": float(np.mean(ranks < 10)),
+                         "p50_ms": float(np.percentile(took, 50)),
+                         "p95_ms": float(np.percentile(took, 95)),
+                         "hot_kb_per_image": size["hot_bytes"] / len(regions) / 1024,
+                         "disk_kb_per_image": size["disk_bytes"] / len(regions) / 1024})
+        return rows
+    finally:
+        es.indices.delete(index=index, ignore_unavailable=True)
+
+
 def recall(sims_per_image: np.ndarray, sources: np.ndarray) -> tuple[float, float]:
     order = np.argsort(-sims_per_image, axis=1)
     rank = np.argmax(order == sources[:, None], axis=1)
@@ -63,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--es-types", nargs="*", default=[],
+                   help="also index the first --areas/--scales design's regions into ES with "
+                   "these vector index types and measure nested kNN (needs make es-up)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     paths = sorted(args.images.rglob("*.jpg"))
@@ -119,6 +174,15 @@ def main(argv: list[str] | None = None) -> None:
             counts = np.array([len(v) for v in pooled])
             owner = np.repeat(np.arange(len(pooled)), counts)
             regions = np.concatenate(pooled)
+            if args.es_types and (area_budget, scales) == (args.areas[0], args.scales[0]):
+                from imgsearch.store import connect
+
+                es = connect(settings)
+                wins = [windows(m.shape[0], m.shape[1], scales) for m in maps]
+                boxes = [[w.box for w in ws] for ws in wins]
+                for index_type in args.es_types:
+                    results.setdefault("es", []).extend(
+                        es_measure(es, index_type, pooled, boxes, scaled, sources))
             for area, query_mode in ((a, m) for m in ("224", "scaled") for a in AREAS):
                 q = queries[area] if query_mode == "224" else scaled[area]
                 best = np.full((len(q), len(paths)), -1.0, np.float32)
@@ -138,6 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
+    for r in results.get("es", []):
+        lo, hi = r["area"]
+        print(f"ES nested kNN {r['index_type']:10s} {f'{lo:.0%}-{hi:.0%}':>8s} regions only: "
+              f"R@1 {r['recall@1']:.3f} R@10 {r['recall@10']:.3f}  p50 {r['p50_ms']:.1f} ms "
+              f"p95 {r['p95_ms']:.1f} ms  vectors {r['hot_kb_per_image']:.1f} KB/image hot, "
+              f"{r['disk_kb_per_image']:.1f} KB on disk")
     print(f"CPU: {results['cpu']}; gallery {len(paths)}, {len(sources)} crops per size")
     print(f"{'mode':14s} {'crop area':>10s} {'R@1':>6s} {'R@10':>6s} {'windows':>8s} "
           f"{'KB/img':>7s} {'pixels':>6s} {'time':>5s}")
