@@ -101,6 +101,7 @@ def quantize(
                             f"least {MIN_CALIBRATION}")
     decoded = time.perf_counter()
 
+    # convert() declines OpenVINO's telemetry first; NNCF's reads the same recorded choice.
     fp32 = convert(source.model, source.input_size)
     int8 = nncf.quantize(fp32, nncf.Dataset(inputs), subset_size=len(inputs),
                          preset=nncf.QuantizationPreset.PERFORMANCE)

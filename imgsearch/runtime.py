@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -85,10 +86,11 @@ def make_map_forward(runtime: str, model, *, version: str, precision: str, cache
 
         from .ircache import IRCache
 
-        ov_model = IRCache(cache_dir).get_or_convert(
-            f"{version}#conv-map",
-            lambda: ov.convert_model(compile_feature_map(model).get_concrete_function()),
-        )
+        def convert_map():
+            decline_openvino_telemetry()
+            return ov.convert_model(compile_feature_map(model).get_concrete_function())
+
+        ov_model = IRCache(cache_dir).get_or_convert(f"{version}#conv-map", convert_map)
         forward = OpenVINOForward(ov_model, precision, name=f"{version} (feature map)",
                                   normalize=False)
         return lambda pixels: forward(pixels)[0]
@@ -141,11 +143,31 @@ def preprocess_fn():
     return preprocess_input
 
 
+def decline_openvino_telemetry() -> None:
+    """OpenVINO's model converter and NNCF send usage events to a web analytics service unless
+    the user has declined: an opt-out, recorded per user in ``~/intel/openvino_telemetry``.
+    This product's traffic stays on the networks it is given, so it declines before it first
+    converts or quantises, by writing that file as OpenVINO's own opt-out does (whose command,
+    ``opt_in_out --opt_out``, would itself send an event first). A choice already made, either
+    way, is left alone."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        return
+    checker = OptInChecker()
+    try:
+        if checker.consent_file_base_dir() and not os.path.exists(checker.consent_file()):
+            checker.update_result(ConsentCheckResult.DECLINED)
+    except OSError as exc:  # an unwritable home: OpenVINO then cannot keep a client id either
+        log.warning("could not record the OpenVINO telemetry opt-out: %s", exc)
+
+
 def convert(model, input_size: int):
     """The Keras model's whole forward pass (:func:`compile_forward`) as an OpenVINO model:
     uint8 pixels in, unit vectors out, so both runtimes compute exactly the same function."""
     import openvino as ov
 
+    decline_openvino_telemetry()
     return ov.convert_model(compile_forward(model, input_size).get_concrete_function())
 
 

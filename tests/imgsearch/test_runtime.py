@@ -183,3 +183,15 @@ def test_a_model_openvino_cannot_compile_is_an_error_naming_the_setting(converte
 def test_the_runtime_setting_is_checked():
     with pytest.raises(ValueError, match="IMGSEARCH_RUNTIME must be one of"):
         Settings.from_env(runtime="onnx")
+
+
+def test_openvino_telemetry_is_declined_without_overriding_a_choice(tmp_path, monkeypatch):
+    from imgsearch.runtime import decline_openvino_telemetry
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    decline_openvino_telemetry()
+    consent = tmp_path / "intel" / "openvino_telemetry"
+    assert consent.read_text().strip() == "0"  # what OpenVINO's opt-out writes
+    consent.write_text("1")  # the user's own choice stands
+    decline_openvino_telemetry()
+    assert consent.read_text() == "1"
