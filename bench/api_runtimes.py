@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,10 @@ from pathlib import Path
 
 from bench.machine import cpu_line
 from imgsearch.embedder import Embedder
+from imgsearch.localnode import free_port
 from imgsearch.settings import PROJECT_ROOT, Settings
 from imgsearch.store import ImageStore
 from indexer.index import index_folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_index(images: Path, settings: Settings, model_dir: Path | None) -> None:

@@ -23,12 +23,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .digest import file_sha256
+from .digest import digest_problem, file_digests
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FILES = ("model.xml", "model.bin")
+# An OpenVINO model on disk (its "IR"): the graph and its weights.
+IR_FILES = ("model.xml", "model.bin")
 
 
 class IRCache:
@@ -68,15 +69,7 @@ class IRCache:
             return "manifest of another model"
         if manifest.get("openvino") != ov.__version__:
             return f"converted by OpenVINO {manifest.get('openvino')}, this is {ov.__version__}"
-        digests = manifest.get("sha256") or {}
-        for name in FILES:
-            try:
-                actual = file_sha256(entry / name)
-            except OSError as exc:
-                return f"{name}: {exc}"
-            if actual != digests.get(name):
-                return f"{name} does not match its checksum"
-        return None
+        return digest_problem(entry, IR_FILES, manifest.get("sha256") or {})
 
     def store(self, entry: Path, version: str, model) -> None:
         import openvino as ov
@@ -94,7 +87,7 @@ class IRCache:
             manifest = {
                 "model_version": version,
                 "openvino": ov.__version__,
-                "sha256": {name: file_sha256(tmp / name) for name in FILES},
+                "sha256": file_digests(tmp, IR_FILES),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             if entry.exists():  # a damaged entry: make way for the new one

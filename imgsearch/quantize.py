@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .digest import file_sha256
-from .images import ImageError
+from .digest import digest_problem, file_digests
+from .images import ImageError, content_hash
+from .ircache import IR_FILES
 from .modelstore import CARD_FIELDS, read_card, write_model_dir
 from .runtime import RuntimeUnavailable
 from .weights import WeightsError
@@ -38,8 +39,6 @@ from .weights import WeightsError
 log = logging.getLogger(__name__)
 
 IR_DIR = "openvino"
-IR_FILES = ("model.xml", "model.bin")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Fewer photos than this calibrate activation ranges badly; NNCF's own default is 300.
 MIN_CALIBRATION = 20
 
@@ -56,9 +55,12 @@ class QuantizeResult:
 
 
 def calibration_paths(root: Path, samples: int, seed: int) -> list[Path]:
-    """A seeded random choice of ``samples`` image files below ``root`` (all if fewer)."""
-    paths = sorted(p for p in Path(root).rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """A seeded random choice of ``samples`` image files below ``root`` (all if fewer): the
+    indexer's walk, and the files whose names promise an image."""
+    from indexer.pipeline import IMAGE_SUFFIXES  # the layering of imgsearch.finetune's walk
+    from indexer.walk import walk_files
+
+    paths = [p for p in walk_files(Path(root)) if p.suffix.lower() in IMAGE_SUFFIXES]
     if len(paths) > samples:
         picked = np.random.default_rng(seed).choice(len(paths), samples, replace=False)
         paths = [paths[i] for i in sorted(picked)]
@@ -95,7 +97,7 @@ def quantize(
         except (OSError, ImageError) as exc:
             skipped.append((rel, str(exc)))
             continue
-        digest.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+        digest.update(f"{rel}\0{content_hash(data)}\n".encode())
     if len(inputs) < MIN_CALIBRATION:
         raise QuantizeError(f"{root} has {len(inputs)} usable photos; calibration needs at "
                             f"least {MIN_CALIBRATION}")
@@ -112,7 +114,7 @@ def quantize(
     ir_dir = out_dir / IR_DIR
     ir_dir.mkdir(parents=True)
     ov.save_model(int8, ir_dir / "model.xml", compress_to_fp16=False)
-    ir_sha = {name: file_sha256(ir_dir / name) for name in IR_FILES}
+    ir_sha = file_digests(ir_dir, IR_FILES)
     calibration_digest = digest.hexdigest()
     identity = hashlib.sha256(f"{calibration_digest}{ir_sha['model.bin']}".encode()).hexdigest()
     card = {**(source.card or _base_card(source))}
@@ -163,17 +165,12 @@ def load_quantized(model_dir: Path, card: dict | None = None):
 
     card = card or read_card(model_dir)
     ir_dir = Path(model_dir) / IR_DIR
-    expected = card["quantization"].get("sha256") or {}
-    for name in IR_FILES:
-        try:
-            actual = file_sha256(ir_dir / name)
-        except OSError as exc:
-            raise WeightsError(f"{model_dir} lacks its int8 model: {exc}") from exc
-        if actual != expected.get(name):
-            raise WeightsError(
-                f"{ir_dir / name} does not match the checksum in its model card: the file is "
-                "corrupt or not this model's. Quantise again (python -m indexer quantize)."
-            )
+    problem = digest_problem(ir_dir, IR_FILES, card["quantization"].get("sha256") or {})
+    if problem is not None:
+        raise WeightsError(
+            f"the int8 model in {ir_dir} is unusable ({problem} in the model card): a file is "
+            "missing, corrupt or not this model's. Quantise again (python -m indexer quantize)."
+        )
     return ov.Core().read_model(ir_dir / "model.xml")
 
 

@@ -64,8 +64,7 @@ CELL = 32  # input pixels per cell of ResNet50's last map
 def pass_size(width: int, height: int, pixels: float) -> tuple[int, int]:
     """The size a ``width x height`` photo is resized to for its region pass: about ``pixels``
     pixels, aspect kept, both sides whole cells, the longer at most 3 times the shorter."""
-    scale = np.sqrt(pixels / (width * height))
-    w, h = (max(CELL, round(side * scale / CELL) * CELL) for side in (width, height))
+    w, h = box_pass_size(width, height, width, height, pixels)  # the whole photo as its box
     return min(w, 3 * h), min(h, 3 * w)
 
 

@@ -82,15 +82,11 @@ def make_map_forward(runtime: str, model, *, version: str, precision: str, cache
 
         return run
     if runtime == "openvino":
-        import openvino as ov
-
         from .ircache import IRCache
 
-        def convert_map():
-            decline_openvino_telemetry()
-            return ov.convert_model(compile_feature_map(model).get_concrete_function())
-
-        ov_model = IRCache(cache_dir).get_or_convert(f"{version}#conv-map", convert_map)
+        ov_model = IRCache(cache_dir).get_or_convert(
+            f"{version}#conv-map", lambda: convert_function(compile_feature_map(model))
+        )
         forward = OpenVINOForward(ov_model, precision, name=f"{version} (feature map)",
                                   normalize=False)
         return lambda pixels: forward(pixels)[0]
@@ -165,10 +161,15 @@ def decline_openvino_telemetry() -> None:
 def convert(model, input_size: int):
     """The Keras model's whole forward pass (:func:`compile_forward`) as an OpenVINO model:
     uint8 pixels in, unit vectors out, so both runtimes compute exactly the same function."""
+    return convert_function(compile_forward(model, input_size))
+
+
+def convert_function(function):
+    """A ``tf.function`` with an input signature as an OpenVINO model."""
     import openvino as ov
 
     decline_openvino_telemetry()
-    return ov.convert_model(compile_forward(model, input_size).get_concrete_function())
+    return ov.convert_model(function.get_concrete_function())
 
 
 class TensorFlowForward:
