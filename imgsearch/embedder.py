@@ -19,6 +19,15 @@ import numpy as np  # noqa: E402
 
 from .images import DecodedImage, decode_image  # noqa: E402
 from .quantize import is_quantized, load_quantized, require_openvino  # noqa: E402
+from .regions import (  # noqa: E402
+    RegionMode,
+    Regions,
+    box_pass_size,
+    check_box,
+    pass_size,
+    pool,
+    windows,
+)
 from .runtime import (  # noqa: E402
     OpenVINOForward,
     make_forward,
@@ -33,11 +42,6 @@ DIMS = 2048
 PREPROCESSING = "caffe-bgr-mean"  # keras.applications.resnet50.preprocess_input
 # CPU features with native bf16 dot products; without them bf16 would only be emulated.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-# Region vectors (imgsearch/regions.py): the region pass's pixels in multiples of the input's,
-# and the window scales. 1.5 and 2 reached the region-search targets at 8 windows a photo and
-# 1.45x the global pass's pixels (docs/BENCHMARKS.md, "Region search").
-REGION_PASS_AREA = 1.5
-REGION_SCALES = 2
 
 log = logging.getLogger(__name__)
 _process_precision: str | None = None
@@ -179,41 +183,64 @@ class Embedder:
 
     # -- regions -----------------------------------------------------------------------------
 
-    def regions(self, data: bytes) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
-        """Region vectors of one photo and their boxes (``x0, y0, x1, y1`` as fractions of the
-        photo): its whole frame at :data:`REGION_PASS_AREA` times the input's pixels, pooled
-        over R-MAC windows at :data:`REGION_SCALES` scales."""
+    def region_input(self, data: bytes, mode: RegionMode) -> np.ndarray:
+        """Image bytes -> ``uint8 [H, W, 3]``: the whole photo (aspect kept) at ``mode``'s
+        region-pass size, its sides whole map cells. ImageError if the bytes are bad."""
         from PIL import Image
 
-        from .regions import pass_size, pool, windows
-
         rgb = self._decode_whole(data)
-        size = pass_size(rgb.width, rgb.height, self._region_pixels)
-        feature_map = self._feature_map(np.asarray(rgb.resize(size, Image.Resampling.BILINEAR)))
-        wins = windows(feature_map.shape[0], feature_map.shape[1], REGION_SCALES)
-        return pool(feature_map, wins), [w.box for w in wins]
+        size = pass_size(rgb.width, rgb.height, self.region_pixels(mode))
+        return np.asarray(rgb.resize(size, Image.Resampling.BILINEAR))
 
-    def embed_box(self, data: bytes, box: tuple[float, float, float, float]) -> np.ndarray:
-        """The unit vector of the part ``box`` (fractions ``x0, y0, x1, y1``) of a photo,
-        described at the scale of indexed regions: the box resized by the factor its whole
-        photo gets in the region pass, its map average-pooled. A box smaller than one map cell
-        at that scale is described at one cell."""
+    def region_vectors(self, inputs: list[np.ndarray], mode: RegionMode) -> list[Regions]:
+        """Region vectors and boxes (``x0, y0, x1, y1`` as fractions of the photo) of each
+        :meth:`region_input`, pooled over R-MAC windows at ``mode``'s scales. Inputs of one
+        size run through the network as one batch (photos of one aspect ratio share a size)."""
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, pixels in enumerate(inputs):
+            by_size.setdefault(pixels.shape, []).append(i)
+        out: list[Regions | None] = [None] * len(inputs)
+        for members in by_size.values():
+            maps = self._feature_maps(np.stack([inputs[i] for i in members]))
+            wins = windows(maps.shape[1], maps.shape[2], mode.scales)
+            boxes = [w.box for w in wins]
+            for i, feature_map in zip(members, maps, strict=True):
+                out[i] = Regions(pool(feature_map, wins), boxes)
+        return out  # type: ignore[return-value]
+
+    def regions(self, data: bytes, mode: RegionMode) -> Regions:
+        """One photo's region vectors and boxes."""
+        return self.region_vectors([self.region_input(data, mode)], mode)[0]
+
+    def box_input(self, data: bytes, box: tuple[float, float, float, float],
+                  mode: RegionMode) -> np.ndarray:
+        """The part ``box`` (fractions ``x0, y0, x1, y1``) of a photo as the network's input,
+        at the scale of ``mode``'s indexed regions: resized by the factor its whole photo gets
+        in the region pass. ImageError for bad bytes, BoxError for a box outside the photo or
+        under one map cell a side at that scale (:func:`imgsearch.regions.check_box`)."""
         from PIL import Image
 
-        from .regions import box_pass_size
-
         rgb = self._decode_whole(data)
+        pixels = self.region_pixels(mode)
+        check_box(box, rgb.width, rgb.height, pixels)
         x0, y0, x1, y1 = box
         crop = (x0 * rgb.width, y0 * rgb.height, x1 * rgb.width, y1 * rgb.height)
-        size = box_pass_size(crop[2] - crop[0], crop[3] - crop[1], rgb.width, rgb.height,
-                             self._region_pixels)
-        pixels = np.asarray(rgb.resize(size, Image.Resampling.BILINEAR, box=crop))
-        vector = self._feature_map(pixels).mean(axis=(0, 1))
+        size = box_pass_size(crop[2] - crop[0], crop[3] - crop[1], rgb.width, rgb.height, pixels)
+        return np.asarray(rgb.resize(size, Image.Resampling.BILINEAR, box=crop))
+
+    def embed_region(self, pixels: np.ndarray) -> np.ndarray:
+        """A :meth:`box_input` -> its unit vector: the map average-pooled, as regions are."""
+        vector = self._feature_maps(pixels[None])[0].mean(axis=(0, 1))
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
-    @property
-    def _region_pixels(self) -> float:
-        return REGION_PASS_AREA * self.input_size**2
+    def embed_box(self, data: bytes, box: tuple[float, float, float, float],
+                  mode: RegionMode) -> np.ndarray:
+        """The unit vector of the part ``box`` of a photo, comparable with ``mode``'s regions."""
+        return self.embed_region(self.box_input(data, box, mode))
+
+    def region_pixels(self, mode: RegionMode) -> float:
+        """Pixels of ``mode``'s region pass for this model."""
+        return mode.area * self.input_size**2
 
     def _decode_whole(self, data: bytes):
         from .images import decode_rgb
@@ -222,7 +249,8 @@ class Embedder:
         return decode_rgb(data, short_side=2 * self.input_size,
                           max_pixels=self.settings.max_image_pixels)
 
-    def _feature_map(self, pixels: np.ndarray) -> np.ndarray:
+    def _feature_maps(self, pixels: np.ndarray) -> np.ndarray:
+        """``uint8 [N, H, W, 3]`` -> ``float32 [N, H/32, W/32, 2048]``."""
         if self._map_forward is None:
             with self._map_lock:
                 if self._map_forward is None:
@@ -231,7 +259,7 @@ class Embedder:
                     self._map_forward = make_map_forward(
                         self.runtime, self.model, version=self.version,
                         precision=self.precision, cache_dir=self.settings.cache_dir)
-        return self._map_forward(pixels[None])
+        return self._map_forward(pixels)
 
     def embed_bytes(self, data: bytes) -> np.ndarray:
         """One image file's bytes -> its unit vector."""

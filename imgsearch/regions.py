@@ -7,16 +7,100 @@ one vector, L2-normalised, with its box as fractions of the image. Average pooli
 max) keeps a region vector comparable with the global vector of a photo of that region alone,
 which the network also average-pools: a crop searched as a query then meets its region.
 
-Pure numpy over maps computed elsewhere (:meth:`imgsearch.embedder.Embedder.regions`). Measured
-design (docs/BENCHMARKS.md, "Region search"): the photo's region pass at 1.5 x 224² pixels,
-scales 1-2 (8 windows a photo), and box queries described at the scale of the indexed regions.
+Pure numpy over maps computed elsewhere (:meth:`imgsearch.embedder.Embedder.region_vectors`),
+plus the region modes and the checks of a query box. Measured design (docs/BENCHMARKS.md,
+"Region search"): the photo's region pass at 1.5 x 224² pixels, scales 1-2 (8 windows a
+photo), and box queries described at the scale of the indexed regions.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+CELL = 32  # input pixels per cell of ResNet50's last map
+
+
+@dataclass(frozen=True)
+class RegionMode:
+    """How an index's region vectors are made: the region pass's pixels in multiples of the
+    model input's (``area``) and the R-MAC scales. Queries must use the index's mode: it is
+    recorded in the index's ``_meta`` (:meth:`to_meta`) and read back (:func:`mode_from_meta`)."""
+
+    name: str
+    area: float
+    scales: int
+
+    def to_meta(self) -> dict:
+        return {"mode": self.name, "area": self.area, "scales": self.scales}
+
+
+# standard: 10-20 % crops R@1 0.875, 20-40 % R@1 0.995, 5-10 % R@10 0.940, 8 windows a photo,
+# at 1.45x the global pass's pixels. fine: 5-10 % R@10 0.950 and 10-20 % R@1 0.950, 22.5
+# windows, 2x the pixels (docs/BENCHMARKS.md, "Region search: design measurements").
+REGION_MODES = {
+    "standard": RegionMode("standard", 1.5, 2),
+    "fine": RegionMode("fine", 2.0, 3),
+}
+
+
+class Regions(NamedTuple):
+    """One photo's region vectors ``float32 [R, C]`` (unit length) and their boxes."""
+
+    vectors: np.ndarray
+    boxes: list[tuple[float, float, float, float]]
+
+
+def mode_from_meta(meta: dict | None) -> RegionMode | None:
+    """The region mode an index's ``_meta.regions`` records; None for an index without."""
+    if not meta:
+        return None
+    return RegionMode(str(meta["mode"]), float(meta["area"]), int(meta["scales"]))
+
+
+class BoxError(ValueError):
+    """A query box that cannot be searched with; the message says why."""
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` (fractions of the image) -> four floats; BoxError if malformed."""
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise BoxError(
+            f"box must be four numbers x0,y0,x1,y1 (fractions of the image), not {text[:60]!r}")
+    try:
+        numbers = tuple(float(p) for p in parts)
+    except ValueError:
+        raise BoxError(f"box must be four numbers x0,y0,x1,y1, not {text[:60]!r}") from None
+    if not all(math.isfinite(n) for n in numbers):
+        raise BoxError("box numbers must be finite")
+    return numbers  # type: ignore[return-value]
+
+
+def check_box(box: tuple[float, float, float, float], width: int, height: int,
+              pixels: float) -> None:
+    """Refuse a box outside the image, of no size, or smaller than one map cell a side at the
+    region scale (``pixels``: the region pass's pixel count). Why that minimum: a box of less
+    than one cell has no cell of the network's last map of its own; its vector would be an
+    upsampled blur of the one cell around it, and it would meet indexed regions (the smallest
+    2/3 of the photo's shorter side at scale 2) at a scale none of them has."""
+    x0, y0, x1, y1 = box
+    if not (0.0 <= x0 <= 1.0 and 0.0 <= y0 <= 1.0 and 0.0 <= x1 <= 1.0 and 0.0 <= y1 <= 1.0):
+        raise BoxError("box corners must lie inside the image: x0, y0, x1, y1 between 0 and 1")
+    if x1 <= x0 or y1 <= y0:
+        raise BoxError("box must have a size: x1 greater than x0 and y1 greater than y0")
+    scale = math.sqrt(pixels / (width * height))
+    side_w, side_h = (x1 - x0) * width * scale, (y1 - y0) * height * scale
+    if min(side_w, side_h) < CELL:
+        least_w = CELL / (width * scale)
+        least_h = CELL / (height * scale)
+        raise BoxError(
+            f"box is too small to describe: on this {width}x{height} image it must span at "
+            f"least {least_w:.1%} of the width and {least_h:.1%} of the height (one cell of "
+            "the network's feature map at the scale regions are indexed)")
 
 
 @dataclass(frozen=True)
@@ -57,8 +141,6 @@ def _starts(length: int, side: int, overlap: float) -> list[int]:
     count = 1 + int(np.ceil((length - side) / (side * (1 - overlap))))
     return sorted({round(i * (length - side) / (count - 1)) for i in range(count)})
 
-
-CELL = 32  # input pixels per cell of ResNet50's last map
 
 
 def pass_size(width: int, height: int, pixels: float) -> tuple[int, int]:

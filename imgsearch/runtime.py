@@ -71,31 +71,31 @@ def make_forward(
 
 
 def make_map_forward(runtime: str, model, *, version: str, precision: str, cache_dir: Path):
-    """``uint8 [1, H, W, 3]`` of any size (multiples of 32) -> the last convolutional map
-    ``float32 [H/32, W/32, C]`` of Keras ``model``, on ``runtime``, for region vectors."""
+    """``uint8 [N, H, W, 3]`` of any size (multiples of 32) -> the last convolutional maps
+    ``float32 [N, H/32, W/32, C]`` of Keras ``model``, on ``runtime``, for region vectors."""
     if runtime == "tensorflow":
         forward, lock = compile_feature_map(model), threading.Lock()
 
         def run(pixels: np.ndarray) -> np.ndarray:
             with lock:
-                return forward(pixels).numpy()[0]
+                return forward(pixels).numpy()
 
         return run
     if runtime == "openvino":
         from .ircache import IRCache
 
         ov_model = IRCache(cache_dir).get_or_convert(
-            f"{version}#conv-map", lambda: convert_function(compile_feature_map(model))
+            f"{version}#conv-maps", lambda: convert_function(compile_feature_map(model))
         )
         forward = OpenVINOForward(ov_model, precision, name=f"{version} (feature map)",
                                   normalize=False)
-        return lambda pixels: forward(pixels)[0]
+        return forward
     raise ValueError(f"unknown runtime {runtime!r}")
 
 
 def compile_feature_map(model):
-    """The network of ``model`` without its pooling, on inputs of any size: ``uint8 [1, H, W,
-    3]`` -> ``float32 [1, H/32, W/32, C]``."""
+    """The network of ``model`` without its pooling, on inputs of any size: ``uint8 [N, H, W,
+    3]`` -> ``float32 [N, H/32, W/32, C]``."""
     import keras
     import tensorflow as tf
 
@@ -105,7 +105,7 @@ def compile_feature_map(model):
     net.set_weights(model.get_weights())
     preprocess = preprocess_fn()
 
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)],
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
                  reduce_retracing=True)
     def forward(pixels):
         return tf.cast(net(preprocess(tf.cast(pixels, tf.float32)), training=False), tf.float32)
@@ -262,16 +262,14 @@ class OpenVINOForward:
 
     def _run_split(self, pixels: np.ndarray) -> np.ndarray:
         _, queue, streams = self._batched
-        out = np.empty((len(pixels), self._model.outputs[0].get_partial_shape()[1].get_length()),
-                       np.float32)
+        parts: dict[int, np.ndarray] = {}
 
         def collect(request, start):
-            result = request.get_output_tensor(0).data
-            out[start : start + len(result)] = result
+            parts[start] = request.get_output_tensor(0).data.copy()
 
         queue.set_callback(collect)
         step = -(-len(pixels) // streams)
         for start in range(0, len(pixels), step):
             queue.start_async({0: np.ascontiguousarray(pixels[start : start + step])}, start)
         queue.wait_all()
-        return out
+        return np.concatenate([parts[start] for start in sorted(parts)])

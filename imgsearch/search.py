@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from .filters import Filters
+from .regions import RegionMode
 from .serving import ModelFollower, Route
 from .settings import Settings
 from .store import VECTOR_FIELD, ImageStore, StoreError
@@ -25,6 +26,10 @@ class QueryError(ValueError):
     """Search parameters a person can fix (the message says how)."""
 
 
+class RegionsMissing(QueryError):
+    """A search with part of a photo on an index built without region vectors."""
+
+
 @dataclass
 class Hit:
     id: str
@@ -32,9 +37,13 @@ class Hit:
     cosine: float
     source: dict
 
+    # With a box query: the indexed region that matched, {"box": [x0, y0, x1, y1]} as
+    # fractions of this image; the score and cosine are that region's.
+    region: dict | None = None
+
     def to_json(self) -> dict:
         return {"id": self.id, "score": round(self.score, 6), "cosine": round(self.cosine, 6),
-                **self.source}
+                **({"region": self.region} if self.region else {}), **self.source}
 
 
 @dataclass
@@ -72,6 +81,7 @@ class SearchService:
         self.settings = settings
         self.store = store
         self.models = ModelFollower(settings, store, model, check_interval=check_interval)
+        self._region_modes: dict[str, RegionMode | None] = {}
 
     @property
     def model(self):
@@ -98,10 +108,14 @@ class SearchService:
         num_candidates: int | None = None,
         filters: Filters | None = None,
         offset: int = 0,
+        box: tuple[float, float, float, float] | None = None,
     ) -> SearchResult:
-        """Nearest indexed images to an uploaded image (raises ``ImageError`` if it is bad)."""
+        """Nearest indexed images to an uploaded image (raises ``ImageError`` if it is bad);
+        with ``box`` (fractions ``x0, y0, x1, y1``), to that part of it, by region vectors."""
         k, num_candidates = check_limits(k, num_candidates, offset)
         route = self.route()
+        if box is not None:
+            return self._search_box(route, data, box, k, num_candidates, filters, offset)
         t0 = time.perf_counter()
         image = route.model.decode(data, max_pixels=self.settings.max_image_pixels)
         t1 = time.perf_counter()
@@ -116,6 +130,43 @@ class SearchService:
              "width": image.width, "height": image.height, "format": image.format},
             route.model_version, route.index,
         )
+
+    def _search_box(self, route, data, box, k, num_candidates, filters, offset) -> SearchResult:
+        mode = self.region_mode(route.index)
+        if mode is None:
+            raise RegionsMissing(
+                f"the index {route.index} was built without region vectors, so it cannot be "
+                "searched with part of a photo. Build one that has them with `python -m indexer "
+                "<dir> --new-index --regions standard` (or `make index IMAGES=<dir> "
+                "REGIONS=standard`); the current index stays searchable meanwhile."
+            )
+        t0 = time.perf_counter()
+        pixels = route.model.box_input(data, box, mode)
+        t1 = time.perf_counter()
+        vector = route.model.embed_region(pixels)
+        t2 = time.perf_counter()
+        hits = self._knn(route, vector, k, num_candidates, filters, offset=offset, regions=True)
+        t3 = time.perf_counter()
+        return SearchResult(
+            hits,
+            _timings(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
+            {"k": k, "num_candidates": num_candidates, "offset": offset, "box": list(box),
+             "regions": mode.name},
+            route.model_version, route.index,
+        )
+
+    def serving_regions(self) -> RegionMode | None:
+        """The region mode of the index that queries go to now; None when it has no region
+        vectors (or there is no index yet): only whole photos can be searched then."""
+        index = self.models.route().index
+        return self.region_mode(index) if index else None
+
+    def region_mode(self, index: str | None):
+        """The region mode ``index`` was built with (None: no regions), looked up once per
+        index: an index's ``_meta`` never changes."""
+        if index not in self._region_modes:
+            self._region_modes[index] = self.store.index_regions(index) if index else None
+        return self._region_modes[index]
 
     def similar(
         self,
@@ -200,7 +251,8 @@ class SearchService:
             if follow["alias"]["model_version"] not in (None, version) else None,
         }
 
-    def _knn(self, route, vector, k, num_candidates, filters, *, offset=0, exclude_id=None):
+    def _knn(self, route, vector, k, num_candidates, filters, *, offset=0, exclude_id=None,
+             regions=False):
         raw = self.store.knn(
             vector,
             index=route.index,
@@ -209,8 +261,9 @@ class SearchService:
             filters=filters.to_es() if filters else None,
             exclude_id=exclude_id,
             offset=offset,
+            regions=regions,
         )
-        return [Hit(h["id"], h["score"], h["cosine"], h["source"]) for h in raw]
+        return [Hit(h["id"], h["score"], h["cosine"], h["source"], h.get("region")) for h in raw]
 
 
 def _timings(**seconds: float) -> dict[str, float]:

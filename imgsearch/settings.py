@@ -16,6 +16,7 @@ VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
 RESIZE_MODES = ("squash", "crop", "pad")
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "tensorflow", "openvino")
+REGION_SETTINGS = ("off", "standard", "fine")  # imgsearch.regions.REGION_MODES, and off
 
 
 def _default_cache_dir() -> Path:
@@ -75,6 +76,13 @@ class Settings:
     # float vectors; 0 turns rescoring off (docs/BENCHMARKS.md, "Scale").
     rescore_oversample: float = 3.0
 
+    # Region vectors of new indices (search with part of a photo): "off", "standard" or "fine"
+    # (imgsearch/regions.py has what each costs and finds), in a nested field indexed as
+    # ``region_index_type``: bbq_hnsw keeps 2.3 KB of a photo's 8 regions in memory against
+    # 65 KB as floats, at the same recall (docs/BENCHMARKS.md, "Region search").
+    regions: str = "off"
+    region_index_type: str = "bbq_hnsw"
+
     thumbnail_dir: Path = PROJECT_ROOT / "var" / "thumbnails"
     thumbnail_size: int = 256
 
@@ -107,6 +115,8 @@ class Settings:
             precision=_env("IMGSEARCH_PRECISION", d.precision),
             runtime=_env("IMGSEARCH_RUNTIME", d.runtime),
             vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),
+            regions=_env("IMGSEARCH_REGIONS", d.regions),
+            region_index_type=_env("IMGSEARCH_REGION_INDEX", d.region_index_type),
             hnsw_m=int(_env("IMGSEARCH_HNSW_M", str(d.hnsw_m))),
             hnsw_ef_construction=int(
                 _env("IMGSEARCH_HNSW_EF_CONSTRUCTION", str(d.hnsw_ef_construction))
@@ -130,6 +140,16 @@ class Settings:
             raise ValueError(
                 f"IMGSEARCH_VECTOR_INDEX must be one of {', '.join(VECTOR_INDEX_TYPES)}, "
                 f"not {self.vector_index_type!r}"
+            )
+        if self.region_index_type not in VECTOR_INDEX_TYPES:
+            raise ValueError(
+                f"IMGSEARCH_REGION_INDEX must be one of {', '.join(VECTOR_INDEX_TYPES)}, "
+                f"not {self.region_index_type!r}"
+            )
+        if self.regions not in REGION_SETTINGS:
+            raise ValueError(
+                f"IMGSEARCH_REGIONS must be one of {', '.join(REGION_SETTINGS)}, "
+                f"not {self.regions!r}"
             )
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(

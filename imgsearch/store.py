@@ -24,12 +24,16 @@ from elasticsearch.serializer import (
     NdjsonSerializer,
 )
 
+from .regions import REGION_MODES, RegionMode, mode_from_meta
 from .settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
 MAPPING_FILE = PROJECT_ROOT / "es_mappings" / "images.json"
 VECTOR_FIELD = "vector"
+REGIONS_FIELD = "regions"  # nested: {"vector", "box"} per region (imgsearch/regions.py)
+# Neither kind of vector is metadata: searches and reads leave them out unless asked.
+NOT_RETURNED = [VECTOR_FIELD, REGIONS_FIELD]
 # Statuses worth retrying: overload and the gateway/availability family.
 RETRY_STATUSES = (429, 502, 503, 504)
 
@@ -100,8 +104,12 @@ def index_body(
     m: int = 16,
     ef_construction: int = 100,
     rescore_oversample: float = 3.0,
+    *,
+    regions: RegionMode | None = None,
+    region_index_type: str = "bbq_hnsw",
 ) -> dict:
-    """The create-index body: ``es_mappings/images.json`` with the vector options filled in.
+    """The create-index body: ``es_mappings/images.json`` with the vector options filled in,
+    and the nested region field only when the index holds ``regions`` (its mode in ``_meta``).
 
     Quantised types get ``rescore_vector``: every kNN query then re-ranks ``oversample * k``
     candidates by their float vectors, which is what brings their recall back to float HNSW's.
@@ -110,13 +118,24 @@ def index_body(
     body = {k: v for k, v in raw.items() if not k.startswith("_")}
     mappings = body["mappings"]
     mappings["_meta"] = {"model_version": model_version, "created_by": "imgsearch"}
-    options: dict[str, Any] = {
-        "type": vector_index_type, "m": m, "ef_construction": ef_construction,
-    }
-    if vector_index_type != "hnsw":
-        options["rescore_vector"] = {"oversample": rescore_oversample}
-    mappings["properties"][VECTOR_FIELD]["index_options"] = options
+    properties = mappings["properties"]
+    properties[VECTOR_FIELD]["index_options"] = _vector_options(
+        vector_index_type, m, ef_construction, rescore_oversample)
+    if regions is None:
+        del properties[REGIONS_FIELD]
+    else:
+        mappings["_meta"]["regions"] = {**regions.to_meta(), "index_type": region_index_type}
+        properties[REGIONS_FIELD]["properties"]["vector"]["index_options"] = _vector_options(
+            region_index_type, m, ef_construction, rescore_oversample)
     return body
+
+
+def _vector_options(index_type: str, m: int, ef_construction: int,
+                    rescore_oversample: float) -> dict[str, Any]:
+    options: dict[str, Any] = {"type": index_type, "m": m, "ef_construction": ef_construction}
+    if index_type != "hnsw":
+        options["rescore_vector"] = {"oversample": rescore_oversample}
+    return options
 
 
 @dataclass
@@ -207,14 +226,23 @@ class ImageStore:
         return index, (self.index_model_version(index) if index else None)
 
     def index_model_version(self, index: str | None = None) -> str | None:
+        return self.index_meta(index).get("model_version")
+
+    def index_regions(self, index: str | None = None) -> RegionMode | None:
+        """The region mode ``index`` was built with; None when it holds no region vectors."""
+        return mode_from_meta(self.index_meta(index).get("regions"))
+
+    def index_meta(self, index: str | None = None) -> dict:
+        """The ``_meta`` of ``index`` (default: the alias's); empty when there is no index."""
         index = index or self.current_index()
         if index is None:
-            return None
+            return {}
         mapping = self.es.indices.get_mapping(index=index).body[index]["mappings"]
-        return mapping.get("_meta", {}).get("model_version")
+        return mapping.get("_meta", {})
 
     def create_index(self, model_version: str, settings: Settings) -> str:
-        """Create a new timestamped concrete index (the alias is not touched)."""
+        """Create a new timestamped concrete index (the alias is not touched), with region
+        vectors when ``settings.regions`` asks for them."""
         name = f"{self.alias}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
         body = index_body(
             model_version,
@@ -222,9 +250,13 @@ class ImageStore:
             settings.hnsw_m,
             settings.hnsw_ef_construction,
             settings.rescore_oversample,
+            regions=REGION_MODES.get(settings.regions),
+            region_index_type=settings.region_index_type,
         )
         self.es.indices.create(index=name, **body)
-        log.info("created index %s (%s)", name, settings.vector_index_type)
+        log.info("created index %s (%s%s)", name, settings.vector_index_type,
+                 f", regions {settings.regions} as {settings.region_index_type}"
+                 if settings.regions != "off" else "")
         return name
 
     def point_alias(self, index: str) -> str | None:
@@ -359,7 +391,7 @@ class ImageStore:
             resp = self.es.get(
                 index=index or self.alias,
                 id=doc_id,
-                source_excludes=None if with_vector else [VECTOR_FIELD],
+                source_excludes=[REGIONS_FIELD] if with_vector else NOT_RETURNED,
                 # ES 9 leaves dense vectors out of _source unless asked for them.
                 source_exclude_vectors=False if with_vector else None,
             )
@@ -377,8 +409,10 @@ class ImageStore:
         exclude_id: str | None = None,
         offset: int = 0,
         index: str | None = None,
+        regions: bool = False,
     ) -> list[dict]:
-        """Nearest documents as ``{"id", "score", "cosine", "source"}``, best first.
+        """Nearest documents as ``{"id", "score", "cosine", "source"}``, best first; with
+        ``regions``, by their best region, whose ``{"box"}`` is the hit's ``region``.
 
         ``vector`` is a list of floats or a float32 array (sent in its shortest float32 form).
 
@@ -394,23 +428,20 @@ class ImageStore:
         }
         if filters:
             knn["filter"] = filters
+        if regions:
+            # Nested kNN: each image scores its best region, and that region comes back as
+            # its inner hit (only its box: the vectors stay in the index).
+            knn["field"] = f"{REGIONS_FIELD}.{VECTOR_FIELD}"
+            # The box from the source: the fields API would read a float array from doc
+            # values, sorted, and lose which number is which corner.
+            knn["inner_hits"] = {"size": 1, "_source": {"includes": [f"{REGIONS_FIELD}.box"]}}
         resp = self.es.search(
             index=index or self.alias,
             knn=knn,
             size=want,
-            source_excludes=[VECTOR_FIELD],
+            source_excludes=NOT_RETURNED,
         )
-        hits = [
-            {
-                "id": h["_id"],
-                "score": h["_score"],
-                # dot_product scores are (1 + cos) / 2; people read cosine more easily.
-                "cosine": 2.0 * h["_score"] - 1.0,
-                "source": h["_source"],
-            }
-            for h in resp.body["hits"]["hits"]
-            if h["_id"] != exclude_id
-        ]
+        hits = [_hit(h) for h in resp.body["hits"]["hits"] if h["_id"] != exclude_id]
         return hits[offset : offset + k]
 
 
@@ -461,6 +492,23 @@ class ImageStore:
         except (ApiError, StoreError) as exc:  # it answered, but not as hoped
             out["reachable"], out["error"] = True, str(exc)
         return out
+
+
+def _hit(h: dict) -> dict:
+    hit = {
+        "id": h["_id"],
+        "score": h["_score"],
+        # dot_product scores are (1 + cos) / 2; people read cosine more easily.
+        "cosine": 2.0 * h["_score"] - 1.0,
+        "source": h["_source"],
+    }
+    inner = h.get("inner_hits", {}).get(REGIONS_FIELD, {}).get("hits", {}).get("hits")
+    if inner:
+        # The hit's score is its best region's, rescored with float vectors where the region
+        # index is quantised; the inner hit's own score is the quantised estimate, so only
+        # its box is taken.
+        hit["region"] = {"box": [float(v) for v in inner[0]["_source"]["box"]]}
+    return hit
 
 
 def _reason(info: dict) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from elasticsearch import ApiError, TransportError
 from tqdm import tqdm
 
+from imgsearch.regions import REGION_MODES, RegionMode
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError
 from imgsearch.thumbnails import ThumbnailStore
@@ -56,6 +57,7 @@ class IndexReport:
     index: str
     aborted: str | None = None
     embedded: int = 0
+    regions: str | None = None  # the region mode of the index, when it holds regions
 
     @property
     def exit_code(self) -> int:
@@ -67,6 +69,7 @@ class IndexReport:
         s = self.stats
         return {
             "index": self.index,
+            "regions": self.regions,
             "seen": s.seen,
             "indexed": s.indexed,
             "already_present": s.already_present,
@@ -101,9 +104,10 @@ def index_folder(
         index = store.create_index(embedder.version, settings)
     else:
         index = store.ensure_index(embedder.version, settings)
+    regions = region_mode(store, index, settings, embedder)
     paths = list(walk_files(root))
     stats = RunStats(seen=len(paths))
-    report = IndexReport(stats, 0.0, index)
+    report = IndexReport(stats, 0.0, index, regions=regions.name if regions else None)
     workers = workers or min(4, len(os.sched_getaffinity(0)) + 1)
     window = max(2 * settings.batch_size, 4 * workers)
     thumbnails = ThumbnailStore(settings.thumbnail_dir)
@@ -144,19 +148,21 @@ def index_folder(
             read = ordered_map(partial(read_file, root=root), paths, pool, window)
             fresh = skip_known(read, partial(store.existing_ids, index=index), stats)
             decoder = make_decoder(
-                embedder, thumbnails, settings.thumbnail_size, settings.max_image_pixels
+                embedder, thumbnails, settings.thumbnail_size, settings.max_image_pixels, regions
             )
             decoded = ordered_map(decoder, fresh, pool, window)
-            for group, vectors in embed_batches(
-                batches(decoded, settings.batch_size, stats), embedder.embed
+            for group, vectors, group_regions in embed_batches(
+                batches(decoded, settings.batch_size, stats), embedder.embed,
+                partial(embedder.region_vectors, mode=regions) if regions else None,
             ):
                 report.embedded += len(group)
                 docs = [
                     to_document(
                         d, v, root=root, sidecar=sidecar or {},
                         model_version=embedder.version, indexed_at=indexed_at,
+                        regions=group_regions[i] if group_regions else None,
                     )
-                    for d, v in zip(group, vectors, strict=True)
+                    for i, (d, v) in enumerate(zip(group, vectors, strict=True))
                 ]
                 pending.append((bulk.submit(write, docs), group))
                 # Two requests in flight keep ES busy without holding many vectors in memory.
@@ -200,11 +206,38 @@ def index_folder(
     return report
 
 
+def region_mode(store: ImageStore, index: str, settings: Settings, embedder) -> RegionMode | None:
+    """The region mode of ``index``, which every document written to it gets (an index
+    built with regions keeps getting them, asked or not); a run asking for other regions
+    than the index holds is refused, as is an int8 model (regions come from fp32 maps)."""
+    mode = store.index_regions(index)
+    asked = REGION_MODES.get(settings.regions)
+    if asked is not None and asked != mode:
+        holds = "no region vectors" if mode is None else f"{mode.name} region vectors"
+        raise StoreError(
+            f"index {index} holds {holds}, and this run asks for {asked.name} ones; an index "
+            "has one kind for all its images. Build a new one behind the alias with "
+            f"`python -m indexer <dir> --new-index --regions {asked.name}` (the current index "
+            "stays searchable until it is complete)."
+        )
+    if mode is not None and embedder.precision == "int8":
+        raise StoreError(
+            f"index {index} holds region vectors, which come from fp32 models, and this run's "
+            "model is int8: index with its fp32 source model, or build an index without "
+            "regions for the int8 model."
+        )
+    if mode is not None and asked is None:
+        log.info("index %s holds %s region vectors: this run adds them too", index, mode.name)
+    return mode
+
+
 def format_summary(report: IndexReport) -> str:
     s = report.stats
     rate = report.embedded / report.seconds if report.seconds else 0.0
     lines = [
-        f"Index {report.index}: {s.seen} files in {report.seconds:.1f} s "
+        f"Index {report.index}"
+        + (f" (with {report.regions} region vectors)" if report.regions else "")
+        + f": {s.seen} files in {report.seconds:.1f} s "
         f"({rate:.1f} images/s embedded)",
         f"  indexed:          {s.indexed}",
         f"  already present:  {s.already_present}",
@@ -240,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a fresh index and switch the alias to it when complete")
     p.add_argument("--model", help="a fine-tuned model: its directory or its model version in "
                    "the model store (default: IMGSEARCH_MODEL, else the base model)")
+    p.add_argument("--regions", choices=sorted(REGION_MODES),
+                   help="give a new index region vectors, for searching with part of a photo "
+                   "(default: IMGSEARCH_REGIONS, else none); an index that has them keeps "
+                   "getting them")
     p.add_argument("--batch-size", type=int, help="images per inference batch")
     p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
     p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
@@ -283,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
         if args.model:
             overrides["model"] = args.model
+        if args.regions:
+            overrides["regions"] = args.regions
         settings = Settings.from_env(**overrides)
         sidecar = load_sidecar(args.metadata) if args.metadata else None
     except (ValueError, SidecarError) as exc:

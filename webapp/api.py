@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
+from imgsearch.regions import parse_box
+
 from .common import check_id, doc_json, query_options, result_json, service
 from .errors import Problem
 
@@ -12,7 +14,8 @@ bp = Blueprint("api", __name__)
 
 @bp.post("/api/search")
 def search():
-    """Nearest indexed images to an uploaded photo (multipart field ``image``)."""
+    """Nearest indexed images to an uploaded photo (multipart field ``image``), or to the part
+    of it that ``box=x0,y0,x1,y1`` (fractions of the photo) marks, by region vectors."""
     uploads = request.files.getlist("image")
     if not uploads:
         raise Problem(
@@ -26,8 +29,9 @@ def search():
     data = upload.read()
     if not data:
         raise Problem(400, "empty_upload", "The uploaded file is empty.")
-    options = query_options(request.values)
-    result = service().search_image(data, **options)
+    options = query_options(request.values, also=("box",))
+    box = request.values.get("box", "")
+    result = service().search_image(data, box=parse_box(box) if box else None, **options)
     return jsonify(result_json(result, options["filters"]))
 
 

@@ -45,23 +45,26 @@ QUERY_PARAMS = frozenset({
 })
 
 
-def check_params(params) -> None:
+def check_params(params, also: tuple[str, ...] = ()) -> None:
+    """Refuse any parameter outside QUERY_PARAMS, ``also`` (an endpoint's own) and extra.*."""
+    known = QUERY_PARAMS | set(also)
     unknown = sorted(
         name for name in params
-        if name not in QUERY_PARAMS and not (name.startswith("extra.") and len(name) > 6)
+        if name not in known and not (name.startswith("extra.") and len(name) > 6)
     )
     if unknown:
         shown = ", ".join(repr(n[:40]) for n in unknown[:5])
         raise Problem(
             400, "unknown_parameter",
-            f"Unknown parameter(s): {shown}. Known: {', '.join(sorted(QUERY_PARAMS))} "
+            f"Unknown parameter(s): {shown}. Known: {', '.join(sorted(known))} "
             "and extra.<column>.",
         )
 
 
-def query_options(params, default_k: int = 10) -> dict:
-    """``k``, ``num_candidates``, ``offset`` and filters from form fields or query args."""
-    check_params(params)
+def query_options(params, default_k: int = 10, also: tuple[str, ...] = ()) -> dict:
+    """``k``, ``num_candidates``, ``offset`` and filters from form fields or query args;
+    ``also`` names the endpoint's own parameters, which it reads itself."""
+    check_params(params, also)
     return {
         "k": _int(params, "k", default_k),
         "num_candidates": _int(params, "num_candidates", None),
@@ -105,7 +108,9 @@ def result_json(result: SearchResult, filters: Filters) -> dict:
         # The model that embedded the query and built the index searched: always one version.
         "model_version": result.model_version,
         "index": result.index,
-        "hits": [doc_json(h.id, h.source, score=h.score, cosine=h.cosine) for h in result.hits],
+        "hits": [doc_json(h.id, h.source, score=h.score, cosine=h.cosine,
+                          **({"region": h.region} if h.region else {}))
+                 for h in result.hits],
         # The same keys for every kind of search; a similar-search neither decodes nor embeds.
         "timings_ms": {"decode": 0.0, "embed": 0.0, **result.timings_ms},
         "query": {**result.query, "filters": filters_json(filters)},

@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from imgsearch.filters import FilterError
 from imgsearch.images import ImageError
-from imgsearch.search import QueryError
+from imgsearch.regions import BoxError
+from imgsearch.search import QueryError, RegionsMissing
 from imgsearch.store import StoreError
 
 HOW_TO_INDEX = "make index IMAGES=<dir>"
@@ -69,7 +70,14 @@ def _on_bad_input(exc: Exception):
         # ``reason`` (e.g. "corrupt", "too_many_pixels") lets a client tell the cases apart.
         message = f"The upload is not an image we can use: {exc}."
         return respond(Problem(400, "invalid_image", message, reason=exc.reason))
-    code = "invalid_filter" if isinstance(exc, FilterError) else "invalid_parameter"
+    if isinstance(exc, RegionsMissing):
+        code = "no_regions"
+    elif isinstance(exc, BoxError):
+        code = "invalid_box"
+    elif isinstance(exc, FilterError):
+        code = "invalid_filter"
+    else:
+        code = "invalid_parameter"
     return respond(Problem(400, code, str(exc)))
 
 
@@ -131,7 +139,7 @@ def _on_unexpected(exc: Exception):
 
 def register(app) -> None:
     app.register_error_handler(Problem, _on_problem)
-    for cls in (ImageError, FilterError, QueryError):
+    for cls in (ImageError, FilterError, QueryError, BoxError):
         app.register_error_handler(cls, _on_bad_input)
     app.register_error_handler(HTTPException, _on_http)
     app.register_error_handler(ApiError, _on_api_error)

@@ -47,6 +47,8 @@ def index():
         selected=request.args,
         like=like if thumbnails().is_key(like) else None,
         counts=RESULT_COUNTS,
+        # Drawing a box on the query is offered only where the index has region vectors.
+        regions=svc.serving_regions() if facets else None,
         k=k if k in RESULT_COUNTS else 24,
         max_upload_bytes=svc.settings.max_upload_bytes,
         max_upload=human_size(svc.settings.max_upload_bytes),

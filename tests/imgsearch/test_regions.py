@@ -1,11 +1,22 @@
-"""R-MAC windows over a feature map, and their pooling (imgsearch/regions.py)."""
+"""R-MAC windows over a feature map, their pooling, query boxes (imgsearch/regions.py), and the
+model's region vectors on real photos."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from imgsearch.regions import pool, windows
+from imgsearch.regions import (
+    REGION_MODES,
+    BoxError,
+    check_box,
+    mode_from_meta,
+    parse_box,
+    pool,
+    windows,
+)
+
+STANDARD = REGION_MODES["standard"]
 
 
 def test_one_scale_on_a_square_map_is_the_whole_map():
@@ -65,7 +76,18 @@ def photo_bytes(clothing_test_dir) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def indexed_regions(embedder, photo_bytes):
-    return [embedder.regions(data) for data in photo_bytes]
+    """As the indexer makes them: inputs of one size run as one batch."""
+    inputs = [embedder.region_input(data, STANDARD) for data in photo_bytes]
+    return embedder.region_vectors(inputs, STANDARD)
+
+
+def test_batched_region_vectors_are_those_of_one_photo_at_a_time(indexed_regions, photo_bytes,
+                                                                  embedder):
+    for data, batched in zip(photo_bytes[:3], indexed_regions, strict=False):
+        alone = embedder.regions(data, STANDARD)
+        assert alone.boxes == batched.boxes
+        cosines = np.sum(alone.vectors * batched.vectors, axis=1)
+        assert cosines.min() > 0.9999
 
 
 def test_region_vectors_are_unit_vectors_with_boxes_inside_the_photo(indexed_regions, embedder):
@@ -85,9 +107,49 @@ def test_boxes_of_photos_find_their_photo_first(indexed_regions, photo_bytes, em
     firsts = []
     for i, data in enumerate(photo_bytes):
         for box in boxes:
-            query = embedder.embed_box(data, box)
+            query = embedder.embed_box(data, box, STANDARD)
             assert np.linalg.norm(query) == pytest.approx(1.0, abs=1e-5)
             best = [float((vectors @ query).max()) for vectors, _ in indexed_regions]
             firsts.append(int(np.argmax(best)) == i)
     print(f"{sum(firsts)} of {len(firsts)} boxes found their photo first")
     assert sum(firsts) >= 0.85 * len(firsts)
+
+
+# --- query boxes ---------------------------------------------------------------------------------
+
+
+def test_a_box_is_four_finite_numbers():
+    assert parse_box("0.1,0.2,0.5,0.75") == (0.1, 0.2, 0.5, 0.75)
+    assert parse_box(" 0, 0 ,1,1") == (0.0, 0.0, 1.0, 1.0)
+    for bad in ("", "0.1,0.2,0.5", "0.1,0.2,0.5,0.6,0.7", "a,b,c,d", "0,0,1,nan", "0,0,inf,1",
+                "0;0;1;1"):
+        with pytest.raises(BoxError):
+            parse_box(bad)
+
+
+@pytest.mark.parametrize("box,why", [
+    ((-0.1, 0.0, 0.5, 0.5), "inside the image"),
+    ((0.0, 0.0, 1.2, 0.5), "inside the image"),
+    ((0.5, 0.2, 0.5, 0.6), "must have a size"),
+    ((0.6, 0.2, 0.4, 0.6), "must have a size"),
+    ((0.5, 0.5, 0.55, 0.9), "too small"),
+])
+def test_bad_boxes_are_refused_with_the_reason(box, why):
+    with pytest.raises(BoxError, match=why):
+        check_box(box, 600, 800, STANDARD.area * 224**2)
+
+
+def test_the_smallest_box_is_one_map_cell_a_side_at_the_region_scale():
+    pixels = STANDARD.area * 224**2  # a 600 x 800 photo's region pass is 237 x 316 pixels
+    scale = (pixels / (600 * 800)) ** 0.5
+    one_cell_w, one_cell_h = 32 / (600 * scale), 32 / (800 * scale)
+    check_box((0.2, 0.2, 0.2 + one_cell_w * 1.01, 0.2 + one_cell_h * 1.01), 600, 800, pixels)
+    with pytest.raises(BoxError, match=r"13\.5% of the width"):
+        check_box((0.2, 0.2, 0.2 + one_cell_w * 0.9, 0.5), 600, 800, pixels)
+    check_box((0.0, 0.0, 1.0, 1.0), 600, 800, pixels)
+
+
+def test_a_mode_survives_the_index_meta():
+    for mode in REGION_MODES.values():
+        assert mode_from_meta(mode.to_meta()) == mode
+    assert mode_from_meta(None) is None

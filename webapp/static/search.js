@@ -17,6 +17,8 @@
   const results = document.getElementById("results");
   const loadMore = document.getElementById("load-more");
   const template = document.getElementById("card-template");
+  // Present only when the index has region vectors (the page says so).
+  const boxEditor = document.getElementById("box-editor");
 
   const maxBytes = Number(root.dataset.maxBytes);
   const MAX_OFFSET = 1000; // the API's limit on paging
@@ -27,6 +29,7 @@
     shown: 0,
     objectUrl: null,
     request: null,
+    box: null, // [x0, y0, x1, y1] as fractions of the photo: search with that part only
   };
 
   // -- parameters ---------------------------------------------------------------------
@@ -62,6 +65,7 @@
       const body = new FormData();
       body.append("image", state.file, state.file.name || "pasted-image");
       for (const [name, value] of params) body.append(name, value);
+      if (state.box) body.append("box", state.box.map((v) => v.toFixed(4)).join(","));
       return fetch("/api/search", { method: "POST", body, signal });
     }
     return fetch(`/api/images/${encodeURIComponent(state.like)}/similar?${params}`, { signal });
@@ -111,7 +115,9 @@
     state.shown = offset + data.hits.length;
     loadMore.hidden = data.hits.length < k || state.shown > MAX_OFFSET;
     showStatus(data.timings_ms);
-    if (!append && state.file && data.query.width) {
+    if (!append && state.file && data.query.box) {
+      setCaption("The part of your photo you marked", [state.file.name, `${data.query.regions} regions`]);
+    } else if (!append && state.file && data.query.width) {
       setCaption(
         "Your photo",
         [state.file.name, `${data.query.width} × ${data.query.height}`, data.query.format,
@@ -147,10 +153,32 @@
     name.href = hit.detail_url;
     name.title = hit.path || "";
 
+    if (hit.region && meta.width) showRegion(node.querySelector(".card-region"), hit.region.box, meta);
     if (meta.width) node.querySelector(".dims").textContent = `${meta.width} × ${meta.height}`;
     if (meta.byte_size) node.querySelector(".bytes").textContent = formatBytes(meta.byte_size);
     node.querySelector(".more-like").href = pageUrl(hit.id);
     return node;
+  }
+
+  // The matched region on a card's thumbnail. The thumbnail is the whole image, contained in
+  // a 4:5 frame, so the box is placed from the image's aspect ratio alone, in percentages.
+  const FRAME_ASPECT = 4 / 5;
+
+  function showRegion(element, box, meta) {
+    const aspect = meta.width / meta.height;
+    const w = aspect > FRAME_ASPECT ? 1 : aspect / FRAME_ASPECT; // image size in the frame
+    const h = aspect > FRAME_ASPECT ? FRAME_ASPECT / aspect : 1;
+    const [x0, y0, x1, y1] = box;
+    place(element, [(1 - w) / 2 + x0 * w, (1 - h) / 2 + y0 * h, (1 - w) / 2 + x1 * w,
+      (1 - h) / 2 + y1 * h]);
+  }
+
+  function place(element, [x0, y0, x1, y1]) {
+    element.style.left = `${x0 * 100}%`;
+    element.style.top = `${y0 * 100}%`;
+    element.style.width = `${(x1 - x0) * 100}%`;
+    element.style.height = `${(y1 - y0) * 100}%`;
+    element.hidden = false;
   }
 
   function showStatus(t) {
@@ -162,7 +190,8 @@
       return;
     }
     const count = document.createElement("strong");
-    count.textContent = `${state.shown} ${state.shown === 1 ? "result" : "results"}`;
+    count.textContent = `${state.shown} ${state.shown === 1 ? "result" : "results"}` +
+      (state.box ? " for the marked part" : "");
     const timing = document.createElement("span");
     timing.className = "timings";
     const parts = [["decode", t.decode], ["embed", t.embed], ["search", t.search]]
@@ -247,6 +276,7 @@
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
     state.objectUrl = URL.createObjectURL(file);
     showQuery(state.objectUrl);
+    resetBox(state.objectUrl);
     setCaption("Your photo", [file.name, formatBytes(file.size)]);
     syncUrl();
     search();
@@ -254,6 +284,7 @@
 
   async function useLike(id) {
     showQuery(`/thumbnails/${encodeURIComponent(id)}.webp`);
+    resetBox(null); // boxes are drawn on uploaded photos
     setCaption("More like an indexed image", []);
     search();
     try {
@@ -334,6 +365,76 @@
   });
 
   loadMore.addEventListener("click", () => search({ append: true }));
+
+  // -- a box on the query photo (region search) -------------------------------------------
+  // Pointer events serve mouse, pen and touch alike. A drag smaller than MIN_DRAG pixels is a
+  // click, not a box; the server refuses boxes too small to describe and says why.
+
+  const MIN_DRAG = 8;
+
+  function resetBox(src) {
+    state.box = null;
+    if (!boxEditor) return;
+    document.getElementById("box-selection").hidden = true;
+    document.getElementById("box-clear").hidden = true;
+    boxEditor.hidden = !src;
+    if (src) document.getElementById("box-image").src = src;
+  }
+
+  if (boxEditor) {
+    const stage = document.getElementById("box-stage");
+    const selection = document.getElementById("box-selection");
+    const clear = document.getElementById("box-clear");
+    let drag = null;
+
+    const at = (event) => {
+      const r = stage.getBoundingClientRect();
+      const clamp = (v) => Math.max(0, Math.min(1, v));
+      return [clamp((event.clientX - r.left) / r.width), clamp((event.clientY - r.top) / r.height),
+        event.clientX, event.clientY];
+    };
+    const boxOf = ([ax, ay], [bx, by]) =>
+      [Math.min(ax, bx), Math.min(ay, by), Math.max(ax, bx), Math.max(ay, by)];
+
+    stage.addEventListener("pointerdown", (event) => {
+      if (event.button !== 0) return;
+      event.preventDefault();
+      stage.setPointerCapture(event.pointerId);
+      drag = { start: at(event), previous: state.box };
+    });
+    stage.addEventListener("pointermove", (event) => {
+      if (!drag) return;
+      place(selection, boxOf(drag.start, at(event)));
+    });
+    const finish = (event) => {
+      if (!drag) return;
+      const end = at(event);
+      const { start, previous } = drag;
+      drag = null;
+      if (Math.abs(end[2] - start[2]) < MIN_DRAG || Math.abs(end[3] - start[3]) < MIN_DRAG) {
+        // A click: keep the box there was (or none).
+        if (previous) place(selection, previous);
+        else selection.hidden = true;
+        return;
+      }
+      state.box = boxOf(start, end);
+      place(selection, state.box);
+      clear.hidden = false;
+      search();
+    };
+    stage.addEventListener("pointerup", finish);
+    stage.addEventListener("pointercancel", (event) => {
+      drag = null;
+      if (state.box) place(selection, state.box);
+      else selection.hidden = true;
+    });
+    clear.addEventListener("click", () => {
+      state.box = null;
+      selection.hidden = true;
+      clear.hidden = true;
+      search();
+    });
+  }
 
   if (state.like) useLike(state.like);
 })();
