@@ -120,6 +120,32 @@ def clothing_index(settings, embedder, clothing_test_dir, tmp_path_factory):
     _delete_alias_indices(store)
 
 
+@pytest.fixture(scope="session")
+def region_index(settings, embedder, clothing_test_dir, tmp_path_factory):
+    """Sixty photos of the clothing test split (twelve of each of five labels) indexed with
+    standard region vectors: ``(settings, store, report, folder)``."""
+    from imgsearch.store import ImageStore, connect
+    from indexer.index import index_folder
+
+    folder = tmp_path_factory.mktemp("region-photos")
+    for label in REGION_LABELS:
+        (folder / label).mkdir()
+        for f in sorted((clothing_test_dir / label).glob("*.jpg"))[:12]:
+            shutil.copyfile(f, folder / label / f.name)
+    local = settings.with_(
+        es_index="clothing-regions", regions="standard",
+        thumbnail_dir=tmp_path_factory.mktemp("region-thumbs"),
+    )
+    store = ImageStore(connect(local), local.es_index)
+    report = index_folder(folder, settings=local, embedder=embedder, store=store,
+                          progress=False)
+    yield local, store, report, folder
+    _delete_alias_indices(store)
+
+
+REGION_LABELS = ("dress", "hat", "pants", "shoes", "t-shirt")
+
+
 @pytest.fixture
 def app(clothing_index, embedder):
     """The web app on the indexed clothing test split (372 photos); its test clients fail

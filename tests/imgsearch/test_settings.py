@@ -14,12 +14,17 @@ def test_defaults_and_env(monkeypatch):
     assert s.es_index == "images"
     assert s.vector_index_type == "int8_hnsw"
     assert s.describe()["es_password"] == "***"
+    assert (s.regions, s.region_index_type) == ("off", "bbq_hnsw")
+    monkeypatch.setenv("IMGSEARCH_REGIONS", "fine")
+    assert Settings.from_env().regions == "fine"
 
 
 @pytest.mark.parametrize("name,value", [("IMGSEARCH_VECTOR_INDEX", "flat"),
                                         ("IMGSEARCH_RESIZE", "stretch"),
                                         ("IMGSEARCH_BATCH_SIZE", "0"),
-                                        ("IMGSEARCH_PRECISION", "fp16")])
+                                        ("IMGSEARCH_PRECISION", "fp16"),
+                                        ("IMGSEARCH_REGIONS", "on"),
+                                        ("IMGSEARCH_REGION_INDEX", "flat")])
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

@@ -6,12 +6,29 @@ import numpy as np
 import pytest
 from elasticsearch import helpers
 
-from imgsearch.store import VECTOR_FIELD, ImageStore, connect, index_body
+from imgsearch.regions import REGION_MODES
+from imgsearch.store import REGIONS_FIELD, VECTOR_FIELD, ImageStore, connect, index_body
 
 
 def test_float_hnsw_has_nothing_to_rescore():
     options = index_body("v", "hnsw")["mappings"]["properties"][VECTOR_FIELD]["index_options"]
     assert options == {"type": "hnsw", "m": 16, "ef_construction": 100}
+
+
+def test_region_vectors_are_a_nested_field_only_in_indices_that_hold_them():
+    plain = index_body("v", "hnsw")["mappings"]
+    assert REGIONS_FIELD not in plain["properties"] and "regions" not in plain["_meta"]
+    mappings = index_body("v", "int8_hnsw", regions=REGION_MODES["fine"],
+                          region_index_type="bbq_hnsw")["mappings"]
+    assert mappings["_meta"]["regions"] == {"mode": "fine", "area": 2.0, "scales": 3,
+                                            "index_type": "bbq_hnsw"}
+    regions = mappings["properties"][REGIONS_FIELD]
+    assert regions["type"] == "nested"
+    vector = regions["properties"][VECTOR_FIELD]
+    assert vector["dims"] == 2048 and vector["similarity"] == "dot_product"
+    assert vector["index_options"]["type"] == "bbq_hnsw"
+    assert vector["index_options"]["rescore_vector"] == {"oversample": 3.0}
+    assert mappings["properties"][VECTOR_FIELD]["index_options"]["type"] == "int8_hnsw"
 
 
 @pytest.mark.parametrize("index_type", ["int8_hnsw", "bbq_hnsw"])

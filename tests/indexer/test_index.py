@@ -156,6 +156,57 @@ def test_documents_carry_the_model_version(test_settings, store, embedder, photo
     assert store.index_model_version() == embedder.version
 
 
+# -- region vectors ----------------------------------------------------------------------------
+
+
+def _regions_of(store) -> dict[str, list[dict]]:
+    hits = store.es.search(index=store.alias, size=50, source_includes=["regions"],
+                           source_exclude_vectors=False).body["hits"]["hits"]
+    return {h["_id"]: h["_source"].get("regions") for h in hits}
+
+
+def test_regions_come_with_their_boxes_and_an_index_keeps_its_kind(test_settings, store,
+                                                                   embedder, photo_dir):
+    first = sorted(photo_dir.rglob("*.jpg"))[0]
+    held_back = photo_dir.parent / first.name
+    first.rename(held_back)
+    report = index_folder(photo_dir, settings=test_settings.with_(regions="fine"),
+                          embedder=embedder, store=store, progress=False)
+    assert report.regions == "fine" and report.to_json()["regions"] == "fine"
+    assert store.index_regions().name == "fine"
+    store.refresh()
+    for doc_id, regions in _regions_of(store).items():
+        assert 10 <= len(regions) <= 40, doc_id  # scales 1-3: 20-23 windows on these photos
+        for region in regions:
+            assert len(region["vector"]) == embedder.dims
+            x0, y0, x1, y1 = region["box"]
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    # A later run that does not ask for regions still adds them: the index decides.
+    held_back.rename(first)
+    again = index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
+                         progress=False)
+    assert again.stats.indexed == 1 and again.regions == "fine"
+    store.refresh()
+    regions = _regions_of(store)
+    assert len(regions) == 10 and all(regions.values())
+
+
+def test_asking_for_regions_on_an_index_without_them_is_refused(test_settings, store,
+                                                                embedder, photo_dir):
+    from imgsearch.store import StoreError
+
+    index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
+                 progress=False)
+    with pytest.raises(StoreError, match="--new-index --regions standard"):
+        index_folder(photo_dir, settings=test_settings.with_(regions="standard"),
+                     embedder=embedder, store=store, progress=False)
+    # --new-index builds one with them, and the alias moves to it once it is complete.
+    report = index_folder(photo_dir, settings=test_settings.with_(regions="standard"),
+                          embedder=embedder, store=store, new_index=True, progress=False)
+    assert store.current_index() == report.index and store.index_regions().name == "standard"
+    assert store.count() == 10
+
+
 # -- bad input: every file below is skipped with its reason while the good ones are indexed --
 
 

@@ -118,6 +118,8 @@ def test_upload_filter_and_more_like_this(server, browser, photos, tmp_path):
     assert browser.execute_script("return arguments[0].naturalWidth", preview) > 0
     status = browser.find_element(By.ID, "status").text
     assert status.startswith("24 results") and "embed" in status
+    # This index has no region vectors, so no box can be drawn.
+    assert browser.find_elements(By.ID, "box-editor") == []
 
     # A label filter re-runs the same upload; every card must then be a pair of pants.
     browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]').click()
@@ -174,3 +176,108 @@ def test_a_bad_upload_is_explained_and_the_page_stays_usable(server, browser, ph
     cards = wait_for_cards(browser)
     assert len(cards) == 24
     assert not message.is_displayed()
+
+
+# -- region search: a box drawn on the query photo ------------------------------------------------
+
+# Each loaded card's matched region as fractions of its image frame (null when it has none).
+CARD_REGIONS = """
+return [...document.querySelectorAll("#results .card")].map((card) => {
+  const region = card.querySelector(".card-region");
+  if (region.hidden) return null;
+  const frame = card.querySelector(".card-image").getBoundingClientRect();
+  const r = region.getBoundingClientRect();
+  return [(r.left - frame.left) / frame.width, (r.top - frame.top) / frame.height,
+          (r.right - frame.left) / frame.width, (r.bottom - frame.top) / frame.height];
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def region_server(region_index, embedder):
+    """The app on the index with region vectors, served on a free local port."""
+    settings, store, _, _ = region_index
+    app = create_app(settings, embedder=embedder, store=store)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    thread.join(10)
+
+
+def drag(driver, element, start, end, *, touch=False):
+    """Press at ``start`` and release at ``end`` (fractions of ``element``), with a mouse or
+    a finger."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    rect = element.rect
+    points = [(round((x - 0.5) * rect["width"]), round((y - 0.5) * rect["height"]))
+              for x, y in (start, end)]
+    kind = interaction.POINTER_TOUCH if touch else interaction.POINTER_MOUSE
+    actions = ActionBuilder(driver, mouse=PointerInput(kind, "finger" if touch else "mouse"))
+    pointer = actions.pointer_action
+    pointer.move_to(element, *points[0]).pointer_down()
+    for step in (0.33, 0.66, 1.0):  # moves in between, as a hand makes them
+        x = points[0][0] + step * (points[1][0] - points[0][0])
+        y = points[0][1] + step * (points[1][1] - points[0][1])
+        pointer.move_to(element, round(x), round(y))
+    pointer.pointer_up()
+    actions.perform()
+
+
+def test_drawing_a_box_searches_with_that_part_and_shows_matched_regions(
+        region_server, browser, region_index, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, _, _, folder = region_index
+    query = sorted((folder / "t-shirt").glob("*.jpg"))[2]
+    browser.get(f"{region_server}/")
+    severe_logs(browser)
+    browser.find_element(By.ID, "file-input").send_keys(str(query))
+    whole = wait_for_cards(browser)
+    assert whole[0]["id"] == content_hash(query.read_bytes())
+    assert browser.execute_script(CARD_REGIONS) == [None] * len(whole)
+
+    editor = browser.find_element(By.ID, "box-editor")
+    assert editor.is_displayed()
+    stage = browser.find_element(By.ID, "box-stage")
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(
+        "return document.getElementById('box-image').naturalWidth") > 0)
+
+    # A mouse drag over the lower-left part of the photo.
+    drag(browser, stage, (0.05, 0.45), (0.6, 0.95))
+    WebDriverWait(browser, 60).until(lambda d: "marked part" in d.find_element(
+        By.ID, "status").text)
+    part = wait_for_cards(browser)
+    assert [c["id"] for c in part] != [c["id"] for c in whole]
+    assert part[0]["id"] == content_hash(query.read_bytes())  # its own photo first
+    selection = browser.find_element(By.ID, "box-selection")
+    assert selection.is_displayed()
+    regions = browser.execute_script(CARD_REGIONS)
+    assert all(r is not None for r in regions)
+    for x0, y0, x1, y1 in regions:  # drawn inside the thumbnail's frame, with a size
+        assert -0.01 <= x0 < x1 <= 1.01 and -0.01 <= y0 < y1 <= 1.01
+        assert x1 - x0 > 0.05 and y1 - y0 > 0.05
+
+    shot = tmp_path / "regions.png"
+    browser.save_screenshot(str(shot))
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, PROJECT_ROOT / "docs" / "screenshot-regions.png")
+
+    # A finger draws another box, over the upper right: the results change again.
+    drag(browser, stage, (0.95, 0.05), (0.4, 0.5), touch=True)
+    upper = wait_for_cards(browser, lambda cs: [c["id"] for c in cs] != [c["id"] for c in part])
+    assert all(r is not None for r in browser.execute_script(CARD_REGIONS))
+
+    # A click is not a box; "Search the whole photo" goes back to the whole photo.
+    drag(browser, stage, (0.5, 0.5), (0.505, 0.505))
+    assert [c["id"] for c in wait_for_cards(browser)] == [c["id"] for c in upper]
+    browser.find_element(By.ID, "box-clear").click()
+    back = wait_for_cards(browser, lambda cs: [c["id"] for c in cs] == [c["id"] for c in whole])
+    assert browser.execute_script(CARD_REGIONS) == [None] * len(back)
+    assert not selection.is_displayed()
+    assert severe_logs(browser) == []
