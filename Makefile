@@ -18,13 +18,13 @@ QUANTIZE_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
 	@echo "make es-up | es-down | es-status local Elasticsearch node on 127.0.0.1:9200"
-	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL=<model dir>] [INDEX_ARGS=--new-index]"
+	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL=<model dir>] [REGIONS=standard|fine] [INDEX_ARGS=--new-index]"
 	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
 	@echo "make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]   int8 model (OpenVINO)"
 	@echo "make search IMAGE=<file>        nearest indexed images"
@@ -64,7 +64,7 @@ es-status: venv
 index: venv
 	@test -n "$(IMAGES)" || (echo "usage: make index IMAGES=<dir> [METADATA=<file>]"; exit 2)
 	$(PY) -m indexer "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") \
-	  $(if $(MODEL),--model "$(MODEL)") $(INDEX_ARGS)
+	  $(if $(MODEL),--model "$(MODEL)") $(if $(REGIONS),--regions $(REGIONS)) $(INDEX_ARGS)
 
 quantize: venv weights
 	@test -n "$(IMAGES)" || (echo "usage: make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]"; exit 2)
@@ -127,9 +127,13 @@ bench-embedding: venv
 bench-bf16: venv
 	$(PY) -m bench.bf16 --dataset $(DATASET) --split test
 
-# Region search's design measurements (exact search, no ES; ~7 min), docs/BENCHMARKS.md.
+# Region search through the indexer and the search service (needs es-up; ~15 min), and the
+# measurements that chose its design (exact search, no ES; ~7 min): docs/BENCHMARKS.md.
 bench-regions: venv
-	$(PY) -m bench.regions --images $(DATASET)/images/test --areas 1.5 2 --scales 2 3 --queries 200
+	$(PY) -m bench.regions --images $(DATASET)/images/test --modes standard fine --queries 200
+
+bench-regions-design: venv
+	$(PY) -m bench.regions --design --images $(DATASET)/images/test --areas 1.5 2 --scales 2 3 --queries 200
 
 bench-api-runtimes: venv
 	$(PY) -m bench.api_runtimes --images $(DATASET)/images/test -n 120 $(WITH_INT8)

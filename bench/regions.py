@@ -1,26 +1,32 @@
-"""Region search, measured before it is built: can a crop of a photo find its source?
+"""Region search: can a part of a photo find the photo it comes from?
 
     python -m bench.regions --images ../shared/datasets/clothing-small/images/test \
-        [--areas 1 2 4] [--scales 2 3 4] [--queries 200]
+        [--modes standard fine] [--types bbq_hnsw int8_hnsw hnsw] [--queries 200]
 
-The gallery is every photo of the folder. For each gallery photo the conv5 feature map is
-computed on the whole image resized to each ``--areas`` budget (in multiples of the 224 x 224
-global pass's pixels, aspect kept, sides multiples of 32), and pooled into R-MAC windows
-at 1..``--scales`` scales (:mod:`imgsearch.regions`). Queries are random crops of the first
-``--queries`` photos covering 5-10 %, 10-20 % and 20-40 % of their area (aspect 1:2 to 2:1),
-each embedded as a whole photo by the model (its own decoding: centre crop at 224 px), as an
-uploaded crop would be. An image scores the best cosine of its global vector and its regions;
-reported: recall@1 and @10 of the source photo, per crop size, against the global vectors alone,
-with the windows per image, float bytes per image, and the region pass's pixels and measured
-time against the global pass's (TensorFlow, one image at a time against batches of 32, so the
-time ratio overstates the cost; the pixel ratio is the FLOP ratio). Exact search in numpy (no
-ES): this chooses the design; the index type is measured on top of it.
+**The product** (default): the gallery folder is indexed by the real indexer into a throwaway
+index without regions and one with each ``--modes`` region mode; each mode's documents are
+copied into one index per ``--types`` region index type (the same vectors, force-merged to one
+segment). Queries are random boxes on the first ``--queries`` gallery photos covering 5-10 %,
+10-20 % and 20-40 % of their area (aspect 1:2 to 2:1), searched two ways through the search
+service as the API runs them: (a) the crop uploaded as a photo of its own, against the global
+vectors; (b) the photo with ``box=``, a nested kNN over region vectors. Reported: recall@1 and
+@10 of the source photo, the nested kNN's p50/p95 (search stage, ms), region vectors' memory
+and disk per photo (the index's vector files less the index without regions'), and
+whole-photo precision@10 (same label, leave-one-out) on every index: region vectors must not
+change it. Needs ``make es-up``.
+
+**The design** (``--design``): exact search in numpy, no ES, over region passes of several
+``--areas`` (multiples of the 224 x 224 pass's pixels) and R-MAC ``--scales``, with crops
+described two ways (upsampled to 224 px, or at the scale of the indexed regions); this chose
+the modes. ``--es-types`` adds a nested-kNN measurement of the first design.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,11 +35,12 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import cpu_line
+from bench.scale import sizes
 from imgsearch.embedder import Embedder
-from imgsearch.images import decode_rgb, model_input
-from imgsearch.regions import box_pass_size, pass_size, pool, windows
+from imgsearch.images import content_hash, decode_rgb, model_input
+from imgsearch.regions import REGION_MODES, BoxError, box_pass_size, pass_size, pool, windows
 from imgsearch.runtime import compile_feature_map
-from imgsearch.settings import Settings
+from imgsearch.settings import VECTOR_INDEX_TYPES, Settings
 
 AREAS = ((0.05, 0.10), (0.10, 0.20), (0.20, 0.40))
 
@@ -46,7 +53,9 @@ def random_crop(rgb: Image.Image, area: tuple[float, float], rng) -> Image.Image
         cw, ch = round(np.sqrt(share * w * h * aspect)), round(np.sqrt(share * w * h / aspect))
         if 0 < cw <= w and 0 < ch <= h:
             x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-            return rgb.crop((x, y, x + cw, y + ch))
+            crop = rgb.crop((x, y, x + cw, y + ch))
+            crop.info["offset"] = (int(x), int(y))
+            return crop
     raise ValueError("no crop fits")
 
 
@@ -56,8 +65,6 @@ def es_measure(es, index_type: str, regions: list[np.ndarray],
     """Region vectors in a nested ``dense_vector`` field of ``index_type``; nested kNN (one hit
     an image, the best region as inner hit) for every query: recall@1/@10 of the source,
     latency, and the vector files' sizes per image."""
-    from bench.scale import sizes
-
     index = f"bench-regions-{index_type.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
     es.indices.create(index=index, settings={"number_of_shards": 1, "number_of_replicas": 0},
                       mappings={"properties": {"regions": {"type": "nested", "properties": {
@@ -110,16 +117,192 @@ def recall(sims_per_image: np.ndarray, sources: np.ndarray) -> tuple[float, floa
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--areas", type=float, nargs="+", default=[1.0, 2.0, 4.0],
-                   help="region pass sizes, in multiples of the 224 x 224 pass's pixels")
-    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--es-types", nargs="*", default=[],
-                   help="also index the first --areas/--scales design's regions into ES with "
-                   "these vector index types and measure nested kNN (needs make es-up)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--modes", nargs="+", default=["standard"], choices=sorted(REGION_MODES))
+    p.add_argument("--types", nargs="+", default=["bbq_hnsw", "int8_hnsw", "hnsw"],
+                   choices=VECTOR_INDEX_TYPES, help="region vector index types")
+    p.add_argument("--design", action="store_true",
+                   help="the design measurements (exact search, no ES) instead of the product")
+    p.add_argument("--areas", type=float, nargs="+", default=[1.0, 2.0, 4.0],
+                   help="--design: region pass sizes, in multiples of the 224 x 224 pass's pixels")
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4], help="--design")
+    p.add_argument("--es-types", nargs="*", default=[],
+                   help="--design: also index the first --areas/--scales design's regions into "
+                   "ES with these vector index types and measure nested kNN (needs make es-up)")
     args = p.parse_args(argv)
+    if args.design:
+        design(args)
+    else:
+        product(args)
+
+
+def product(args) -> None:
+    """The product's region search measured through its indexer and search service."""
+    from imgsearch.search import SearchService
+    from imgsearch.store import ImageStore
+    from indexer.index import index_folder
+
+    paths = sorted(args.images.rglob("*.jpg"))
+    base = Settings.from_env(es_index=f"bench-regions-{uuid.uuid4().hex[:6]}")
+    model = Embedder(base)
+    labels = [p.parent.name for p in paths]
+    ids = [content_hash(p.read_bytes()) for p in paths]
+    rng = np.random.default_rng(args.seed)
+    sources = np.arange(min(args.queries, len(paths)))
+    rgbs = {i: decode_rgb(paths[i].read_bytes(), short_side=1024) for i in sources}
+    boxes = {area: [random_box(rgbs[i], area, rng) for i in sources] for area in AREAS}
+    out: dict = {"cpu": cpu_line(), "gallery": len(paths), "queries_per_area": len(sources),
+                 "model_version": model.version, "rows": []}
+    created: list[ImageStore] = []
+
+    def build(name: str, regions: str, folder: Path | None = None, copy_from=None,
+              region_type: str = "bbq_hnsw") -> tuple[ImageStore, float]:
+        with tempfile.TemporaryDirectory() as thumbs:
+            settings = base.with_(es_index=f"{base.es_index}-{name}", regions=regions,
+                                  region_index_type=region_type, thumbnail_dir=Path(thumbs))
+            store = ImageStore.from_settings(settings)
+            created.append(store)
+            if copy_from is None:
+                report = index_folder(folder, settings=settings, embedder=model, store=store,
+                                      progress=False)
+                seconds = report.seconds
+            else:
+                store.point_alias(store.create_index(model.version, settings))
+                copy_documents(copy_from, store)
+                seconds = 0.0
+        store.es.indices.forcemerge(index=store.current_index(), max_num_segments=1)
+        store.refresh()
+        return store, seconds
+
+    def searcher(store: ImageStore) -> SearchService:
+        return SearchService(base.with_(es_index=store.alias), store, model)
+
+    try:
+        plain, plain_seconds = build("global", "off", args.images)
+        plain_size = sizes(plain.es, plain.current_index(), "hnsw")
+        out["global"] = {"index_seconds": round(plain_seconds, 1),
+                         "p@10": whole_photo_precision(searcher(plain), paths, ids, labels)}
+        for area in AREAS:
+            ranks = []
+            for i, box in zip(sources, boxes[area], strict=True):
+                crop = crop_bytes(rgbs[i], box)
+                hits = searcher(plain).search_image(crop, k=10).hits
+                ranks.append(rank_of(ids[i], hits))
+            out["rows"].append(recall_row("global", None, area, ranks))
+        for mode in args.modes:
+            first, seconds = build(mode, mode, args.images, region_type=args.types[0])
+            out.setdefault("index_seconds", {})[mode] = round(seconds, 1)
+            for region_type in args.types:
+                store = first if region_type == args.types[0] else build(
+                    f"{mode}-{region_type.replace('_', '-')}", mode, copy_from=first,
+                    region_type=region_type)[0]
+                service = searcher(store)
+                size = sizes(store.es, store.current_index(), "hnsw")
+                files = {ext: size["vector_files"][ext] - plain_size["vector_files"][ext]
+                         for ext in size["vector_files"]}
+                hot = files["vex"] + {"hnsw": files["vec"], "int8_hnsw": files["veq"],
+                                      "bbq_hnsw": files["veb"]}[region_type]
+                p10 = whole_photo_precision(service, paths, ids, labels)
+                for area in AREAS:
+                    ranks, took, refused = [], [], 0
+                    for i, box in zip(sources, boxes[area], strict=True):
+                        try:
+                            result = service.search_image(paths[i].read_bytes(), k=10, box=box)
+                        except BoxError:
+                            refused += 1
+                            ranks.append(99)
+                            continue
+                        took.append(result.timings_ms["search"])
+                        ranks.append(rank_of(ids[i], result.hits))
+                    row = recall_row(mode, region_type, area, ranks)
+                    row.update({
+                        "search_p50_ms": float(np.percentile(took, 50)),
+                        "search_p95_ms": float(np.percentile(took, 95)),
+                        "refused_boxes": refused,
+                        "region_hot_kb_per_image": hot / len(paths) / 1024,
+                        "region_disk_kb_per_image":
+                            (size["disk_bytes"] - plain_size["disk_bytes"]) / len(paths) / 1024,
+                        "whole_photo_p@10": p10,
+                    })
+                    out["rows"].append(row)
+    finally:
+        for store in created:
+            store.es.indices.delete(index=f"{store.alias}-*", ignore_unavailable=True)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"CPU: {out['cpu']}; gallery {len(paths)} photos, {len(sources)} boxes per size")
+    print(f"whole-photo P@10 without regions {out['global']['p@10']:.4f}; indexing "
+          f"{out['global']['index_seconds']} s without regions, "
+          + ", ".join(f"{m} {s} s ({s / out['global']['index_seconds']:.2f}x)"
+                      for m, s in out["index_seconds"].items()))
+    for r in out["rows"]:
+        lo, hi = r["area"]
+        line = (f"{r['mode']:9s} {r['index_type'] or 'global':10s} {f'{lo:.0%}-{hi:.0%}':>8s} "
+                f"R@1 {r['recall@1']:.3f} R@10 {r['recall@10']:.3f}")
+        if r["index_type"]:
+            line += (f"  search p50 {r['search_p50_ms']:.1f} p95 {r['search_p95_ms']:.1f} ms"
+                     f"  regions {r['region_hot_kb_per_image']:.1f} KB/photo in memory, "
+                     f"{r['region_disk_kb_per_image']:.1f} KB on disk  whole-photo P@10 "
+                     f"{r['whole_photo_p@10']:.4f}  refused {r['refused_boxes']}")
+        print(line, flush=True)
+
+
+def random_box(rgb: Image.Image, area: tuple[float, float], rng) -> tuple[float, ...]:
+    """A random box of ``area`` (fractions of the photo's area) as fractions of its sides."""
+    crop = random_crop(rgb, area, rng)
+    x0, y0 = crop.info["offset"]
+    w, h = rgb.size
+    return (x0 / w, y0 / h, (x0 + crop.width) / w, (y0 + crop.height) / h)
+
+
+def crop_bytes(rgb: Image.Image, box: tuple[float, ...]) -> bytes:
+    """The box of a photo as a PNG file of its own (an uploaded crop; lossless)."""
+    w, h = rgb.size
+    crop = rgb.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+    buffer = io.BytesIO()
+    crop.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def rank_of(doc_id: str, hits) -> int:
+    ranked = [h.id for h in hits]
+    return ranked.index(doc_id) if doc_id in ranked else 99
+
+
+def recall_row(mode: str, index_type: str | None, area, ranks: list[int]) -> dict:
+    ranks = np.array(ranks)
+    return {"mode": mode, "index_type": index_type, "area": area,
+            "recall@1": float(np.mean(ranks < 1)), "recall@10": float(np.mean(ranks < 10))}
+
+
+def whole_photo_precision(service, paths: list[Path], ids: list[str], labels: list[str]) -> float:
+    """Same-label precision@10 of whole-photo searches, the query photo left out."""
+    by_id = dict(zip(ids, labels, strict=True))
+    precisions = []
+    for path, doc_id, label in zip(paths, ids, labels, strict=True):
+        hits = [h for h in service.search_image(path.read_bytes(), k=11).hits if h.id != doc_id]
+        precisions.append(np.mean([by_id.get(h.id) == label for h in hits[:10]]))
+    return float(np.mean(precisions))
+
+
+def copy_documents(source, target) -> None:
+    """Every document of ``source``'s index, vectors included, into ``target``'s."""
+    from elasticsearch import helpers
+
+    docs = helpers.scan(source.es, index=source.alias, source_exclude_vectors=False)
+    batch = []
+    for hit in docs:
+        batch.append(hit["_source"])
+        if len(batch) == 32:
+            target.bulk_index(batch)
+            batch = []
+    target.bulk_index(batch)
+
+
+def design(args) -> None:
     paths = sorted(args.images.rglob("*.jpg"))
     settings = Settings.from_env()
     model = Embedder(settings)

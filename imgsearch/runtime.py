@@ -87,9 +87,11 @@ def make_map_forward(runtime: str, model, *, version: str, precision: str, cache
         ov_model = IRCache(cache_dir).get_or_convert(
             f"{version}#conv-maps", lambda: convert_function(compile_feature_map(model))
         )
-        forward = OpenVINOForward(ov_model, precision, name=f"{version} (feature map)",
-                                  normalize=False)
-        return forward
+        # One model with free height and width. Copies compiled for each recurring size ran
+        # the indexer's region passes at 95-102 ms a photo against 108-113 ms, for 1-1.8 GB
+        # more memory (6 sizes in the clothing set): not worth it (docs/BENCHMARKS.md).
+        return OpenVINOForward(ov_model, precision, name=f"{version} (feature map)",
+                               normalize=False)
     raise ValueError(f"unknown runtime {runtime!r}")
 
 
