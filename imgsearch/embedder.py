@@ -3,7 +3,9 @@
 :class:`Embedder` is the one object that knows a model's input contract (size, resize mode,
 preprocessing) and identity (:func:`model_version`). The network runs on TensorFlow or OpenVINO
 (:mod:`imgsearch.runtime`, ``IMGSEARCH_RUNTIME``) over whole batches, preprocessing and L2
-normalisation inside the graph.
+normalisation inside the graph. For region search it also describes parts of a photo: region
+vectors pooled from the whole photo's feature map (:meth:`Embedder.region_vectors`) and a
+box's vector at the same scale (:meth:`Embedder.embed_box`), per :mod:`imgsearch.regions` mode.
 """
 
 from __future__ import annotations

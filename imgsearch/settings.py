@@ -17,6 +17,15 @@ RESIZE_MODES = ("squash", "crop", "pad")
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "tensorflow", "openvino")
 REGION_SETTINGS = ("off", "standard", "fine")  # imgsearch.regions.REGION_MODES, and off
+# Settings with a fixed set of values: the variable that sets each, and its values.
+CHOICES = {
+    "vector_index_type": ("IMGSEARCH_VECTOR_INDEX", VECTOR_INDEX_TYPES),
+    "region_index_type": ("IMGSEARCH_REGION_INDEX", VECTOR_INDEX_TYPES),
+    "regions": ("IMGSEARCH_REGIONS", REGION_SETTINGS),
+    "resize_mode": ("IMGSEARCH_RESIZE", RESIZE_MODES),
+    "precision": ("IMGSEARCH_PRECISION", PRECISIONS),
+    "runtime": ("IMGSEARCH_RUNTIME", RUNTIMES),
+}
 
 
 def _default_cache_dir() -> Path:
@@ -136,35 +145,12 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.vector_index_type not in VECTOR_INDEX_TYPES:
-            raise ValueError(
-                f"IMGSEARCH_VECTOR_INDEX must be one of {', '.join(VECTOR_INDEX_TYPES)}, "
-                f"not {self.vector_index_type!r}"
-            )
-        if self.region_index_type not in VECTOR_INDEX_TYPES:
-            raise ValueError(
-                f"IMGSEARCH_REGION_INDEX must be one of {', '.join(VECTOR_INDEX_TYPES)}, "
-                f"not {self.region_index_type!r}"
-            )
-        if self.regions not in REGION_SETTINGS:
-            raise ValueError(
-                f"IMGSEARCH_REGIONS must be one of {', '.join(REGION_SETTINGS)}, "
-                f"not {self.regions!r}"
-            )
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(
-                f"IMGSEARCH_RESIZE must be one of {', '.join(RESIZE_MODES)}, "
-                f"not {self.resize_mode!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"IMGSEARCH_PRECISION must be one of {', '.join(PRECISIONS)}, "
-                f"not {self.precision!r}"
-            )
-        if self.runtime not in RUNTIMES:
-            raise ValueError(
-                f"IMGSEARCH_RUNTIME must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}"
-            )
+        for name, (variable, allowed) in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"{variable} must be one of {', '.join(allowed)}, not {value!r}"
+                )
         if not (self.rescore_oversample == 0 or 1 <= self.rescore_oversample <= 10):
             raise ValueError("IMGSEARCH_RESCORE_OVERSAMPLE must be 0 (off) or from 1 to 10")
         if self.batch_size < 1:

@@ -44,10 +44,8 @@ return cards.map((card) => ({id: card.dataset.id, label: card.dataset.label}));
 """
 
 
-@pytest.fixture(scope="module")
-def server(clothing_index, embedder):
-    """The app on the indexed clothing split, served on a free local port."""
-    settings, store, _ = clothing_index
+def serve(settings, embedder, store):
+    """The app on ``store``, served on a free local port: yields its URL, then stops it."""
     app = create_app(settings, embedder=embedder, store=store)
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -55,6 +53,13 @@ def server(clothing_index, embedder):
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(clothing_index, embedder):
+    """The app on the indexed clothing split."""
+    settings, store, _ = clothing_index
+    yield from serve(settings, embedder, store)
 
 
 @pytest.fixture(scope="module")
@@ -195,15 +200,9 @@ return [...document.querySelectorAll("#results .card")].map((card) => {
 
 @pytest.fixture(scope="module")
 def region_server(region_index, embedder):
-    """The app on the index with region vectors, served on a free local port."""
+    """The app on the index with region vectors."""
     settings, store, _, _ = region_index
-    app = create_app(settings, embedder=embedder, store=store)
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    thread.join(10)
+    yield from serve(settings, embedder, store)
 
 
 def drag(driver, element, start, end, *, touch=False):
