@@ -23,7 +23,7 @@ export PYTHONPATH := $(CURDIR)
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
-	@echo "make es-up | es-down | es-status local Elasticsearch node on 127.0.0.1:9200"
+	@echo "make es-up | es-down | es-status [NODES=3]   local Elasticsearch node (or cluster) on 127.0.0.1:9200"
 	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL=<model dir>] [REGIONS=standard|fine] [INDEX_ARGS=--new-index]"
 	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
 	@echo "make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]   int8 model (OpenVINO)"
@@ -53,13 +53,13 @@ es-fetch: venv
 setup: venv weights es-fetch
 
 es-up: es-fetch
-	$(PY) -m imgsearch.localnode start
+	$(PY) -m imgsearch.localnode start $(if $(NODES),--nodes $(NODES))
 
 es-down: venv
-	$(PY) -m imgsearch.localnode stop
+	$(PY) -m imgsearch.localnode stop $(if $(NODES),--nodes $(NODES))
 
 es-status: venv
-	$(PY) -m imgsearch.localnode status
+	$(PY) -m imgsearch.localnode status $(if $(NODES),--nodes $(NODES))
 
 index: venv
 	@test -n "$(IMAGES)" || (echo "usage: make index IMAGES=<dir> [METADATA=<file>]"; exit 2)

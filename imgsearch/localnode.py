@@ -295,21 +295,30 @@ def _pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _elasticsearch_yml(http_port: int, transport_port: int, data: Path, logs: Path) -> str:
+def _elasticsearch_yml(http_port: int, transport_port: int, data: Path, logs: Path, *,
+                       name: str = "imgsearch-local", seed_hosts: list[str] | None = None,
+                       master_nodes: list[str] | None = None) -> str:
+    """The node's configuration: a single-node cluster, or with ``seed_hosts`` a member of a
+    cluster on loopback (``master_nodes`` only for its first bootstrap)."""
+    if seed_hosts:
+        discovery = f"discovery.seed_hosts: {json.dumps(seed_hosts)}\n"
+        if master_nodes:
+            discovery += f"cluster.initial_master_nodes: {json.dumps(master_nodes)}\n"
+    else:
+        discovery = "discovery.type: single-node\n"
     return f"""\
 # Written by imgsearch.localnode on every start; edits here are overwritten.
 cluster.name: {CLUSTER_NAME}
-node.name: imgsearch-local
+node.name: {name}
 path.data: {data}
 path.logs: {logs}
 
 # Loopback only. That is also why security can be off: nothing outside this machine can
-# connect, and a single-node cluster bound to loopback skips the production bootstrap checks.
+# connect, and nodes bound to loopback skip the production bootstrap checks.
 network.host: 127.0.0.1
 http.port: {http_port}
 transport.port: {transport_port}
-discovery.type: single-node
-xpack.security.enabled: false
+{discovery}xpack.security.enabled: false
 # Accepted by x-pack core although this distribution has no ML; keeps ML off should the
 # distribution ever be swapped for the full one. (ingest.geoip.downloader.enabled is not
 # here: without the ingest-geoip module it is an unknown setting, which ES refuses to start on.)
@@ -326,7 +335,9 @@ class LocalNode:
     """One Elasticsearch node on 127.0.0.1 whose files all live under ``node_dir``."""
 
     def __init__(self, node_dir: Path, port: int = 9200, heap: str = "2g",
-                 es_home: Path | None = None):
+                 es_home: Path | None = None, *, name: str = "imgsearch-local",
+                 transport_port: int | None = None, seed_hosts: list[str] | None = None,
+                 master_nodes: list[str] | None = None):
         if not _HEAP_RE.match(heap):
             raise LocalNodeError(f"heap must look like 512m or 2g, not {heap!r}")
         self.node_dir = Path(node_dir).absolute()
@@ -334,6 +345,11 @@ class LocalNode:
         self.heap = heap
         self.es_home = Path(es_home) if es_home else None
         self.url = f"http://127.0.0.1:{port}"
+        self.name = name
+        # A single node takes any free transport port; a cluster's members need known ones.
+        self.transport_port = transport_port
+        self.seed_hosts = seed_hosts
+        self.master_nodes = master_nodes
 
     def __repr__(self) -> str:
         return f"LocalNode({str(self.node_dir)!r}, port={self.port})"
@@ -414,11 +430,14 @@ class LocalNode:
 
     # --- start ---
 
-    def start(self, timeout: float = 180) -> None:
-        """Start the node and wait until it is yellow or green; no-op if it already runs."""
+    def start(self, timeout: float = 180, *, wait: bool = True, bootstrap: bool = False) -> None:
+        """Start the node and wait until it is yellow or green (unless not ``wait``: a
+        cluster's member cannot be healthy before the others are up); no-op if it already
+        runs. ``bootstrap``: a cluster's first start, which names its initial masters."""
         if self.is_running():
             log.info("node in %s already runs (pid %s)", self.node_dir, self.pid())
-            self._wait_healthy(time.monotonic() + timeout)
+            if wait:
+                self._wait_healthy(time.monotonic() + timeout)
             return
         if port_open(self.port):
             raise LocalNodeError(
@@ -431,13 +450,15 @@ class LocalNode:
         if user:
             for path in (self.node_dir, es_home, java_home):
                 _check_reachable(path, user)
-        self._prepare(es_home, user)
+        self._prepare(es_home, user, bootstrap)
         started = time.monotonic()
         self._launch(es_home, java_home, user, timeout)
-        self._wait_healthy(started + timeout)
-        log.info("node up at %s after %.1fs", self.url, time.monotonic() - started)
+        if wait:
+            self._wait_healthy(started + timeout)
+            log.info("node up at %s after %.1fs", self.url, time.monotonic() - started)
 
-    def _prepare(self, es_home: Path, user: pwd.struct_passwd | None) -> None:
+    def _prepare(self, es_home: Path, user: pwd.struct_passwd | None,
+                 bootstrap: bool = False) -> None:
         _make_dirs(self.node_dir)
         if not self.config_dir.is_dir():
             # Copied once: the keystore that ES creates in it on first start must persist.
@@ -447,8 +468,10 @@ class LocalNode:
         # Scratch space of the launcher and the server, emptied because the node is down.
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir()
-        (self.config_dir / "elasticsearch.yml").write_text(
-            _elasticsearch_yml(self.port, free_port(), self.data_dir, self.logs_dir))
+        (self.config_dir / "elasticsearch.yml").write_text(_elasticsearch_yml(
+            self.port, self.transport_port or free_port(), self.data_dir, self.logs_dir,
+            name=self.name, seed_hosts=self.seed_hosts,
+            master_nodes=self.master_nodes if bootstrap else None))
         options = self.config_dir / "jvm.options.d"
         options.mkdir(exist_ok=True)
         (options / "heap.options").write_text(f"-Xms{self.heap}\n-Xmx{self.heap}\n")
@@ -552,8 +575,26 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace):
+    """The local cluster that ``--nodes N`` names: HTTP ports from ``--port`` up, transport
+    ports 100 above them, node directories under ``--node-dir`` (default: beside the single
+    node's, ``cluster-N``)."""
+    from .localcluster import LocalCluster
+
+    base = args.node_dir or default_node_dir().with_name(f"cluster-{args.nodes}")
+    ports = [args.port + i for i in range(args.nodes)]
+    return LocalCluster(base, args.nodes, ports=ports, transport_ports=[p + 100 for p in ports],
+                        heap=args.heap)
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
-    node = LocalNode(args.node_dir, port=args.port, heap=args.heap)
+    if args.nodes > 1:
+        cluster = _cluster(args)
+        cluster.start(timeout=max(args.timeout, 240))
+        print(f"Elasticsearch cluster of {args.nodes} nodes is green: "
+              f"ES_URL={cluster.es_url} (data under {cluster.base_dir})")
+        return 0
+    node = LocalNode(args.node_dir or default_node_dir(), port=args.port, heap=args.heap)
     was_running = node.is_running()
     node.start(timeout=args.timeout)
     verb = "already running" if was_running else "started"
@@ -562,7 +603,11 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    node = LocalNode(args.node_dir, port=args.port)
+    if args.nodes > 1:
+        _cluster(args).stop()
+        print(f"Elasticsearch cluster of {args.nodes} nodes stopped")
+        return 0
+    node = LocalNode(args.node_dir or default_node_dir(), port=args.port)
     if not node.is_running():
         print(f"Elasticsearch is not running (node dir {node.node_dir})")
         return 0
@@ -572,7 +617,17 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    node = LocalNode(args.node_dir, port=args.port)
+    if args.nodes > 1:
+        cluster = _cluster(args)
+        health = cluster.health() or {}
+        for node in cluster.nodes:
+            pid = node.pid()
+            print(f"{node.name}: {f'running (pid {pid})' if pid else 'not running'} at "
+                  f"{node.url}, data in {node.data_dir}")
+        print(f"health: {health.get('status', 'no answer')}, "
+              f"{health.get('number_of_nodes', 0)} nodes in the cluster")
+        return 0 if health.get("status") == "green" else 1
+    node = LocalNode(args.node_dir or default_node_dir(), port=args.port)
     pid = node.pid()
     health = node.health() or {}
     version = node.version()
@@ -588,15 +643,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgsearch.localnode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("fetch", "start", "stop", "status"))
-    parser.add_argument("--node-dir", type=Path, default=default_node_dir(),
-                        help="config, data and logs of the node (IMGSEARCH_ES_NODE_DIR)")
+    parser.add_argument("--node-dir", type=Path, default=None,
+                        help="config, data and logs of the node, or of a cluster's nodes "
+                        "(IMGSEARCH_ES_NODE_DIR)")
+    parser.add_argument("--nodes", type=int, default=int(os.environ.get("IMGSEARCH_ES_NODES")
+                                                         or 1),
+                        help="nodes of a local cluster on ports --port, --port + 1, ... "
+                        "(IMGSEARCH_ES_NODES; default 1, a single node)")
     parser.add_argument("--port", type=int, default=default_port(),
                         help="HTTP port on 127.0.0.1 (IMGSEARCH_ES_PORT)")
-    parser.add_argument("--heap", default=os.environ.get("IMGSEARCH_ES_HEAP") or "2g",
-                        help="JVM heap, e.g. 1g (start only; IMGSEARCH_ES_HEAP)")
+    parser.add_argument("--heap", default=os.environ.get("IMGSEARCH_ES_HEAP"),
+                        help="JVM heap of each node, e.g. 1g (start only; IMGSEARCH_ES_HEAP; "
+                        "default 2g for one node, 512m each for a cluster's)")
     parser.add_argument("--timeout", type=float, default=180,
                         help="seconds to wait for a healthy node (start only)")
     args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
+    args.heap = args.heap or ("2g" if args.nodes == 1 else "512m")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     commands = {"fetch": _cmd_fetch, "start": _cmd_start, "stop": _cmd_stop,
                 "status": _cmd_status}

@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from elasticsearch import ApiError, TransportError
-
 from .modelstore import ModelStore
 from .settings import Settings
 from .store import ImageStore, StoreError
@@ -106,7 +104,7 @@ class ModelFollower:
             self._checked_at = time.monotonic()
             try:
                 index, version = self.store.alias_target()
-            except (StoreError, TransportError, ApiError) as exc:
+            except StoreError as exc:
                 log.debug("cannot check the alias: %s", exc)
                 return
             self.alias_index, self.alias_version = index, version
@@ -193,7 +191,7 @@ def initial_model(settings: Settings, store: ImageStore):
 
     try:
         _, version = store.alias_target()
-    except (StoreError, TransportError, ApiError) as exc:
+    except StoreError as exc:
         log.warning("cannot ask Elasticsearch which model built the index (%s); starting "
                     "with the configured model", exc)
         version = None

@@ -47,6 +47,8 @@ def _env(name: str, default: str) -> str:
 class Settings:
     """Configuration of a run; build it with :meth:`from_env`."""
 
+    # One URL, or several separated by commas (nodes of one cluster: the client spreads
+    # requests over them and moves on from one that fails).
     es_url: str = "http://127.0.0.1:9200"
     # The alias that readers and writers use; concrete indices are ``<alias>-v<N>``.
     es_index: str = "images"
@@ -77,6 +79,11 @@ class Settings:
     # Where the network runs: "tensorflow", "openvino" or "auto" (OpenVINO where installed,
     # the faster one in bench/embedding.py; both give the same vectors, imgsearch/runtime.py).
     runtime: str = "auto"
+
+    # Shards and replicas of a new index. One shard holds about a million photos well on one
+    # node; a cluster spreads several, and a replica keeps every shard on two nodes.
+    es_shards: int = 1
+    es_replicas: int = 0
 
     vector_index_type: str = "hnsw"
     hnsw_m: int = 16
@@ -124,6 +131,8 @@ class Settings:
             precision=_env("IMGSEARCH_PRECISION", d.precision),
             runtime=_env("IMGSEARCH_RUNTIME", d.runtime),
             vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),
+            es_shards=int(_env("IMGSEARCH_ES_SHARDS", str(d.es_shards))),
+            es_replicas=int(_env("IMGSEARCH_ES_REPLICAS", str(d.es_replicas))),
             regions=_env("IMGSEARCH_REGIONS", d.regions),
             region_index_type=_env("IMGSEARCH_REGION_INDEX", d.region_index_type),
             hnsw_m=int(_env("IMGSEARCH_HNSW_M", str(d.hnsw_m))),
@@ -153,6 +162,9 @@ class Settings:
                 )
         if not (self.rescore_oversample == 0 or 1 <= self.rescore_oversample <= 10):
             raise ValueError("IMGSEARCH_RESCORE_OVERSAMPLE must be 0 (off) or from 1 to 10")
+        if self.es_shards < 1 or self.es_replicas < 0:
+            raise ValueError("IMGSEARCH_ES_SHARDS must be at least 1 and IMGSEARCH_ES_REPLICAS "
+                             "not negative")
         if self.batch_size < 1:
             raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")
         if self.bulk_retries < 0 or self.bulk_backoff < 0 or self.bulk_max_backoff < 0:

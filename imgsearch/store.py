@@ -7,6 +7,8 @@ vectors, so a vector from another model can never be mixed in by accident.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import time
@@ -42,8 +44,28 @@ class StoreError(RuntimeError):
     """A problem with the index that a person has to act on; the message says what to do."""
 
 
+class StoreUnavailable(StoreError):
+    """Elasticsearch could not be reached, or did not answer in time."""
+
+
+class IndexMissing(StoreError):
+    """The alias or index named does not exist (nothing is indexed yet)."""
+
+
+class StoreRefused(StoreError):
+    """Elasticsearch answered a request with an error."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
 class ModelVersionMismatch(StoreError):
     pass
+
+
+class AliasMoved(StoreError):
+    """The alias no longer pointed where a swap expected it to: another run moved it."""
 
 
 class _Orjson:
@@ -95,7 +117,8 @@ def connect(settings: Settings) -> Elasticsearch:
         kwargs["basic_auth"] = (settings.es_username, settings.es_password or "")
     if settings.es_ca_certs:
         kwargs["ca_certs"] = settings.es_ca_certs
-    return Elasticsearch(settings.es_url, **kwargs)
+    hosts = [url.strip() for url in settings.es_url.split(",") if url.strip()]
+    return Elasticsearch(hosts, **kwargs)
 
 
 def index_body(
@@ -107,6 +130,8 @@ def index_body(
     *,
     regions: RegionMode | None = None,
     region_index_type: str = "bbq_hnsw",
+    shards: int = 1,
+    replicas: int = 0,
 ) -> dict:
     """The create-index body: ``es_mappings/images.json`` with the vector options filled in,
     and the nested region field only when the index holds ``regions`` (its mode in ``_meta``).
@@ -118,6 +143,7 @@ def index_body(
     body = {k: v for k, v in raw.items() if not k.startswith("_")}
     mappings = body["mappings"]
     mappings["_meta"] = {"model_version": model_version, "created_by": "imgsearch"}
+    body["settings"].update(number_of_shards=shards, number_of_replicas=replicas)
     properties = mappings["properties"]
     properties[VECTOR_FIELD]["index_options"] = _vector_options(
         vector_index_type, m, ef_construction, rescore_oversample)
@@ -144,8 +170,41 @@ class BulkResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
 
+def _translated(method):
+    """Let no client exception out of ``method``: callers (the web app, the indexer) handle the
+    store's own errors, and never import the client's."""
+
+    def translate(exc: Exception) -> StoreError:
+        if isinstance(exc, ApiError):
+            if exc.error == "index_not_found_exception":
+                return IndexMissing(f"no such index: {exc}")
+            return StoreRefused(f"Elasticsearch refused the request (status {exc.status_code}): "
+                                f"{exc}", exc.status_code)
+        return StoreUnavailable(f"Elasticsearch is not reachable: {exc}")
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(*args, **kwargs):
+            try:
+                yield from method(*args, **kwargs)
+            except (ApiError, TransportError) as exc:
+                raise translate(exc) from exc
+
+        return generator
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (ApiError, TransportError) as exc:
+            raise translate(exc) from exc
+
+    return call
+
+
 class ImageStore:
-    """All reads and writes of the image index go through here."""
+    """All reads and writes of the image index go through here. Its public methods raise
+    :class:`StoreError` and its subclasses, never the client's exceptions."""
 
     def __init__(
         self,
@@ -208,6 +267,7 @@ class ImageStore:
 
     # -- index lifecycle ------------------------------------------------------------------
 
+    @_translated
     def current_index(self) -> str | None:
         """The concrete index the alias points at, or None when there is none yet."""
         try:
@@ -219,19 +279,23 @@ class ImageStore:
             raise StoreError(f"alias {self.alias!r} points at {len(names)} indices: {names}")
         return names[0]
 
+    @_translated
     def alias_target(self) -> tuple[str | None, str | None]:
         """``(concrete index, its model version)`` behind the alias; ``(None, None)`` when
         there is no index yet."""
         index = self.current_index()
         return index, (self.index_model_version(index) if index else None)
 
+    @_translated
     def index_model_version(self, index: str | None = None) -> str | None:
         return self.index_meta(index).get("model_version")
 
+    @_translated
     def index_regions(self, index: str | None = None) -> RegionMode | None:
         """The region mode ``index`` was built with; None when it holds no region vectors."""
         return mode_from_meta(self.index_meta(index).get("regions"))
 
+    @_translated
     def index_meta(self, index: str | None = None) -> dict:
         """The ``_meta`` of ``index`` (default: the alias's); empty when there is no index."""
         index = index or self.current_index()
@@ -240,6 +304,7 @@ class ImageStore:
         mapping = self.es.indices.get_mapping(index=index).body[index]["mappings"]
         return mapping.get("_meta", {})
 
+    @_translated
     def create_index(self, model_version: str, settings: Settings) -> str:
         """Create a new timestamped concrete index (the alias is not touched), with region
         vectors when ``settings.regions`` asks for them."""
@@ -252,6 +317,8 @@ class ImageStore:
             settings.rescore_oversample,
             regions=REGION_MODES.get(settings.regions),
             region_index_type=settings.region_index_type,
+            shards=settings.es_shards,
+            replicas=settings.es_replicas,
         )
         self.es.indices.create(index=name, **body)
         log.info("created index %s (%s%s)", name, settings.vector_index_type,
@@ -259,15 +326,47 @@ class ImageStore:
                  if settings.regions != "off" else "")
         return name
 
-    def point_alias(self, index: str) -> str | None:
-        """Atomically move the alias to ``index``; returns the index it left, if any."""
-        previous = self.current_index()
-        actions: list[dict] = [{"add": {"index": index, "alias": self.alias}}]
-        if previous and previous != index:
-            actions.insert(0, {"remove": {"index": previous, "alias": self.alias}})
-        self.es.indices.update_aliases(actions=actions)
-        return previous if previous != index else None
+    @_translated
+    def point_alias(self, index: str, previous: str | None | object = ...) -> str | None:
+        """Move the alias to ``index`` from ``previous`` (default: wherever it points now), in
+        one ``_aliases`` call; returns the index it left, if any.
 
+        The call removes the alias from ``previous`` only if it is still there (``must_exist``)
+        and makes ``index`` its one write index: if another run moved the alias meanwhile
+        (or is giving a new alias its first index), Elasticsearch refuses the whole call,
+        nothing changes, and this raises :class:`AliasMoved`. Of two runs racing to swap the
+        same alias, exactly one wins.
+        """
+        if previous is ...:
+            previous = self.current_index()
+        if previous == index:
+            return None
+        actions: list[dict] = [
+            {"add": {"index": index, "alias": self.alias, "is_write_index": True}}]
+        if previous:
+            actions.insert(0, {"remove": {"index": previous, "alias": self.alias,
+                                          "must_exist": True}})
+        try:
+            self.es.indices.update_aliases(actions=actions)
+        except ApiError as exc:
+            if exc.status_code in (404, 500) or "write index" in str(exc):
+                now = self._alias_indices()
+                raise AliasMoved(
+                    f"alias {self.alias!r} moved while this run built {index}: it points at "
+                    f"{', '.join(now) or 'nothing'} now, not {previous or 'nothing'} (another "
+                    f"run switched it first). {index} is complete but not searched; delete it, "
+                    "or run again with --new-index to build on the current state."
+                ) from exc
+            raise
+        return previous  # type: ignore[return-value]
+
+    def _alias_indices(self) -> list[str]:
+        try:
+            return sorted(self.es.indices.get_alias(name=self.alias).body)
+        except NotFoundError:
+            return []
+
+    @_translated
     def ensure_index(self, model_version: str, settings: Settings) -> str:
         """The index behind the alias, created on first use; refuses another model's index."""
         if self.es.indices.exists(index=self.alias) and self.current_index() is None:
@@ -283,6 +382,7 @@ class ImageStore:
         self.check_model_version(model_version, index)
         return index
 
+    @_translated
     def check_model_version(self, model_version: str, index: str | None = None) -> None:
         stored = self.index_model_version(index)
         if stored != model_version:
@@ -293,15 +393,18 @@ class ImageStore:
                 "--new-index` (the old index stays searchable until the new one is complete)."
             )
 
+    @_translated
     def refresh(self, index: str | None = None) -> None:
         """Make every write so far visible to searches."""
         self.es.indices.refresh(index=index or self.alias)
 
+    @_translated
     def count(self, index: str | None = None) -> int:
         return int(self.es.count(index=index or self.alias).body["count"])
 
     # -- writes ---------------------------------------------------------------------------
 
+    @_translated
     def existing_ids(self, ids: Iterable[str], index: str | None = None) -> set[str]:
         """Which of ``ids`` already have a document (one round trip, no sources)."""
         ids = list(ids)
@@ -313,6 +416,7 @@ class ImageStore:
         )
         return {d["_id"] for d in resp.body["docs"] if d.get("found")}
 
+    @_translated
     def bulk_index(
         self,
         docs: Iterable[dict],
@@ -363,6 +467,7 @@ class ImageStore:
             max_backoff=max_backoff,
         )
 
+    @_translated
     def ids_under_root(self, root: str, index: str | None = None) -> Iterator[str]:
         """Ids of every document indexed from ``root`` (a scan; cheap, no sources)."""
         for hit in helpers.scan(
@@ -374,6 +479,7 @@ class ImageStore:
         ):
             yield hit["_id"]
 
+    @_translated
     def delete_ids(self, ids: Iterable[str], index: str | None = None) -> int:
         actions = (
             {"_op_type": "delete", "_index": index or self.alias, "_id": i} for i in ids
@@ -383,6 +489,7 @@ class ImageStore:
 
     # -- reads ----------------------------------------------------------------------------
 
+    @_translated
     def get(
         self, doc_id: str, *, with_vector: bool = False, index: str | None = None
     ) -> dict | None:
@@ -399,6 +506,7 @@ class ImageStore:
             return None
         return resp.body["_source"]
 
+    @_translated
     def knn(
         self,
         vector,
@@ -445,6 +553,7 @@ class ImageStore:
         return hits[offset : offset + k]
 
 
+    @_translated
     def facets(self, fields: Iterable[str], size: int = 50) -> dict:
         """Document counts per value of each keyword field over the whole index, plus the
         ranges of width, height and EXIF date: ``{"total", "fields": {...}, "ranges": {...}}``."""

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from elasticsearch import ApiError, TransportError
 from tqdm import tqdm
 
 from imgsearch.regions import REGION_MODES, RegionMode
 from imgsearch.settings import Settings
-from imgsearch.store import ImageStore, StoreError
+from imgsearch.store import ImageStore, StoreError, StoreUnavailable
 from imgsearch.thumbnails import ThumbnailStore
 
 from .pipeline import (
@@ -101,6 +100,9 @@ def index_folder(
     root = Path(os.path.abspath(root))
     started = time.perf_counter()
     if new_index:
+        # Where the alias points now: the swap at the end moves it from there, and fails if
+        # another run has moved it in the meantime.
+        replaces = store.current_index()
         index = store.create_index(embedder.version, settings)
     else:
         index = store.ensure_index(embedder.version, settings)
@@ -178,24 +180,24 @@ def index_folder(
             stale = set(store.ids_under_root(str(root), index)) - stats.hashes
             stats.deleted = store.delete_ids(stale, index) if stale else 0
         if new_index:
-            previous = store.point_alias(index)
+            previous = store.point_alias(index, replaces)
             if previous:
                 log.warning(
                     "alias %s now points at %s; the previous index %s is kept "
                     "(delete it when you no longer need it)", store.alias, index, previous,
                 )
         store.refresh(index)
-    except StoreError as exc:
-        gave_up.set()
-        collect_finished()
-        report.aborted = str(exc)
-    except TransportError as exc:  # a request outside the retried ones (refresh, sync)
+    except StoreUnavailable as exc:  # a request outside the retried ones (refresh, sync)
         gave_up.set()
         collect_finished()
         report.aborted = (
             f"Elasticsearch became unreachable ({exc}); start it again and re-run the same "
             "command (nothing already stored is embedded twice)"
         )
+    except StoreError as exc:
+        gave_up.set()
+        collect_finished()
+        report.aborted = str(exc)
     except KeyboardInterrupt:
         gave_up.set()
         collect_finished()
@@ -340,15 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             sync=args.sync, new_index=args.new_index, workers=args.workers,
             progress=not args.no_progress,
         )
-    except (StoreError, WeightsError, RuntimeUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ABORTED
-    except TransportError as exc:  # unreachable before the first write
-        print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc}). "
+    except StoreUnavailable as exc:  # unreachable before the first write
+        print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc.__cause__}). "
               "Start it with `make es-up`.", file=sys.stderr)
         return EXIT_ABORTED
-    except ApiError as exc:
-        print(f"error: Elasticsearch refused the request: {exc}", file=sys.stderr)
+    except (StoreError, WeightsError, RuntimeUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_ABORTED
     except KeyboardInterrupt:  # before the run began (loading the model, checking the index)
         print("interrupted before indexing began; nothing was written", file=sys.stderr)

@@ -3,7 +3,6 @@ an HTML page for people, and never a stack trace (exceptions go to the server lo
 
 from __future__ import annotations
 
-from elasticsearch import ApiError, TransportError
 from flask import current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
@@ -11,7 +10,7 @@ from imgsearch.filters import FilterError
 from imgsearch.images import ImageError
 from imgsearch.regions import BoxError
 from imgsearch.search import QueryError, RegionsMissing
-from imgsearch.store import StoreError
+from imgsearch.store import IndexMissing, StoreError, StoreRefused, StoreUnavailable
 
 HOW_TO_INDEX = "make index IMAGES=<dir>"
 
@@ -104,21 +103,23 @@ def _on_http(exc: HTTPException):
     return response
 
 
-def _on_api_error(exc: ApiError):
-    if exc.error == "index_not_found_exception":
-        return respond(index_missing(_settings().es_index))
+def _on_index_missing(exc: IndexMissing):
+    return respond(index_missing(_settings().es_index))
+
+
+def _on_store_refused(exc: StoreRefused):
     current_app.logger.error("Elasticsearch refused a request: %s", exc)
     return respond(
         Problem(
             503,
             "elasticsearch_error",
-            f"The search engine answered with an error (status {exc.status_code}). "
+            f"The search engine answered with an error (status {exc.status}). "
             "Please try again; the server log has the details.",
         )
     )
 
 
-def _on_transport_error(exc: TransportError):
+def _on_store_unavailable(exc: StoreUnavailable):
     current_app.logger.warning("Elasticsearch unreachable: %s", exc)
     return respond(es_unavailable(_settings().es_url))
 
@@ -142,8 +143,9 @@ def register(app) -> None:
     for cls in (ImageError, FilterError, QueryError, BoxError):
         app.register_error_handler(cls, _on_bad_input)
     app.register_error_handler(HTTPException, _on_http)
-    app.register_error_handler(ApiError, _on_api_error)
-    app.register_error_handler(TransportError, _on_transport_error)
+    app.register_error_handler(IndexMissing, _on_index_missing)
+    app.register_error_handler(StoreRefused, _on_store_refused)
+    app.register_error_handler(StoreUnavailable, _on_store_unavailable)
     app.register_error_handler(StoreError, _on_store_error)
     app.register_error_handler(Exception, _on_unexpected)
 

@@ -6,11 +6,11 @@ import io
 import re
 from pathlib import Path
 
-from elasticsearch import NotFoundError
 from flask import Blueprint, abort, current_app, render_template, request, send_file, url_for
 from markupsafe import Markup, escape
 
 from imgsearch.images import content_hash
+from imgsearch.store import IndexMissing
 
 from .common import check_id, doc_json, service, thumbnails
 from .errors import human_size, index_missing
@@ -34,7 +34,7 @@ def index():
     notice = None
     try:
         facets = svc.facets()
-    except NotFoundError:
+    except IndexMissing:
         facets = None
     if facets is None or facets["total"] == 0:
         notice = index_missing(svc.store.alias).message

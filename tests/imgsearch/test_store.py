@@ -67,3 +67,59 @@ def test_quantised_index_rescores_to_float_recall(clothing_index, index_type):
         assert recall >= 0.95
     finally:
         store.es.indices.delete(index=index, ignore_unavailable=True)
+
+
+def test_of_two_concurrent_alias_swaps_exactly_one_wins(store, test_settings):
+    """Two runs built new indices from the same alias state and swap at once: one moves the
+    alias, the other is refused with a message saying what happened; the alias points at the
+    winner alone."""
+    import threading
+
+    from imgsearch.store import AliasMoved
+
+    old = store.create_index("v", test_settings)
+    store.point_alias(old)
+    candidates = [store.create_index("v", test_settings) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def swap(index: str) -> None:
+        barrier.wait()
+        try:
+            outcomes[index] = store.point_alias(index, old)
+        except AliasMoved as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=swap, args=(i,)) for i in candidates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    winners = [i for i, o in outcomes.items() if o == old]
+    losers = [o for o in outcomes.values() if isinstance(o, AliasMoved)]
+    assert len(winners) == 1 and len(losers) == 1
+    assert store.current_index() == winners[0]
+    assert "moved while this run built" in str(losers[0]) and winners[0] in str(losers[0])
+
+
+def test_a_new_alias_gets_one_first_index_only(store, test_settings):
+    from imgsearch.store import AliasMoved
+
+    first, second = (store.create_index("v", test_settings) for _ in range(2))
+    assert store.point_alias(first, None) is None
+    with pytest.raises(AliasMoved, match="points at"):
+        store.point_alias(second, None)
+    assert store.current_index() == first
+
+
+def test_client_errors_become_the_stores_own(settings):
+    """Nothing outside the store handles the client's exceptions: an unreachable node and a
+    missing index arrive as StoreUnavailable and IndexMissing."""
+    from imgsearch.localnode import free_port
+    from imgsearch.store import IndexMissing, StoreUnavailable
+
+    nowhere = settings.with_(es_url=f"http://127.0.0.1:{free_port()}", es_request_timeout=2)
+    with pytest.raises(StoreUnavailable):
+        ImageStore(connect(nowhere).options(max_retries=0), "images").count()
+    with pytest.raises(IndexMissing):
+        ImageStore(connect(settings), "never-made-index").facets(["label"])
