@@ -15,31 +15,17 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from imgsearch.regions import REGION_MODES, RegionMode
+from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
-from imgsearch.thumbnails import ThumbnailStore
 
-from .pipeline import (
-    Failure,
-    RunStats,
-    batches,
-    embed_batches,
-    make_decoder,
-    now_iso,
-    ordered_map,
-    read_file,
-    skip_known,
-    to_document,
-)
+from .pipeline import RunStats, now_iso
+from .run import INTERRUPTED, UNREACHABLE, finish, prepare, run_partition
 from .sidecar import SidecarError, load_sidecar
 from .walk import walk_files
 
@@ -95,142 +81,36 @@ def index_folder(
     workers: int | None = None,
     progress: bool = True,
 ) -> IndexReport:
-    """Index every image below ``root``; safe to re-run, and to run again after a crash."""
+    """Index every image below ``root`` in this process, as one partition of every file;
+    safe to re-run, and to run again after a crash."""
     # Normalised but not resolved: documents keep the path the user knows, links included.
     root = Path(os.path.abspath(root))
     started = time.perf_counter()
-    if new_index:
-        # Where the alias points now: the swap at the end moves it from there, and fails if
-        # another run has moved it in the meantime.
-        replaces = store.current_index()
-        index = store.create_index(embedder.version, settings)
-    else:
-        index = store.ensure_index(embedder.version, settings)
-    regions = region_mode(store, index, settings, embedder)
+    target = prepare(store, settings, embedder, new_index=new_index)
     paths = list(walk_files(root))
-    stats = RunStats(seen=len(paths))
-    report = IndexReport(stats, 0.0, index, regions=regions.name if regions else None)
-    workers = workers or min(4, len(os.sched_getaffinity(0)) + 1)
-    window = max(2 * settings.batch_size, 4 * workers)
-    thumbnails = ThumbnailStore(settings.thumbnail_dir)
-    indexed_at = now_iso()
     bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
-
-    # Once a write has given up, the requests still queued give up at once instead of each
-    # waiting out its own retry window: the run is over, and a re-run finishes it.
-    gave_up = threading.Event()
-
-    def write(docs: list[dict]):
-        if gave_up.is_set():
-            raise StoreError("an earlier bulk write failed; this one was not attempted")
-        try:
-            return store.bulk_index(docs, index)
-        except Exception:
-            gave_up.set()
-            raise
-
-    def collect(future, group) -> None:
-        result = future.result()
-        stats.indexed += result.indexed
-        by_id = {d.candidate.content_hash: d.candidate.rel_path for d in group}
-        for doc_id, reason in result.failed:
-            stats.failed.append(Failure(by_id.get(doc_id, doc_id), "rejected", reason))
-
-    def collect_finished() -> None:
-        # After an abort, the writes that still succeeded count too, so that the summary
-        # says what is really stored.
-        while pending:
-            future, group = pending.popleft()
-            if future.done() and not future.cancelled() and future.exception() is None:
-                collect(future, group)
-
-    pending: deque = deque()
     try:
-        with ThreadPoolExecutor(workers, "decode") as pool, ThreadPoolExecutor(1, "bulk") as bulk:
-            read = ordered_map(partial(read_file, root=root), paths, pool, window)
-            fresh = skip_known(read, partial(store.existing_ids, index=index), stats)
-            decoder = make_decoder(
-                embedder, thumbnails, settings.thumbnail_size, settings.max_image_pixels, regions
-            )
-            decoded = ordered_map(decoder, fresh, pool, window)
-            for group, vectors, group_regions in embed_batches(
-                batches(decoded, settings.batch_size, stats), embedder.embed,
-                partial(embedder.region_vectors, mode=regions) if regions else None,
-            ):
-                report.embedded += len(group)
-                docs = [
-                    to_document(
-                        d, v, root=root, sidecar=sidecar or {},
-                        model_version=embedder.version, indexed_at=indexed_at,
-                        regions=group_regions[i] if group_regions else None,
-                    )
-                    for i, (d, v) in enumerate(zip(group, vectors, strict=True))
-                ]
-                pending.append((bulk.submit(write, docs), group))
-                # Two requests in flight keep ES busy without holding many vectors in memory.
-                while len(pending) > 2:
-                    collect(*pending.popleft())
-                in_flight = sum(len(g) for _, g in pending)
-                bar.update(stats.done + in_flight - bar.n)
-            while pending:
-                collect(*pending.popleft())
-            bar.update(stats.done - bar.n)
-        if sync:
-            store.refresh(index)
-            stale = set(store.ids_under_root(str(root), index)) - stats.hashes
-            stats.deleted = store.delete_ids(stale, index) if stale else 0
-        if new_index:
-            previous = store.point_alias(index, replaces)
-            if previous:
-                log.warning(
-                    "alias %s now points at %s; the previous index %s is kept "
-                    "(delete it when you no longer need it)", store.alias, index, previous,
-                )
-        store.refresh(index)
-    except StoreUnavailable as exc:  # a request outside the retried ones (refresh, sync)
-        gave_up.set()
-        collect_finished()
-        report.aborted = (
-            f"Elasticsearch became unreachable ({exc}); start it again and re-run the same "
-            "command (nothing already stored is embedded twice)"
+        part = run_partition(
+            paths, root, target, settings=settings, embedder=embedder, store=store,
+            indexed_at=now_iso(), sidecar=sidecar, workers=workers,
+            progress=lambda done: bar.update(done - bar.n),
         )
-    except StoreError as exc:
-        gave_up.set()
-        collect_finished()
-        report.aborted = str(exc)
-    except KeyboardInterrupt:
-        gave_up.set()
-        collect_finished()
-        report.aborted = "interrupted; run the same command again to finish (no work is lost)"
+        report = IndexReport(part.stats, 0.0, target.index, aborted=part.aborted,
+                             embedded=part.embedded,
+                             regions=target.regions.name if target.regions else None)
+        if not report.aborted:
+            try:
+                finish(store, target, root, part.stats, sync=sync)
+            except StoreUnavailable as exc:  # outside the retried requests (refresh, sync)
+                report.aborted = UNREACHABLE.format(exc)
+            except StoreError as exc:
+                report.aborted = str(exc)
+            except KeyboardInterrupt:
+                report.aborted = INTERRUPTED
     finally:
         bar.close()
-        report.seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started
     return report
-
-
-def region_mode(store: ImageStore, index: str, settings: Settings, embedder) -> RegionMode | None:
-    """The region mode of ``index``, which every document written to it gets (an index
-    built with regions keeps getting them, asked or not); a run asking for other regions
-    than the index holds is refused, as is an int8 model (regions come from fp32 maps)."""
-    mode = store.index_regions(index)
-    asked = REGION_MODES.get(settings.regions)
-    if asked is not None and asked != mode:
-        holds = "no region vectors" if mode is None else f"{mode.name} region vectors"
-        raise StoreError(
-            f"index {index} holds {holds}, and this run asks for {asked.name} ones; an index "
-            "has one kind for all its images. Build a new one behind the alias with "
-            f"`python -m indexer <dir> --new-index --regions {asked.name}` (the current index "
-            "stays searchable until it is complete)."
-        )
-    if mode is not None and embedder.precision == "int8":
-        raise StoreError(
-            f"index {index} holds region vectors, which come from fp32 models, and this run's "
-            "model is int8: index with its fp32 source model, or build an index without "
-            "regions for the int8 model."
-        )
-    if mode is not None and asked is None:
-        log.info("index %s holds %s region vectors: this run adds them too", index, mode.name)
-    return mode
 
 
 def format_summary(report: IndexReport) -> str:
@@ -279,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give a new index region vectors, for searching with part of a photo "
                    "(default: IMGSEARCH_REGIONS, else none); an index that has them keeps "
                    "getting them")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: partitions of the files over a Ray "
+                   "cluster's workers (README, 'Indexing on Ray')")
+    p.add_argument("--address", help="--engine ray: the Ray cluster (HOST:PORT; default: "
+                   "start a local Ray)")
+    p.add_argument("--ray-workers", type=int, default=8,
+                   help="--engine ray: at most this many model actors (the pool is elastic: "
+                   "it goes on with fewer when workers go away)")
     p.add_argument("--batch-size", type=int, help="images per inference batch")
     p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
     p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
@@ -318,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder.is_dir():
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return EXIT_USAGE
+    if args.engine != "ray" and args.address:
+        print("error: --address names a Ray cluster: add --engine ray", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ray_workers < 1:
+        print("error: --ray-workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     try:
         overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
         if args.model:
@@ -337,11 +231,21 @@ def main(argv: list[str] | None = None) -> int:
     store = ImageStore.from_settings(settings)
     try:
         embedder = Embedder(settings)
-        report = index_folder(
-            args.folder, settings=settings, embedder=embedder, store=store, sidecar=sidecar,
-            sync=args.sync, new_index=args.new_index, workers=args.workers,
-            progress=not args.no_progress,
-        )
+        if args.engine == "ray":
+            from .distributed import index_folder_ray
+
+            report = index_folder_ray(
+                args.folder, settings=settings, embedder=embedder, store=store,
+                sidecar=sidecar, sync=args.sync, new_index=args.new_index,
+                address=args.address, max_workers=args.ray_workers,
+                progress=not args.no_progress,
+            )
+        else:
+            report = index_folder(
+                args.folder, settings=settings, embedder=embedder, store=store,
+                sidecar=sidecar, sync=args.sync, new_index=args.new_index,
+                workers=args.workers, progress=not args.no_progress,
+            )
     except StoreUnavailable as exc:  # unreachable before the first write
         print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc.__cause__}). "
               "Start it with `make es-up`.", file=sys.stderr)

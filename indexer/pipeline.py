@@ -77,6 +77,13 @@ class RunStats:
     failed: list[Failure] = field(default_factory=list)
     hashes: set[str] = field(default_factory=set)  # every image content met, for --sync
 
+    def merge(self, other: RunStats) -> None:
+        """Add another partition's outcomes to these (its content hashes too, for --sync)."""
+        for name in ("seen", "indexed", "already_present", "duplicates", "ignored", "deleted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failed.extend(other.failed)
+        self.hashes |= other.hashes
+
     @property
     def done(self) -> int:
         return (
