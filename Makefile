@@ -18,7 +18,7 @@ QUANTIZE_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m
 
 help:
@@ -33,7 +33,7 @@ help:
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-scale | bench-scale-1m"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-scale | bench-scale-1m"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -131,6 +131,11 @@ bench-bf16: venv
 # measurements that chose its design (exact search, no ES; ~7 min): docs/BENCHMARKS.md.
 bench-regions: venv
 	$(PY) -m bench.regions --images $(DATASET)/images/test --modes standard fine --queries 200
+
+# A 3-node cluster's formation and recovery, 1 vs 3 shards, bytes per vector, and the Ray
+# indexer against the local one (needs es-fetch, and es-up for the Ray part; ~20 min).
+bench-cluster: venv
+	$(PY) -m bench.cluster --dataset $(DATASET)
 
 bench-regions-design: venv
 	$(PY) -m bench.regions --design --images $(DATASET)/images/test --areas 1.5 2 --scales 2 3 --queries 200

@@ -70,7 +70,7 @@ class PartitionIndexer:
             part = run_partition(
                 [Path(p) for p in paths], self.root, self.target, settings=self.settings,
                 embedder=self.embedder, store=self.store, indexed_at=self.indexed_at,
-                sidecar=self.sidecar, workers=max(2, int(os.cpu_count() or 1)),
+                sidecar=self.sidecar,
             )
             results.append(_encode(part.stats, part.embedded, part.aborted))
         return {"result": results}
