@@ -112,7 +112,7 @@ def ray_rates(images: Path) -> list[dict]:
 
     from imgsearch.embedder import Embedder
     from imgsearch.store import ImageStore
-    from indexer.distributed import index_folder_ray
+    from indexer.distributed import RayEngine
     from indexer.index import index_folder
 
     rows = []
@@ -137,9 +137,9 @@ def ray_rates(images: Path) -> list[dict]:
             cluster.wait_for_nodes()
             try:
                 settings, store = fresh()
-                report = index_folder_ray(images, settings=settings, embedder=embedder,
-                                          store=store, address=cluster.address,
-                                          max_workers=workers, progress=False)
+                report = index_folder(
+                    images, settings=settings, embedder=embedder, store=store, progress=False,
+                    engine=RayEngine(cluster.address, max_workers=workers, progress=False))
                 store.es.indices.delete(index=f"{settings.es_index}-*")
             finally:
                 ray.shutdown()

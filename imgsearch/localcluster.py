@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .localnode import LocalNode, LocalNodeError, _get_json, port_open
+from .localnode import LocalNode, LocalNodeError, _get_json, port_open, scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +144,12 @@ def free_ports(count: int) -> list[int]:
 def throwaway_cluster(size: int = 3, heap: str = "512m") -> Iterator[LocalCluster]:
     """A started cluster in a fresh directory under /tmp (reachable by the ES user), stopped
     and removed afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="imgsearch-cluster-", dir="/tmp"))
-    base.chmod(0o755)
-    ports = free_ports(2 * size)
-    cluster = LocalCluster(base, size, ports=ports[:size], transport_ports=ports[size:],
-                           heap=heap)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with scratch_dir("imgsearch-cluster-") as base:
+        ports = free_ports(2 * size)
+        cluster = LocalCluster(base, size, ports=ports[:size], transport_ports=ports[size:],
+                               heap=heap)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()

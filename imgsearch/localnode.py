@@ -549,20 +549,29 @@ class LocalNode:
 
 
 @contextlib.contextmanager
-def throwaway_node(heap: str = "1g", port: int | None = None) -> Iterator[LocalNode]:
-    """A started node in a fresh directory under /tmp, stopped and removed afterwards.
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A fresh directory under /tmp that the ES user can enter, removed afterwards.
 
     Not pytest's ``tmp_path``: /tmp/pytest-of-root is 0700, out of the ES user's reach.
     """
-    node_dir = Path(tempfile.mkdtemp(prefix="imgsearch-es-", dir="/tmp"))
-    node_dir.chmod(0o755)
-    node = LocalNode(node_dir, port=port or free_port(), heap=heap)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
     try:
-        node.start()
-        yield node
+        yield path
     finally:
-        node.stop()
-        shutil.rmtree(node_dir, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_node(heap: str = "1g", port: int | None = None) -> Iterator[LocalNode]:
+    """A started node in a fresh directory under /tmp, stopped and removed afterwards."""
+    with scratch_dir("imgsearch-es-") as node_dir:
+        node = LocalNode(node_dir, port=port or free_port(), heap=heap)
+        try:
+            node.start()
+            yield node
+        finally:
+            node.stop()
 
 
 # --- CLI -----------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """``python -m indexer <folder> --engine ray [--address HOST:PORT]``: the same run on Ray.
 
-The driver prepares the target index (:func:`indexer.run.prepare`), lists the files once and
-cuts them into partitions of :data:`PARTITION_FILES`. Ray Data maps the partitions over an
+:func:`indexer.index.index_folder` prepares the target index and lists the files as for a
+local run; its engine, :class:`RayEngine`, cuts them into partitions of
+:data:`PARTITION_FILES`. Ray Data maps the partitions over an
 **elastic** pool of actors (``concurrency=(1, N)``): each actor loads the model and connects to
 Elasticsearch once, then runs the local pipeline on each partition it gets
 (:func:`indexer.run.run_partition`: read, skip known, decode in threads, embed, bulk with the
 store's retries) and returns the partition's counts, which the driver merges into the same
 summary and exit status as the local indexer; then :func:`indexer.run.finish` (sync, alias
-swap) runs on the driver.
+swap) runs on the driver, as after a local run.
 
 Why whole partitions on an actor rather than decode tasks feeding embedding actors: decoding
 next to inference, in the actor's threads, keeps 150 KB of pixels a photo out of Ray's object
@@ -29,16 +30,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from imgsearch.settings import Settings
-from imgsearch.store import ImageStore, StoreError, StoreUnavailable
+from imgsearch.store import ImageStore
 
-from .pipeline import Failure, RunStats, now_iso
-from .run import INTERRUPTED, UNREACHABLE, Target, finish, prepare, run_partition
-from .walk import walk_files
+from .pipeline import Failure, RunStats
+from .run import PartitionResult, Target, run_partition
 
 log = logging.getLogger("indexer")
 
@@ -76,66 +75,53 @@ class PartitionIndexer:
         return {"result": results}
 
 
-def index_folder_ray(
-    root: Path,
-    *,
-    settings: Settings,
-    embedder,
-    store: ImageStore,
-    sidecar: dict[str, dict] | None = None,
-    sync: bool = False,
-    new_index: bool = False,
-    address: str | None = None,
-    max_workers: int = 8,
-    cpus_per_worker: float = 1.0,
-    progress: bool = True,
-):
-    """Index every image below ``root`` on a Ray cluster (``address``; a local Ray when
-    None): same report as :func:`indexer.index.index_folder`."""
-    import ray
+class RayEngine:
+    """Runs partitions of a run's files on a Ray cluster (``address``; a local Ray when
+    None), over an elastic pool of 1 to ``max_workers`` model actors of ``cpus_per_worker``
+    CPUs each. Give it to :func:`indexer.index.index_folder` as its ``engine``."""
 
-    from .index import IndexReport
+    def __init__(self, address: str | None = None, *, max_workers: int = 8,
+                 cpus_per_worker: float = 1.0, progress: bool = True):
+        self.address, self.max_workers = address, max(1, max_workers)
+        self.cpus_per_worker, self.progress = cpus_per_worker, progress
 
-    root = Path(os.path.abspath(root))
-    started = time.perf_counter()
-    target = prepare(store, settings, embedder, new_index=new_index)
-    paths = [str(p) for p in walk_files(root)]
-    stats = RunStats()
-    report = IndexReport(stats, 0.0, target.index,
-                         regions=target.regions.name if target.regions else None)
-    try:
+    def run(self, paths: list[Path], root: Path, target: Target, *, settings: Settings,
+            version: str, indexed_at: str, sidecar: dict[str, dict] | None = None,
+            progress: Callable[[int], None] | None = None) -> PartitionResult:
+        """Every partition of ``paths`` indexed by the actors, their outcomes merged; a job
+        that Ray cannot finish (an actor that cannot start) is an aborted run."""
+        import ray
+
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = progress
-        partitions = [{"paths": paths[i:i + PARTITION_FILES]}
-                      for i in range(0, len(paths), PARTITION_FILES)]
-        results = ray.data.from_items(partitions, override_num_blocks=max(1, len(partitions)))
+        ray.data.DataContext.get_current().enable_progress_bars = self.progress
+        files = [str(p) for p in paths]
+        partitions = [{"paths": files[i:i + PARTITION_FILES]}
+                      for i in range(0, len(files), PARTITION_FILES)]
+        merged = PartitionResult(RunStats())
+        if not partitions:
+            return merged
+        results = ray.data.from_items(partitions, override_num_blocks=len(partitions))
         results = results.map_batches(
-            PartitionIndexer, batch_size=1, num_cpus=cpus_per_worker,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, max_workers)),
+            PartitionIndexer, batch_size=1, num_cpus=self.cpus_per_worker,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.max_workers),
             fn_constructor_kwargs={
                 "settings": settings, "root": str(root), "target": target, "sidecar": sidecar,
-                "indexed_at": now_iso(), "version": embedder.version,
+                "indexed_at": indexed_at, "version": version,
             },
         )
-        for row in results.iter_rows():
-            part, embedded, aborted = _decode(row["result"])
-            stats.merge(part)
-            report.embedded += embedded
-            report.aborted = report.aborted or aborted
-        if not report.aborted:
-            finish(store, target, root, stats, sync=sync)
-    except StoreUnavailable as exc:
-        report.aborted = UNREACHABLE.format(exc)
-    except StoreError as exc:
-        report.aborted = str(exc)
-    except KeyboardInterrupt:
-        report.aborted = INTERRUPTED
-    finally:
-        report.seconds = time.perf_counter() - started
-    return report
+        try:
+            for row in results.iter_rows():
+                stats, embedded, aborted = _decode(row["result"])
+                merged.stats.merge(stats)
+                merged.embedded += embedded
+                merged.aborted = merged.aborted or aborted
+                if progress:
+                    progress(merged.stats.seen)
+        except ray.exceptions.RayError as exc:
+            merged.aborted = f"the Ray job failed: {exc}"
+        return merged
 
 
 def _encode(stats: RunStats, embedded: int, aborted: str | None) -> str:

@@ -80,9 +80,11 @@ def index_folder(
     new_index: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    engine=None,
 ) -> IndexReport:
-    """Index every image below ``root`` in this process, as one partition of every file;
-    safe to re-run, and to run again after a crash."""
+    """Index every image below ``root``: in this process as one partition of every file, or
+    with ``engine`` (:class:`indexer.distributed.RayEngine`) as many partitions over a
+    cluster. Safe to re-run, and to run again after a crash."""
     # Normalised but not resolved: documents keep the path the user knows, links included.
     root = Path(os.path.abspath(root))
     started = time.perf_counter()
@@ -90,11 +92,17 @@ def index_folder(
     paths = list(walk_files(root))
     bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        part = run_partition(
-            paths, root, target, settings=settings, embedder=embedder, store=store,
-            indexed_at=now_iso(), sidecar=sidecar, workers=workers,
-            progress=lambda done: bar.update(done - bar.n),
-        )
+        def advance(done: int) -> None:
+            bar.update(done - bar.n)
+
+        if engine is None:
+            part = run_partition(
+                paths, root, target, settings=settings, embedder=embedder, store=store,
+                indexed_at=now_iso(), sidecar=sidecar, workers=workers, progress=advance,
+            )
+        else:
+            part = engine.run(paths, root, target, settings=settings, version=embedder.version,
+                              indexed_at=now_iso(), sidecar=sidecar, progress=advance)
         report = IndexReport(part.stats, 0.0, target.index, aborted=part.aborted,
                              embedded=part.embedded,
                              regions=target.regions.name if target.regions else None)
@@ -231,21 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     store = ImageStore.from_settings(settings)
     try:
         embedder = Embedder(settings)
+        engine = None
         if args.engine == "ray":
-            from .distributed import index_folder_ray
+            from .distributed import RayEngine
 
-            report = index_folder_ray(
-                args.folder, settings=settings, embedder=embedder, store=store,
-                sidecar=sidecar, sync=args.sync, new_index=args.new_index,
-                address=args.address, max_workers=args.ray_workers,
-                progress=not args.no_progress,
-            )
-        else:
-            report = index_folder(
-                args.folder, settings=settings, embedder=embedder, store=store,
-                sidecar=sidecar, sync=args.sync, new_index=args.new_index,
-                workers=args.workers, progress=not args.no_progress,
-            )
+            engine = RayEngine(args.address, max_workers=args.ray_workers,
+                               progress=not args.no_progress)
+        report = index_folder(
+            args.folder, settings=settings, embedder=embedder, store=store, sidecar=sidecar,
+            sync=args.sync, new_index=args.new_index, workers=args.workers,
+            progress=not args.no_progress, engine=engine,
+        )
     except StoreUnavailable as exc:  # unreachable before the first write
         print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc.__cause__}). "
               "Start it with `make es-up`.", file=sys.stderr)

@@ -11,7 +11,8 @@ import pytest
 
 from imgsearch.images import content_hash
 from indexer import distributed
-from indexer.distributed import index_folder_ray
+from indexer.distributed import RayEngine
+from indexer.index import index_folder
 
 LABELS = ("dress", "hat", "pants", "shoes", "t-shirt")
 
@@ -49,9 +50,9 @@ def test_a_worker_node_removed_mid_job_loses_nothing(ray_cluster, photos, test_s
     reports = []
 
     def run():
-        reports.append(index_folder_ray(
-            photos, settings=test_settings, embedder=embedder, store=store,
-            address=cluster.address, max_workers=2, progress=False))
+        reports.append(index_folder(
+            photos, settings=test_settings, embedder=embedder, store=store, progress=False,
+            engine=RayEngine(cluster.address, max_workers=2, progress=False)))
 
     job = threading.Thread(target=run)
     job.start()
@@ -76,8 +77,9 @@ def test_a_worker_node_removed_mid_job_loses_nothing(ray_cluster, photos, test_s
     assert report.stats.indexed + report.stats.already_present == 40
     print(f"worker node removed with {written_before} of 40 photos written; the job went on")
 
-    again = index_folder_ray(photos, settings=test_settings, embedder=embedder, store=store,
-                             address=cluster.address, max_workers=2, progress=False)
+    again = index_folder(photos, settings=test_settings, embedder=embedder, store=store,
+                         progress=False,
+                         engine=RayEngine(cluster.address, max_workers=2, progress=False))
     assert again.exit_code == 0
     assert again.stats.indexed == 0 and again.stats.already_present == 40
     assert store.count() == 40
