@@ -169,10 +169,10 @@ def product(args) -> None:
                                       progress=False)
                 seconds = report.seconds
             else:
-                store.point_alias(store.create_index(model.version, settings))
+                store.indices.point_alias(store.indices.create_index(model.version, settings))
                 copy_documents(copy_from, store)
                 seconds = 0.0
-        store.es.indices.forcemerge(index=store.current_index(), max_num_segments=1)
+        store.es.indices.forcemerge(index=store.indices.current_index(), max_num_segments=1)
         store.refresh()
         return store, seconds
 
@@ -181,7 +181,7 @@ def product(args) -> None:
 
     try:
         plain, plain_seconds = build("global", "off", args.images)
-        plain_size = sizes(plain.es, plain.current_index(), "hnsw")
+        plain_size = sizes(plain.es, plain.indices.current_index(), "hnsw")
         out["global"] = {"index_seconds": round(plain_seconds, 1),
                          "p@10": whole_photo_precision(searcher(plain), paths, ids, labels)}
         for area in AREAS:
@@ -199,7 +199,7 @@ def product(args) -> None:
                     f"{mode}-{region_type.replace('_', '-')}", mode, copy_from=first,
                     region_type=region_type)[0]
                 service = searcher(store)
-                size = sizes(store.es, store.current_index(), "hnsw")
+                size = sizes(store.es, store.indices.current_index(), "hnsw")
                 files = {ext: size["vector_files"][ext] - plain_size["vector_files"][ext]
                          for ext in size["vector_files"]}
                 hot = files["vex"] + {"hnsw": files["vec"], "int8_hnsw": files["veq"],

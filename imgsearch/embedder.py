@@ -32,6 +32,7 @@ from .regions import (  # noqa: E402
 )
 from .runtime import (  # noqa: E402
     OpenVINOForward,
+    limit_tensorflow_threads,
     make_forward,
     make_map_forward,
     resolve_runtime,
@@ -143,6 +144,8 @@ class Embedder:
         self.version = model_version(self.weights_digest, self.resize_mode)
         # Both runtimes compute the same vectors (cosine >= 0.99999): one version for both.
         self.runtime = resolve_runtime(settings.runtime)
+        if settings.inference_threads and self.runtime == "tensorflow":
+            limit_tensorflow_threads(settings.inference_threads)
         self._map_forward = None  # built on first use: only region indexing and queries need it
         self._map_lock = threading.Lock()
         if is_quantized(self.card):
@@ -150,12 +153,14 @@ class Embedder:
             require_openvino(self.runtime, settings.runtime, model_dir)
             self.version, self.precision = self.card["model_version"], "int8"
             self._forward = OpenVINOForward(
-                load_quantized(model_dir, self.card), "fp32", name=self.version
+                load_quantized(model_dir, self.card), "fp32", name=self.version,
+                threads=settings.inference_threads,
             )
         else:
             self._forward = make_forward(
                 self.runtime, self.model, input_size=self.input_size, version=self.version,
                 precision=self.precision, cache_dir=settings.cache_dir,
+                threads=settings.inference_threads,
             )
 
     def decode(
@@ -260,7 +265,8 @@ class Embedder:
                         raise ValueError("region vectors come from fp32 models; this one is int8")
                     self._map_forward = make_map_forward(
                         self.runtime, self.model, version=self.version,
-                        precision=self.precision, cache_dir=self.settings.cache_dir)
+                        precision=self.precision, cache_dir=self.settings.cache_dir,
+                        threads=self.settings.inference_threads)
         return self._map_forward(pixels)
 
     def embed_bytes(self, data: bytes) -> np.ndarray:

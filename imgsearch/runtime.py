@@ -53,11 +53,13 @@ def resolve_runtime(requested: str) -> str:
 
 
 def make_forward(
-    runtime: str, model, *, input_size: int, version: str, precision: str, cache_dir: Path
+    runtime: str, model, *, input_size: int, version: str, precision: str, cache_dir: Path,
+    threads: int = 0,
 ):
     """The forward pass of Keras ``model`` (square RGB inputs of ``input_size``) on ``runtime``
     (``tensorflow`` or ``openvino``; resolve ``auto`` first). ``version`` keys the cache of
-    converted models."""
+    converted models; ``threads`` > 0 caps OpenVINO's inference threads (TensorFlow's are
+    set for the whole process: :func:`limit_tensorflow_threads`)."""
     if runtime == "tensorflow":
         return TensorFlowForward(model, input_size)
     if runtime == "openvino":
@@ -66,11 +68,12 @@ def make_forward(
         ov_model = IRCache(cache_dir).get_or_convert(
             version, lambda: convert(model, input_size)
         )
-        return OpenVINOForward(ov_model, precision, name=version)
+        return OpenVINOForward(ov_model, precision, name=version, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}")
 
 
-def make_map_forward(runtime: str, model, *, version: str, precision: str, cache_dir: Path):
+def make_map_forward(runtime: str, model, *, version: str, precision: str, cache_dir: Path,
+                     threads: int = 0):
     """``uint8 [N, H, W, 3]`` of any size (multiples of 32) -> the last convolutional maps
     ``float32 [N, H/32, W/32, C]`` of Keras ``model``, on ``runtime``, for region vectors."""
     if runtime == "tensorflow":
@@ -91,8 +94,20 @@ def make_map_forward(runtime: str, model, *, version: str, precision: str, cache
         # the indexer's region passes at 95-102 ms a photo against 108-113 ms, for 1-1.8 GB
         # more memory (6 sizes in the clothing set): not worth it (docs/BENCHMARKS.md).
         return OpenVINOForward(ov_model, precision, name=f"{version} (feature map)",
-                               normalize=False)
+                               normalize=False, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}")
+
+
+def limit_tensorflow_threads(threads: int) -> None:
+    """Cap TensorFlow's threads for this process (intra- and inter-op), before it runs
+    anything; later, TensorFlow keeps the threads it has and this only logs why."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError as exc:
+        log.warning("TensorFlow already runs; its threads stay as they are (%s)", exc)
 
 
 def compile_feature_map(model):
@@ -204,7 +219,8 @@ class OpenVINOForward:
 
     runtime = "openvino"
 
-    def __init__(self, ov_model, precision: str, *, name: str = "model", normalize: bool = True):
+    def __init__(self, ov_model, precision: str, *, name: str = "model", normalize: bool = True,
+                 threads: int = 0):
         import openvino as ov
 
         if precision not in OPENVINO_PRECISIONS:
@@ -215,6 +231,8 @@ class OpenVINOForward:
         self._name = name
         self._normalize = normalize
         self._config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+        if threads:
+            self._config["INFERENCE_NUM_THREADS"] = threads
         self._lock = threading.Lock()
         self._single = None  # (compiled model, infer request)
         self._batched = None  # (compiled model, async queue, streams)

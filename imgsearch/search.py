@@ -165,7 +165,7 @@ class SearchService:
         """The region mode ``index`` was built with (None: no regions), looked up once per
         index: an index's ``_meta`` never changes."""
         if index not in self._region_modes:
-            self._region_modes[index] = self.store.index_regions(index) if index else None
+            self._region_modes[index] = self.store.indices.index_regions(index) if index else None
         return self._region_modes[index]
 
     def similar(

@@ -103,7 +103,7 @@ class ModelFollower:
         try:
             self._checked_at = time.monotonic()
             try:
-                index, version = self.store.alias_target()
+                index, version = self.store.indices.alias_target()
             except StoreError as exc:
                 log.debug("cannot check the alias: %s", exc)
                 return
@@ -190,7 +190,7 @@ def initial_model(settings: Settings, store: ImageStore):
     from .embedder import Embedder
 
     try:
-        _, version = store.alias_target()
+        _, version = store.indices.alias_target()
     except StoreError as exc:
         log.warning("cannot ask Elasticsearch which model built the index (%s); starting "
                     "with the configured model", exc)

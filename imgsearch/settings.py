@@ -79,6 +79,9 @@ class Settings:
     # Where the network runs: "tensorflow", "openvino" or "auto" (OpenVINO where installed,
     # the faster one in bench/embedding.py; both give the same vectors, imgsearch/runtime.py).
     runtime: str = "auto"
+    # Threads of one model's inference; 0: every core of the machine. A Ray actor sets it to
+    # the CPUs Ray gave it, so that actors sharing a machine do not each claim every core.
+    inference_threads: int = 0
 
     # Shards and replicas of a new index. One shard holds about a million photos well on one
     # node; a cluster spreads several, and a replica keeps every shard on two nodes.
@@ -130,6 +133,8 @@ class Settings:
             batch_size=int(_env("IMGSEARCH_BATCH_SIZE", str(d.batch_size))),
             precision=_env("IMGSEARCH_PRECISION", d.precision),
             runtime=_env("IMGSEARCH_RUNTIME", d.runtime),
+            inference_threads=int(_env("IMGSEARCH_INFERENCE_THREADS",
+                                       str(d.inference_threads))),
             vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),
             es_shards=int(_env("IMGSEARCH_ES_SHARDS", str(d.es_shards))),
             es_replicas=int(_env("IMGSEARCH_ES_REPLICAS", str(d.es_replicas))),
@@ -165,6 +170,8 @@ class Settings:
         if self.es_shards < 1 or self.es_replicas < 0:
             raise ValueError("IMGSEARCH_ES_SHARDS must be at least 1 and IMGSEARCH_ES_REPLICAS "
                              "not negative")
+        if self.inference_threads < 0:
+            raise ValueError("IMGSEARCH_INFERENCE_THREADS must be 0 (every core) or more")
         if self.batch_size < 1:
             raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")
         if self.bulk_retries < 0 or self.bulk_backoff < 0 or self.bulk_max_backoff < 0:

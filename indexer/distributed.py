@@ -52,8 +52,15 @@ class PartitionIndexer:
 
     def __init__(self, settings: Settings, root: str, target: Target,
                  sidecar: dict[str, dict] | None, indexed_at: str, version: str):
+        import ray
+
         from imgsearch.embedder import Embedder
 
+        if not settings.inference_threads:
+            # The CPUs Ray gave this actor, not every core of its machine: actors sharing a
+            # machine would otherwise each size their threads for all of it.
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+            settings = settings.with_(inference_threads=max(1, round(cpus)))
         self.settings, self.root, self.target = settings, Path(root), target
         self.sidecar, self.indexed_at = sidecar, indexed_at
         self.embedder = Embedder(settings)

@@ -69,10 +69,10 @@ def prepare(store: ImageStore, settings: Settings, embedder, *, new_index: bool)
     """The index this run writes to: a new one, or the alias's (created on first use),
     checked against the model's version and the regions asked for."""
     if new_index:
-        replaces = store.current_index()
-        index = store.create_index(embedder.version, settings)
+        replaces = store.indices.current_index()
+        index = store.indices.create_index(embedder.version, settings)
     else:
-        replaces, index = None, store.ensure_index(embedder.version, settings)
+        replaces, index = None, store.indices.ensure_index(embedder.version, settings)
     return Target(index, region_mode(store, index, settings, embedder), new_index, replaces)
 
 
@@ -80,7 +80,7 @@ def region_mode(store: ImageStore, index: str, settings: Settings, embedder) -> 
     """The region mode of ``index``, which every document written to it gets (an index
     built with regions keeps getting them, asked or not); a run asking for other regions
     than the index holds is refused, as is an int8 model (regions come from fp32 maps)."""
-    mode = store.index_regions(index)
+    mode = store.indices.index_regions(index)
     asked = REGION_MODES.get(settings.regions)
     if asked is not None and asked != mode:
         holds = "no region vectors" if mode is None else f"{mode.name} region vectors"
@@ -212,7 +212,7 @@ def finish(store: ImageStore, target: Target, root: Path, stats: RunStats, *,
         stale = set(store.ids_under_root(str(root), index)) - stats.hashes
         stats.deleted = store.delete_ids(stale, index) if stale else 0
     if target.new_index:
-        previous = store.point_alias(index, target.replaces)
+        previous = store.indices.point_alias(index, target.replaces)
         if previous:
             log.warning(
                 "alias %s now points at %s; the previous index %s is kept "

@@ -38,7 +38,7 @@ def cluster_settings(cluster, settings):
 @pytest.fixture
 def cluster_store(cluster, cluster_settings):
     store = ImageStore.from_settings(cluster_settings)
-    store.point_alias(store.create_index("test-model", cluster_settings))
+    store.indices.point_alias(store.indices.create_index("test-model", cluster_settings))
     cluster.wait_for(status="green", nodes=3, timeout=60)
     yield store
     store.es.indices.delete(index=f"{store.alias}-*", ignore_unavailable=True)
@@ -48,7 +48,7 @@ def test_three_nodes_go_green_with_no_two_copies_of_a_shard_on_one_node(cluster,
                                                                       cluster_store):
     health = cluster.wait_for(status="green", nodes=3, timeout=60)
     assert health["number_of_nodes"] == 3
-    copies = cluster.shard_copies(cluster_store.current_index())
+    copies = cluster.shard_copies(cluster_store.indices.current_index())
     assert len(copies) == 6 and {c["state"] for c in copies} == {"STARTED"}
     by_shard: dict[str, list[str]] = {}
     for c in copies:
@@ -71,7 +71,7 @@ def test_a_node_killed_during_bulk_indexing_loses_nothing(cluster, cluster_store
     run: every document ends indexed exactly once, no search fails, and the cluster is green
     again once the node is back."""
     store = cluster_store
-    copies = cluster.shard_copies(store.current_index())
+    copies = cluster.shard_copies(store.indices.current_index())
     primaries = Counter(c["node"] for c in copies if c["prirep"] == "p")
     victim = cluster.node_named(primaries.most_common(1)[0][0])
     docs = _documents(DOCS)

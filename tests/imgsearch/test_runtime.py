@@ -195,3 +195,14 @@ def test_openvino_telemetry_is_declined_without_overriding_a_choice(tmp_path, mo
     consent.write_text("1")  # the user's own choice stands
     decline_openvino_telemetry()
     assert consent.read_text() == "1"
+
+
+def test_the_thread_cap_reaches_openvinos_compiled_model(settings):
+    """IMGSEARCH_INFERENCE_THREADS (a Ray actor sets it to its CPUs) caps OpenVINO's
+    inference threads; 0 leaves them to OpenVINO."""
+    pytest.importorskip("openvino")
+    from imgsearch.embedder import Embedder
+
+    capped = Embedder(settings.with_(runtime="openvino", inference_threads=1))
+    compiled, _ = capped._forward._single
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1

@@ -24,7 +24,8 @@ def test_defaults_and_env(monkeypatch):
                                         ("IMGSEARCH_BATCH_SIZE", "0"),
                                         ("IMGSEARCH_PRECISION", "fp16"),
                                         ("IMGSEARCH_REGIONS", "on"),
-                                        ("IMGSEARCH_REGION_INDEX", "flat")])
+                                        ("IMGSEARCH_REGION_INDEX", "flat"),
+                                        ("IMGSEARCH_INFERENCE_THREADS", "-1")])
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

@@ -47,9 +47,9 @@ def test_quantised_index_rescores_to_float_recall(clothing_index, index_type):
     quantised = settings.with_(es_index=f"{source.alias}-{index_type.replace('_', '-')}",
                                vector_index_type=index_type)
     store = ImageStore(connect(quantised), quantised.es_index)
-    index = store.create_index(source.index_model_version(), quantised)
+    index = store.indices.create_index(source.indices.index_model_version(), quantised)
     try:
-        store.point_alias(index)
+        store.indices.point_alias(index)
         options = store.es.indices.get_mapping(index=index).body[index]["mappings"][
             "properties"][VECTOR_FIELD]["index_options"]
         assert options["type"] == index_type
@@ -77,16 +77,16 @@ def test_of_two_concurrent_alias_swaps_exactly_one_wins(store, test_settings):
 
     from imgsearch.store import AliasMoved
 
-    old = store.create_index("v", test_settings)
-    store.point_alias(old)
-    candidates = [store.create_index("v", test_settings) for _ in range(2)]
+    old = store.indices.create_index("v", test_settings)
+    store.indices.point_alias(old)
+    candidates = [store.indices.create_index("v", test_settings) for _ in range(2)]
     barrier = threading.Barrier(2)
     outcomes: dict[str, object] = {}
 
     def swap(index: str) -> None:
         barrier.wait()
         try:
-            outcomes[index] = store.point_alias(index, old)
+            outcomes[index] = store.indices.point_alias(index, old)
         except AliasMoved as exc:
             outcomes[index] = exc
 
@@ -98,18 +98,18 @@ def test_of_two_concurrent_alias_swaps_exactly_one_wins(store, test_settings):
     winners = [i for i, o in outcomes.items() if o == old]
     losers = [o for o in outcomes.values() if isinstance(o, AliasMoved)]
     assert len(winners) == 1 and len(losers) == 1
-    assert store.current_index() == winners[0]
+    assert store.indices.current_index() == winners[0]
     assert "moved while this run built" in str(losers[0]) and winners[0] in str(losers[0])
 
 
 def test_a_new_alias_gets_one_first_index_only(store, test_settings):
     from imgsearch.store import AliasMoved
 
-    first, second = (store.create_index("v", test_settings) for _ in range(2))
-    assert store.point_alias(first, None) is None
+    first, second = (store.indices.create_index("v", test_settings) for _ in range(2))
+    assert store.indices.point_alias(first, None) is None
     with pytest.raises(AliasMoved, match="points at"):
-        store.point_alias(second, None)
-    assert store.current_index() == first
+        store.indices.point_alias(second, None)
+    assert store.indices.current_index() == first
 
 
 def test_client_errors_become_the_stores_own(settings):

@@ -58,7 +58,7 @@ def test_a_worker_node_removed_mid_job_loses_nothing(ray_cluster, photos, test_s
     job.start()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.is_alive():
-        if store.current_index() and store.count() > 0:  # the first partitions are written
+        if store.indices.current_index() and store.count() > 0:  # the first partitions are written
             break
         time.sleep(0.5)
     assert job.is_alive(), "the job ended before a worker node could be removed"

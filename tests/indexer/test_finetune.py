@@ -123,7 +123,7 @@ def test_a_tuned_model_is_refused_by_an_index_of_the_base_model(
     assert code == EXIT_ABORTED
     assert f"holds vectors of model version '{embedder.version}'" in err
     assert "--new-index" in err
-    assert store.index_model_version() == embedder.version
+    assert store.indices.index_model_version() == embedder.version
 
 
 @pytest.mark.parametrize("content", ["junk", "foreign"])

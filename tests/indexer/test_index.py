@@ -128,8 +128,8 @@ def test_sidecar_metadata_is_merged(test_settings, store, embedder, photo_dir, t
 
 
 def test_version_guard_refuses_another_models_index(test_settings, store, embedder, photo_dir):
-    index = store.create_index("resnet50-avg/w=0000000000000000/other", test_settings)
-    store.point_alias(index)
+    index = store.indices.create_index("resnet50-avg/w=0000000000000000/other", test_settings)
+    store.indices.point_alias(index)
     with pytest.raises(ModelVersionMismatch, match="--new-index"):
         index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
                      progress=False)
@@ -137,13 +137,13 @@ def test_version_guard_refuses_another_models_index(test_settings, store, embedd
 
 
 def test_new_index_swaps_the_alias_atomically(test_settings, store, embedder, photo_dir):
-    old = store.create_index("resnet50-avg/w=0000000000000000/other", test_settings)
-    store.point_alias(old)
+    old = store.indices.create_index("resnet50-avg/w=0000000000000000/other", test_settings)
+    store.indices.point_alias(old)
     report = index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
                           new_index=True, progress=False)
     assert report.index != old
-    assert store.current_index() == report.index
-    assert store.index_model_version() == embedder.version
+    assert store.indices.current_index() == report.index
+    assert store.indices.index_model_version() == embedder.version
     assert store.count() == 10
 
 
@@ -153,7 +153,7 @@ def test_documents_carry_the_model_version(test_settings, store, embedder, photo
     versions = {h["_source"]["model_version"] for h in store.es.search(
         index=store.alias, size=20, source_includes=["model_version"]).body["hits"]["hits"]}
     assert versions == {embedder.version}
-    assert store.index_model_version() == embedder.version
+    assert store.indices.index_model_version() == embedder.version
 
 
 # -- region vectors ----------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_regions_come_with_their_boxes_and_an_index_keeps_its_kind(test_settings
     report = index_folder(photo_dir, settings=test_settings.with_(regions="fine"),
                           embedder=embedder, store=store, progress=False)
     assert report.regions == "fine" and report.to_json()["regions"] == "fine"
-    assert store.index_regions().name == "fine"
+    assert store.indices.index_regions().name == "fine"
     store.refresh()
     for doc_id, regions in _regions_of(store).items():
         assert 10 <= len(regions) <= 40, doc_id  # scales 1-3: 20-23 windows on these photos
@@ -203,7 +203,8 @@ def test_asking_for_regions_on_an_index_without_them_is_refused(test_settings, s
     # --new-index builds one with them, and the alias moves to it once it is complete.
     report = index_folder(photo_dir, settings=test_settings.with_(regions="standard"),
                           embedder=embedder, store=store, new_index=True, progress=False)
-    assert store.current_index() == report.index and store.index_regions().name == "standard"
+    assert store.indices.current_index() == report.index
+    assert store.indices.index_regions().name == "standard"
     assert store.count() == 10
 
 

@@ -305,7 +305,7 @@ def test_missing_index_says_how_to_index(missing_alias_client, shoe):
 
 
 def test_empty_index_says_how_to_index(make_client, store, settings, embedder, shoe):
-    store.ensure_index(embedder.version, settings)
+    store.indices.ensure_index(embedder.version, settings)
     client = make_client(es_index=store.alias)
     response = upload(client, shoe[1])
     assert response.status_code == 503

@@ -51,7 +51,7 @@ def test_the_app_follows_a_new_index_swap_to_the_tuned_model(
         tuned = Embedder(settings, model_dir=model_dir)
         new_run = index_folder(photo_dir, settings=settings, embedder=tuned, store=store,
                                new_index=True, progress=False)
-        assert store.current_index() == new_run.index
+        assert store.indices.current_index() == new_run.index
         deadline = time.monotonic() + 300
         while not any(body.get("model_version") == tuned.version for _, body in responses):
             assert time.monotonic() < deadline, "the app never switched to the tuned model"
@@ -65,7 +65,7 @@ def test_the_app_follows_a_new_index_swap_to_the_tuned_model(
             t.join(timeout=60)
 
     built_by = {base_run.index: embedder.version, new_run.index: tuned.version}
-    assert {store.index_model_version(i) for i in built_by} == set(built_by.values())
+    assert {store.indices.index_model_version(i) for i in built_by} == set(built_by.values())
     assert [status for status, _ in responses] == [200] * len(responses)
     for _, body in responses:
         # The query's model is the one that built the index searched...
@@ -97,8 +97,8 @@ def test_a_model_missing_from_the_store_keeps_the_old_pair_serving(
                        progress=False)
     app = build_app(test_settings.with_(model_store=tmp_path / "empty-store"), embedder, store,
                     check_interval=0)
-    other = store.create_index("resnet50-avg/w=0000000000000000/elsewhere", test_settings)
-    store.point_alias(other)
+    other = store.indices.create_index("resnet50-avg/w=0000000000000000/elsewhere", test_settings)
+    store.indices.point_alias(other)
     client = app.test_client()
     photo = next((photo_dir / "hat").iterdir()).read_bytes()
     body = _search(client, photo).get_json()

@@ -48,7 +48,7 @@ def search(client, data: bytes, box=None, **params):
 def test_the_index_records_its_region_mode_and_every_image_has_regions(region_index):
     settings, store, report, _ = region_index
     assert report.stats.indexed == 60 and report.regions == "standard"
-    meta = store.index_meta()
+    meta = store.indices.index_meta()
     assert meta["regions"] == {"mode": "standard", "area": 1.5, "scales": 2,
                                "index_type": "bbq_hnsw"}
     with_regions = store.es.count(index=store.alias, query={"nested": {
