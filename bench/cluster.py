@@ -58,7 +58,7 @@ def formation_and_recovery(cluster, es, collection, labels) -> dict:
     victim = cluster.node_named(Counter(c["node"] for c in copies
                                         if c["prirep"] == "p").most_common(1)[0][0])
     killed = time.perf_counter()
-    cluster.kill(victim)
+    victim.kill()
     cluster.wait_for(status="yellow", nodes=2, timeout=300)
     primaries_back = time.perf_counter() - killed
     restarted = time.perf_counter()

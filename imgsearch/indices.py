@@ -65,7 +65,7 @@ def index_body(
         del properties[REGIONS_FIELD]
     else:
         mappings["_meta"]["regions"] = {**regions.to_meta(), "index_type": region_index_type}
-        properties[REGIONS_FIELD]["properties"]["vector"]["index_options"] = _vector_options(
+        properties[REGIONS_FIELD]["properties"][VECTOR_FIELD]["index_options"] = _vector_options(
             region_index_type, m, ef_construction, rescore_oversample)
     return body
 

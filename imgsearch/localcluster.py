@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -109,14 +108,6 @@ class LocalCluster:
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             for future in [pool.submit(n.stop, timeout) for n in self.nodes]:
                 future.result()
-
-    def kill(self, node: LocalNode) -> None:
-        """SIGKILL one node, as a crash or a lost machine would stop it."""
-        pid = node.pid()
-        if pid is None:
-            raise LocalNodeError(f"{node} is not running")
-        LocalNode._signal_and_wait(pid, signal.SIGKILL, 30)
-        node.pid_file.unlink(missing_ok=True)
 
     def node_named(self, name: str) -> LocalNode:
         return next(n for n in self.nodes if n.name == name)

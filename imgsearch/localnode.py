@@ -536,6 +536,14 @@ class LocalNode:
         # ES removes its pid file on a clean exit, but not after SIGKILL.
         self.pid_file.unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """SIGKILL the node, as a crash or a lost machine would stop it (no clean shutdown)."""
+        pid = self.pid()
+        if pid is None:
+            raise LocalNodeError(f"{self} is not running")
+        self._signal_and_wait(pid, signal.SIGKILL, 30)
+        self.pid_file.unlink(missing_ok=True)
+
     @staticmethod
     def _signal_and_wait(pid: int, sig: signal.Signals, timeout: float) -> bool:
         with contextlib.suppress(ProcessLookupError):

@@ -114,24 +114,32 @@ class SearchService:
         with ``box`` (fractions ``x0, y0, x1, y1``), to that part of it, by region vectors."""
         k, num_candidates = check_limits(k, num_candidates, offset)
         route = self.route()
-        if box is not None:
-            return self._search_box(route, data, box, k, num_candidates, filters, offset)
+        model = route.model
+        query: dict = {"k": k, "num_candidates": num_candidates, "offset": offset}
+        mode = self._box_mode(route) if box is not None else None
         t0 = time.perf_counter()
-        image = route.model.decode(data, max_pixels=self.settings.max_image_pixels)
-        t1 = time.perf_counter()
-        vector = route.model.embed(image.pixels)[0]
+        if mode is None:
+            image = model.decode(data, max_pixels=self.settings.max_image_pixels)
+            query.update(width=image.width, height=image.height, format=image.format)
+            t1 = time.perf_counter()
+            vector = model.embed(image.pixels)[0]
+        else:
+            pixels = model.box_input(data, box, mode)
+            query.update(box=list(box), regions=mode.name)
+            t1 = time.perf_counter()
+            vector = model.embed_region(pixels)
         t2 = time.perf_counter()
-        hits = self._knn(route, vector, k, num_candidates, filters, offset=offset)
+        hits = self._knn(route, vector, k, num_candidates, filters, offset=offset,
+                         regions=mode is not None)
         t3 = time.perf_counter()
         return SearchResult(
-            hits,
-            _timings(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
-            {"k": k, "num_candidates": num_candidates, "offset": offset,
-             "width": image.width, "height": image.height, "format": image.format},
-            route.model_version, route.index,
+            hits, _timings(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
+            query, route.model_version, route.index,
         )
 
-    def _search_box(self, route, data, box, k, num_candidates, filters, offset) -> SearchResult:
+    def _box_mode(self, route) -> RegionMode:
+        """The region mode a box query on ``route`` is described in; RegionsMissing when its
+        index has no region vectors."""
         mode = self.region_mode(route.index)
         if mode is None:
             raise RegionsMissing(
@@ -140,20 +148,7 @@ class SearchService:
                 "<dir> --new-index --regions standard` (or `make index IMAGES=<dir> "
                 "REGIONS=standard`); the current index stays searchable meanwhile."
             )
-        t0 = time.perf_counter()
-        pixels = route.model.box_input(data, box, mode)
-        t1 = time.perf_counter()
-        vector = route.model.embed_region(pixels)
-        t2 = time.perf_counter()
-        hits = self._knn(route, vector, k, num_candidates, filters, offset=offset, regions=True)
-        t3 = time.perf_counter()
-        return SearchResult(
-            hits,
-            _timings(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
-            {"k": k, "num_candidates": num_candidates, "offset": offset, "box": list(box),
-             "regions": mode.name},
-            route.model_version, route.index,
-        )
+        return mode
 
     def serving_regions(self) -> RegionMode | None:
         """The region mode of the index that queries go to now; None when it has no region

@@ -10,13 +10,15 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .regions import REGION_MODES
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
 RESIZE_MODES = ("squash", "crop", "pad")
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "tensorflow", "openvino")
-REGION_SETTINGS = ("off", "standard", "fine")  # imgsearch.regions.REGION_MODES, and off
+REGION_SETTINGS = ("off", *REGION_MODES)
 # Settings with a fixed set of values: the variable that sets each, and its values.
 CHOICES = {
     "vector_index_type": ("IMGSEARCH_VECTOR_INDEX", VECTOR_INDEX_TYPES),

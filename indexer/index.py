@@ -25,7 +25,7 @@ from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
 
 from .pipeline import RunStats, now_iso
-from .run import INTERRUPTED, UNREACHABLE, finish, prepare, run_partition
+from .run import aborted_because, finish, prepare, run_partition
 from .sidecar import SidecarError, load_sidecar
 from .walk import walk_files
 
@@ -109,12 +109,8 @@ def index_folder(
         if not report.aborted:
             try:
                 finish(store, target, root, part.stats, sync=sync)
-            except StoreUnavailable as exc:  # outside the retried requests (refresh, sync)
-                report.aborted = UNREACHABLE.format(exc)
-            except StoreError as exc:
-                report.aborted = str(exc)
-            except KeyboardInterrupt:
-                report.aborted = INTERRUPTED
+            except (StoreError, KeyboardInterrupt) as exc:  # sync, the swap, the refresh
+                report.aborted = aborted_because(exc)
     finally:
         bar.close()
     report.seconds = time.perf_counter() - started

@@ -187,19 +187,20 @@ def run_partition(
                 collect(*pending.popleft())
             if progress:
                 progress(stats.done)
-    except StoreUnavailable as exc:
+    except (StoreError, KeyboardInterrupt) as exc:
         gave_up.set()
         collect_finished()
-        result.aborted = UNREACHABLE.format(exc)
-    except StoreError as exc:
-        gave_up.set()
-        collect_finished()
-        result.aborted = str(exc)
-    except KeyboardInterrupt:
-        gave_up.set()
-        collect_finished()
-        result.aborted = INTERRUPTED
+        result.aborted = aborted_because(exc)
     return result
+
+
+def aborted_because(exc: BaseException) -> str:
+    """What a run's summary says when ``exc`` (a store error or an interrupt) stopped it."""
+    if isinstance(exc, StoreUnavailable):
+        return UNREACHABLE.format(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED
+    return str(exc)
 
 
 def finish(store: ImageStore, target: Target, root: Path, stats: RunStats, *,

@@ -99,7 +99,7 @@ def test_a_node_killed_during_bulk_indexing_loses_nothing(cluster, cluster_store
     try:
         for start in range(0, DOCS, BATCH):
             if start == DOCS // 3:
-                cluster.kill(victim)
+                victim.kill()
             failed += [doc_id for doc_id, _ in store.bulk_index(docs[start:start + BATCH]).failed]
         # Items the cluster refused while shards moved are written again, as a re-run of the
         # indexer would write them (content-hash ids make that harmless).
