@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from .images import DecodedImage, decode_image  # noqa: E402
+from .images import DecodedImage, decode_image, input_frame  # noqa: E402
 from .quantize import is_quantized, load_quantized, require_openvino  # noqa: E402
 from .regions import (  # noqa: E402
     RegionMode,
@@ -187,6 +187,18 @@ class Embedder:
         if len(pixels) == 0:
             return np.zeros((0, self.dims), np.float32)
         return self._forward(pixels)
+
+    def feature_map(self, pixels: np.ndarray) -> np.ndarray:
+        """One model input (``uint8 [224, 224, 3]`` from :meth:`decode`) -> its last
+        convolutional map ``float32 [7, 7, 2048]``, whose cell average is the direction of
+        :meth:`embed`'s vector (the network average-pools it, then the vector is normalised):
+        what :mod:`imgsearch.explain` splits a cosine over."""
+        return self._feature_maps(pixels[None])[0]
+
+    def input_frame(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width`` x ``height`` photo this model's input covers (its resize
+        mode's), as fractions of the photo: where the feature map's cells lie."""
+        return input_frame(width, height, self.resize_mode)
 
     # -- regions -----------------------------------------------------------------------------
 

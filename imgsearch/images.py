@@ -385,6 +385,22 @@ def model_input(rgb: Image.Image, target: int, resize_mode: str) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
+def input_frame(width: int, height: int, resize_mode: str) -> tuple[float, float, float, float]:
+    """The part of a ``width`` x ``height`` photo that :func:`model_input` makes the model's
+    square input from, as fractions ``x0, y0, x1, y1`` of the photo: the central square for
+    ``crop``, the whole photo for ``squash``, and for ``pad`` a square larger than the photo
+    (numbers outside 0..1: the white margins). Feature-map cells lie evenly over this frame."""
+    if resize_mode == "squash":
+        return (0.0, 0.0, 1.0, 1.0)
+    if resize_mode == "crop":
+        side = min(width, height)
+        mx, my = (width - side) / 2 / width, (height - side) / 2 / height
+        return (mx, my, 1.0 - mx, 1.0 - my)
+    side = max(width, height)
+    mx, my = (side / width - 1) / 2, (side / height - 1) / 2
+    return (-mx, -my, 1.0 + mx, 1.0 + my)
+
+
 def _pad(rgb: Image.Image, target: int, resample: Image.Resampling) -> Image.Image:
     width, height = rgb.size
     scale = target / max(width, height)

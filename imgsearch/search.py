@@ -26,6 +26,10 @@ class QueryError(ValueError):
     """Search parameters a person can fix (the message says how)."""
 
 
+class UnknownId(QueryError):
+    """A parameter names an image id that is not in the index searched."""
+
+
 class RegionsMissing(QueryError):
     """A search with part of a photo on an index built without region vectors."""
 

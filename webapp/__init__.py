@@ -29,6 +29,8 @@ def create_app(
     when the model store has it, and follows the alias to another model's index afterwards
     (``imgsearch/serving.py``), checking at most every ``check_interval`` seconds.
     """
+    from imgsearch.duplicates import DuplicateFinder
+    from imgsearch.explain import Explainer
     from imgsearch.search import SearchService
     from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore
@@ -49,12 +51,16 @@ def create_app(
     app.extensions["imgsearch"] = SearchService(
         settings, store, embedder, check_interval=check_interval
     )
+    app.extensions["imgsearch.explainer"] = Explainer(app.extensions["imgsearch"])
     app.extensions["imgsearch.thumbnails"] = ThumbnailStore(settings.thumbnail_dir)
+    # Near-duplicate groups, computed once per index, document count and threshold.
+    app.extensions["imgsearch.duplicates"] = DuplicateFinder(store, settings.duplicate_threshold)
 
-    from . import api, errors, pages
+    from . import api, duplicates, errors, pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(duplicates.bp)
     errors.register(app)
     app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from imgsearch.explain import SIDES, heatmap_png
 from imgsearch.regions import parse_box
 
-from .common import check_id, doc_json, query_options, result_json, service
+from .common import (
+    DOC_ID,
+    check_id,
+    check_params,
+    doc_json,
+    explainer,
+    query_options,
+    result_json,
+    service,
+)
 from .errors import Problem
 
 bp = Blueprint("api", __name__)
@@ -51,6 +61,60 @@ def similar(doc_id: str):
     if result is None:
         raise _unknown(doc_id)
     return jsonify(result_json(result, options["filters"]))
+
+
+@bp.route("/api/images/<doc_id>/explain", methods=["GET", "POST"])
+def explain(doc_id: str):
+    """Why ``doc_id`` matched a query: its cosine split over both images' 7 x 7 feature-map
+    cells. The query is an indexed image (``GET ?query=<id>``) or a photo (``POST``, multipart
+    ``image``); ``format=png`` draws one ``side`` (result or query) as a heat map instead."""
+    check_id(doc_id)
+    params = request.values
+    check_params(params, only=("query", "format", "side"))
+    fmt, side = params.get("format", "json"), params.get("side", "result")
+    if fmt not in ("json", "png"):
+        raise Problem(400, "invalid_parameter", f"format must be json or png, not {fmt[:40]!r}")
+    if side not in SIDES:
+        raise Problem(400, "invalid_parameter", f"side must be query or result, not {side[:40]!r}")
+    if request.method == "POST":
+        if "query" in params:
+            raise Problem(400, "invalid_parameter",
+                          "Give the query either as an uploaded image or as query=<id>, not both.")
+        explanation = explainer().explain(doc_id, query_data=_uploaded_image())
+    else:
+        query = params.get("query", "")
+        if not query:
+            raise Problem(400, "missing_query",
+                          "Say what to explain the match with: query=<id of an indexed image>, "
+                          "or POST the query photo as the multipart field 'image'.")
+        if not DOC_ID.match(query):
+            raise Problem(400, "invalid_parameter",
+                          f"query must be an image id (64 hex digits), not {query[:70]!r}")
+        explanation = explainer().explain(doc_id, query_id=query)
+    if explanation is None:
+        raise _unknown(doc_id)
+    if fmt == "png":
+        scale = max(float(explanation.query.shares.max()), float(explanation.result.shares.max()))
+        png = heatmap_png(explanation.side(side), scale)
+        return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
+    return jsonify(explanation.to_json())
+
+
+def _uploaded_image() -> bytes:
+    """The one file of a multipart request, in the field ``image``; a Problem otherwise."""
+    uploads = request.files.getlist("image")
+    if not uploads:
+        raise Problem(
+            400, "missing_image", "Send the photo as a multipart/form-data field named 'image'."
+        )
+    if len(uploads) > 1 or len(request.files) > 1:
+        raise Problem(
+            400, "too_many_files", "Send exactly one file, in the field named 'image'."
+        )
+    data = uploads[0].read()
+    if not data:
+        raise Problem(400, "empty_upload", "The uploaded file is empty.")
+    return data
 
 
 @bp.get("/api/facets")

@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from flask import abort, current_app, url_for
 
+from imgsearch.explain import Explainer
 from imgsearch.filters import Filters
 from imgsearch.search import SearchResult, SearchService
 from imgsearch.thumbnails import ThumbnailStore
@@ -24,6 +25,10 @@ KEY_METADATA = (
 
 def service() -> SearchService:
     return current_app.extensions["imgsearch"]
+
+
+def explainer() -> Explainer:
+    return current_app.extensions["imgsearch.explainer"]
 
 
 def thumbnails() -> ThumbnailStore:
@@ -45,19 +50,21 @@ QUERY_PARAMS = frozenset({
 })
 
 
-def check_params(params, also: tuple[str, ...] = ()) -> None:
-    """Refuse any parameter outside QUERY_PARAMS, ``also`` (an endpoint's own) and extra.*."""
-    known = QUERY_PARAMS | set(also)
+def check_params(params, also: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """Refuse any parameter outside QUERY_PARAMS, ``also`` (an endpoint's own) and extra.*;
+    or, for an endpoint without search options, outside ``only``."""
+    known = set(only) if only is not None else QUERY_PARAMS | set(also)
     unknown = sorted(
         name for name in params
-        if name not in known and not (name.startswith("extra.") and len(name) > 6)
+        if name not in known
+        and (only is not None or not (name.startswith("extra.") and len(name) > 6))
     )
     if unknown:
         shown = ", ".join(repr(n[:40]) for n in unknown[:5])
+        extra = "" if only is not None else " and extra.<column>"
         raise Problem(
             400, "unknown_parameter",
-            f"Unknown parameter(s): {shown}. Known: {', '.join(sorted(known))} "
-            "and extra.<column>.",
+            f"Unknown parameter(s): {shown}. Known: {', '.join(sorted(known))}{extra}.",
         )
 
 

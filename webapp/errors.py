@@ -6,10 +6,11 @@ from __future__ import annotations
 from flask import current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from imgsearch.explain import ExplainUnavailable
 from imgsearch.filters import FilterError
 from imgsearch.images import ImageError
 from imgsearch.regions import BoxError
-from imgsearch.search import QueryError, RegionsMissing
+from imgsearch.search import QueryError, RegionsMissing, UnknownId
 from imgsearch.store import IndexMissing, StoreError, StoreRefused, StoreUnavailable
 
 HOW_TO_INDEX = "make index IMAGES=<dir>"
@@ -71,6 +72,8 @@ def _on_bad_input(exc: Exception):
         return respond(Problem(400, "invalid_image", message, reason=exc.reason))
     if isinstance(exc, RegionsMissing):
         code = "no_regions"
+    elif isinstance(exc, UnknownId):
+        code = "unknown_id"
     elif isinstance(exc, BoxError):
         code = "invalid_box"
     elif isinstance(exc, FilterError):
@@ -101,6 +104,10 @@ def _on_http(exc: HTTPException):
     if status == 405 and exc.valid_methods:
         return (*response, {"Allow": ", ".join(exc.valid_methods)})
     return response
+
+
+def _on_explain_unavailable(exc: ExplainUnavailable):
+    return respond(Problem(409, exc.code, exc.message))
 
 
 def _on_index_missing(exc: IndexMissing):
@@ -143,6 +150,7 @@ def register(app) -> None:
     for cls in (ImageError, FilterError, QueryError, BoxError):
         app.register_error_handler(cls, _on_bad_input)
     app.register_error_handler(HTTPException, _on_http)
+    app.register_error_handler(ExplainUnavailable, _on_explain_unavailable)
     app.register_error_handler(IndexMissing, _on_index_missing)
     app.register_error_handler(StoreRefused, _on_store_refused)
     app.register_error_handler(StoreUnavailable, _on_store_unavailable)

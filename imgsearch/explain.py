@@ -1,0 +1,239 @@
+"""Why it matched: a result's cosine split exactly over the cells of both images' feature maps.
+
+The model's vector is the average of its last convolutional map (7 x 7 cells of 2,048
+channels for a 224² input), normalised. With ``m_q`` and ``m_r`` the two averages and ``q``,
+``r`` the unit vectors::
+
+    cos = q . r = (1/49) sum_i f_i . r / |m_q|    (f_i: the query's cells)
+
+so cell ``i`` of the query contributes ``f_i . r / (49 |m_q|)`` and the 49 contributions sum to
+the cosine, exactly; the same holds for the result's cells against ``q``. The cells lie evenly
+over the part of the photo the model's input was made from (its resize mode's frame: the
+central square for ``crop``), which the explanation carries so a page can place them.
+
+:class:`Explainer` computes explanations for the web app. The result's map comes from its
+indexed file (read on demand, refused if its bytes no longer hash to the id) and is cached per
+worker: a map is 7 x 7 x 2,048 float32 = 401 KB, so 32 of them hold 12.8 MB. Nothing here
+writes to the index.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .images import ImageError, content_hash, decode_rgb, read_bytes
+from .search import SearchService, UnknownId
+from .store import VECTOR_FIELD
+
+SIDES = ("query", "result")
+MAP_CACHE_SIZE = 32
+# The heat map PNG: the photo's longer side at most this, and the overlay's strongest opacity.
+PNG_SIZE = 512
+HEAT_OPACITY = 0.7
+
+
+class ExplainUnavailable(Exception):
+    """This result cannot be explained now (``code`` names why; the message says what to do)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, eq=False)
+class CellMap:
+    """One image's last convolutional map and where its cells lie on the photo."""
+
+    cells: np.ndarray  # float32 [rows, cols, channels]
+    width: int  # the photo's size, after EXIF orientation
+    height: int
+    frame: tuple[float, float, float, float]  # fractions of the photo the cells cover
+
+
+def contributions(query: np.ndarray, result: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Two maps ``[rows, cols, C]`` -> (each query cell's share, each result cell's share, the
+    cosine of the two average-pooled vectors); either grid of shares sums to the cosine."""
+    fq, fr = query.astype(np.float64), result.astype(np.float64)
+    mq, mr = fq.mean(axis=(0, 1)), fr.mean(axis=(0, 1))
+    nq, nr = max(np.linalg.norm(mq), 1e-12), max(np.linalg.norm(mr), 1e-12)
+    q, r = mq / nq, mr / nr
+    cells = fq.shape[0] * fq.shape[1]
+    query_share = fq @ r / (cells * nq)
+    result_share = fr @ q / (result.shape[0] * result.shape[1] * nr)
+    return query_share, result_share, float(q @ r)
+
+
+@dataclass(eq=False)
+class Side:
+    """One image of an explanation: its id (None for an upload), cell shares and placement."""
+
+    id: str | None
+    shares: np.ndarray  # float64 [rows, cols], row-major from the top left
+    map: CellMap
+    data: bytes = field(repr=False)  # the file, for drawing; not part of the JSON
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "cells": self.shares.tolist(),
+            "frame": [round(v, 6) for v in self.map.frame],
+            "width": self.map.width,
+            "height": self.map.height,
+        }
+
+
+@dataclass(eq=False)
+class Explanation:
+    cosine: float  # of the two maps' vectors: what the cells sum to
+    indexed_cosine: float  # the query's vector against the result's indexed vector
+    query: Side
+    result: Side
+    model_version: str
+    index: str
+    timings_ms: dict[str, float]
+
+    def side(self, name: str) -> Side:
+        return self.query if name == "query" else self.result
+
+    def to_json(self) -> dict:
+        rows, cols = self.result.shares.shape
+        return {
+            "model_version": self.model_version,
+            "index": self.index,
+            "id": self.result.id,
+            "cosine": self.cosine,
+            "indexed_cosine": round(self.indexed_cosine, 6),
+            "grid": [rows, cols],
+            "query": self.query.to_json(),
+            "result": self.result.to_json(),
+            "timings_ms": self.timings_ms,
+        }
+
+
+class Explainer:
+    """Explanations of search results for the web app, on the service's current route (the
+    model serving queries and the index it built)."""
+
+    def __init__(self, service: SearchService, cache_size: int = MAP_CACHE_SIZE):
+        self.service = service
+        self.cache_size = cache_size
+        self._maps: OrderedDict[tuple[str, str], CellMap] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def explain(self, doc_id: str, *, query_id: str | None = None,
+                query_data: bytes | None = None) -> Explanation | None:
+        """Why ``doc_id`` matches the indexed image ``query_id`` or the photo ``query_data``;
+        None when ``doc_id`` is unknown. UnknownId for an unknown ``query_id``, ImageError
+        for a bad upload, ExplainUnavailable when a file cannot be read as indexed."""
+        if (query_id is None) == (query_data is None):
+            raise ValueError("give exactly one of query_id and query_data")
+        route = self.service.route()
+        model, store = route.model, self.service.store
+        if getattr(model, "precision", None) == "int8":
+            raise ExplainUnavailable(
+                "explain_unavailable",
+                "The int8 model serving now has no feature map to explain with; explanations "
+                "need an fp32 or bf16 model.")
+        t0 = time.perf_counter()
+        source = store.get(doc_id, with_vector=True, index=route.index)
+        if source is None:
+            return None
+        if query_id is not None:
+            query_source = store.get(query_id, with_vector=True, index=route.index)
+            if query_source is None:
+                raise UnknownId(f"No indexed image has the id {query_id} (parameter query).")
+            query_bytes = self._indexed_file(query_id, query_source)
+            query_map = self._cached_map(model, query_id, query_bytes)
+        else:
+            query_bytes = query_data
+            query_map = self._map(model, query_data)
+        result_bytes = self._indexed_file(doc_id, source)
+        result_map = self._cached_map(model, doc_id, result_bytes)
+        t1 = time.perf_counter()
+        query_share, result_share, cosine = contributions(query_map.cells, result_map.cells)
+        q = query_map.cells.mean(axis=(0, 1))
+        stored = np.asarray(source[VECTOR_FIELD], np.float32)
+        indexed_cosine = float(q @ stored / max(np.linalg.norm(q), 1e-12))
+        t2 = time.perf_counter()
+        return Explanation(
+            cosine=cosine,
+            indexed_cosine=indexed_cosine,
+            query=Side(query_id, query_share, query_map, query_bytes),
+            result=Side(doc_id, result_share, result_map, result_bytes),
+            model_version=route.model_version,
+            index=route.index,
+            timings_ms={"maps": round((t1 - t0) * 1000, 2), "explain": round((t2 - t1) * 1000, 2),
+                        "total": round((t2 - t0) * 1000, 2)},
+        )
+
+    def _indexed_file(self, doc_id: str, source: dict) -> bytes:
+        """The indexed file's bytes, only while they still hash to the id."""
+        path = source.get("path")
+        try:
+            data = read_bytes(Path(path)) if path else b""
+        except ImageError:
+            data = b""
+        if not data:
+            raise ExplainUnavailable(
+                "file_unavailable",
+                f"The file of image {doc_id} ({path}) cannot be read any more; explaining a "
+                "match needs the indexed file. Re-index its folder if it moved.")
+        if content_hash(data) != doc_id:
+            raise ExplainUnavailable(
+                "file_unavailable",
+                f"The file of image {doc_id} ({path}) has changed since it was indexed; "
+                "re-index its folder to explain matches with it.")
+        return data
+
+    def _cached_map(self, model, doc_id: str, data: bytes) -> CellMap:
+        key = (model.version, doc_id)
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+        cell_map = self._map(model, data)
+        with self._lock:
+            self._maps[key] = cell_map
+            while len(self._maps) > self.cache_size:
+                self._maps.popitem(last=False)
+        return cell_map
+
+    def _map(self, model, data: bytes) -> CellMap:
+        image = model.decode(data)
+        return CellMap(model.feature_map(image.pixels), image.width, image.height,
+                       model.input_frame(image.width, image.height))
+
+
+def heatmap_png(side: Side, scale: float, size: int = PNG_SIZE) -> bytes:
+    """The photo of ``side`` (longer side at most ``size``) with its cell shares drawn over
+    the cells' frame, warmer and more opaque where a cell gave more; ``scale`` is the share
+    drawn at full strength (the larger of both sides' largest, so the two pictures compare)."""
+    from PIL import Image
+
+    rgb = decode_rgb(side.data, short_side=size)
+    rgb.thumbnail((size, size), Image.Resampling.BILINEAR)
+    width, height = rgb.size
+    x0, y0, x1, y1 = side.map.frame
+    left, top = round(x0 * width), round(y0 * height)
+    frame_size = (max(1, round((x1 - x0) * width)), max(1, round((y1 - y0) * height)))
+    strength = np.clip(side.shares / max(scale, 1e-12), 0.0, 1.0).astype(np.float32)
+    grid = Image.fromarray(strength, mode="F").resize(frame_size, Image.Resampling.BILINEAR)
+    heat = Image.new("F", (width, height), 0.0)
+    heat.paste(grid, (left, top))  # a pad frame reaches past the photo: paste clips it
+    v = np.asarray(heat)[..., None]
+    # From dark red through orange to yellow as a cell's share grows.
+    colour = np.concatenate([np.full_like(v, 255.0), 40 + 215 * v, 40 * (1 - v)], axis=-1)
+    alpha = HEAT_OPACITY * v
+    photo = np.asarray(rgb, np.float32) * (1 - HEAT_OPACITY * 0.35)  # dim what did not count
+    out = photo * (1 - alpha) + colour * alpha
+    buffer = io.BytesIO()
+    Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
