@@ -7,7 +7,9 @@ programs cannot disagree about an index name, a weights file or a thumbnail dire
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
+from ipaddress import ip_address
 from pathlib import Path
 
 from .regions import REGION_MODES
@@ -19,6 +21,9 @@ RESIZE_MODES = ("squash", "crop", "pad")
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "tensorflow", "openvino")
 REGION_SETTINGS = ("off", *REGION_MODES)
+# Near-duplicate thresholds (cosine) that make sense: below 0.5 two unrelated photos of one
+# kind of garment already pass (imgsearch/duplicates.py).
+DUPLICATE_THRESHOLDS = (0.5, 1.0)
 # Settings with a fixed set of values: the variable that sets each, and its values.
 CHOICES = {
     "vector_index_type": ("IMGSEARCH_VECTOR_INDEX", VECTOR_INDEX_TYPES),
@@ -28,6 +33,18 @@ CHOICES = {
     "precision": ("IMGSEARCH_PRECISION", PRECISIONS),
     "runtime": ("IMGSEARCH_RUNTIME", RUNTIMES),
 }
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _is_host(value: str) -> bool:
+    """A host name or an IP address (an IPv6 one in brackets or not): no scheme, port or path."""
+    try:
+        ip_address(value.removeprefix("[").removesuffix("]"))
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.match(value))
 
 
 def _default_cache_dir() -> Path:
@@ -111,6 +128,16 @@ class Settings:
     max_image_pixels: int = 50_000_000
     max_upload_bytes: int = 20 * 1024 * 1024
 
+    # Search by URL (imgsearch/fetch.py): hosts whose addresses may be private or loopback
+    # (host names or IP literals, e.g. an intranet's image server, or 127.0.0.1 in tests;
+    # cloud metadata addresses stay refused), and the seconds one fetch may take in all,
+    # redirects and a slow body included. Its size cap is max_upload_bytes.
+    url_allow_hosts: tuple[str, ...] = ()
+    url_timeout: float = 10.0
+
+    # Two images are near-duplicates when their vectors' cosine is at least this (MEASURED).
+    duplicate_threshold: float = 0.92
+
     datasets_dir: Path = PROJECT_ROOT.parent / "shared" / "datasets"
 
     @classmethod
@@ -153,6 +180,13 @@ class Settings:
             thumbnail_size=int(_env("IMGSEARCH_THUMBNAIL_SIZE", str(d.thumbnail_size))),
             max_image_pixels=int(_env("IMGSEARCH_MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
             max_upload_bytes=int(_env("IMGSEARCH_MAX_UPLOAD_BYTES", str(d.max_upload_bytes))),
+            url_allow_hosts=tuple(
+                h.strip() for h in _env("IMGSEARCH_URL_ALLOW_HOSTS", "").split(",") if h.strip()
+            ),
+            url_timeout=float(_env("IMGSEARCH_URL_TIMEOUT", str(d.url_timeout))),
+            duplicate_threshold=float(
+                _env("IMGSEARCH_DUPLICATE_THRESHOLD", str(d.duplicate_threshold))
+            ),
             datasets_dir=Path(_env("IMGSEARCH_DATASETS_DIR", str(d.datasets_dir))),
         )
         values.update(overrides)
@@ -174,6 +208,18 @@ class Settings:
                              "not negative")
         if self.inference_threads < 0:
             raise ValueError("IMGSEARCH_INFERENCE_THREADS must be 0 (every core) or more")
+        low, high = DUPLICATE_THRESHOLDS
+        if not low <= self.duplicate_threshold <= high:
+            raise ValueError(f"IMGSEARCH_DUPLICATE_THRESHOLD must be a cosine from {low} to "
+                             f"{high}, not {self.duplicate_threshold}")
+        if not 0 < self.url_timeout <= 300:
+            raise ValueError("IMGSEARCH_URL_TIMEOUT must be more than 0 and at most 300 seconds")
+        bad_hosts = [h for h in self.url_allow_hosts if not _is_host(h)]
+        if bad_hosts:
+            raise ValueError(
+                "IMGSEARCH_URL_ALLOW_HOSTS takes host names or IP addresses separated by "
+                f"commas, not {bad_hosts[0][:60]!r}"
+            )
         if self.batch_size < 1:
             raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")
         if self.bulk_retries < 0 or self.bulk_backoff < 0 or self.bulk_max_backoff < 0:

@@ -1,0 +1,355 @@
+"""Fetching an image by URL with every SSRF guard, against a real HTTP server on 127.0.0.1.
+
+Private, link-local and metadata addresses are only ever given by a resolver the test
+controls (``intranet.test`` -> 10.1.2.3, ``metadata.test`` -> 169.254.169.254): the guard must
+refuse them before any connection, so nothing here leaves this machine's loopback.
+"""
+
+from __future__ import annotations
+
+import time
+from ipaddress import ip_address
+
+import pytest
+
+from imgsearch.fetch import MAX_URL_CHARS, FetchError, UrlFetcher, parse_url, refusal
+from imgsearch.settings import Settings
+from tests.imagehost import ImageHost, resolver
+
+NAMES = {
+    "intranet.test": "10.1.2.3",
+    "metadata.test": "169.254.169.254",
+    "metadata6.test": "fd00:ec2::254",
+    "photos.test": "127.0.0.1",
+    # One public address and one private one: any non-public address refuses the host.
+    "mixed.test": ["93.184.215.14", "10.9.9.9"],
+}
+
+
+@pytest.fixture(scope="module")
+def photo(clothing_test_dir) -> bytes:
+    return sorted((clothing_test_dir / "shoes").glob("*.jpg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def host(photo):
+    with ImageHost(photo) as host:
+        yield host
+
+
+def fetcher(allow=("127.0.0.1",), **options) -> UrlFetcher:
+    """A fetcher that may reach the test server (127.0.0.1), with the test's resolver."""
+    options.setdefault("resolve", resolver(NAMES))
+    options.setdefault("timeout", 5.0)
+    return UrlFetcher(allow_hosts=allow, **options)
+
+
+def refused(fetch, url: str, reason: str) -> FetchError:
+    with pytest.raises(FetchError) as caught:
+        fetch.fetch(url)
+    assert caught.value.reason == reason, caught.value.message
+    assert caught.value.message
+    return caught.value
+
+
+# -- fetching ---------------------------------------------------------------------------------
+
+
+def test_fetches_the_photo(host, photo):
+    fetched = fetcher().fetch(host.url("/photo.jpg"))
+    assert fetched.data == photo
+    assert fetched.format == "JPEG" and fetched.redirects == 0
+    assert fetched.url == host.url("/photo.jpg")
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_follows_up_to_three_redirects(host, photo, hops):
+    fetched = fetcher().fetch(host.url(f"/hops/{hops}"))
+    assert fetched.data == photo
+    assert fetched.redirects == hops
+    assert fetched.url == host.url("/hops/0")  # the URL the image came from
+
+
+def test_a_fourth_redirect_is_refused(host):
+    before = len(host.requests)
+    error = refused(fetcher(), host.url("/hops/4"), "too_many_redirects")
+    assert "more than 3" in error.message
+    assert len(host.requests) - before == 4  # the fourth redirect is not followed
+
+
+def test_the_connection_goes_to_the_checked_address_with_the_host_name(host, photo):
+    """photos.test exists only in the test's resolver, so a fetch that works connected to the
+    address the resolver gave and checked (no second lookup), while the request still named
+    the host; one lookup per fetch."""
+    resolve = resolver(NAMES)
+    fetched = UrlFetcher(allow_hosts=["photos.test"], resolve=resolve).fetch(
+        host.url("/photo.jpg", "photos.test"))
+    assert fetched.data == photo
+    assert host.requests[-1] == ("/photo.jpg", f"photos.test:{host.port}")
+    assert resolve.calls == ["photos.test"]
+
+
+# -- what the server would reach: refused before any connection -------------------------------
+
+
+def test_the_test_server_is_refused_by_default(host):
+    before = len(host.requests)
+    error = refused(fetcher(allow=()), host.url("/photo.jpg"), "forbidden_address")
+    assert error.message == "127.0.0.1 is a loopback address; only public addresses are fetched"
+    assert len(host.requests) == before  # never connected
+
+
+def test_the_default_settings_refuse_loopback_and_allow_hosts_opens_it(host, photo):
+    default = UrlFetcher.from_settings(Settings())
+    assert default.allow_hosts == frozenset() and default.timeout == 10.0
+    assert default.max_bytes == Settings().max_upload_bytes
+    refused(default, host.url("/photo.jpg"), "forbidden_address")
+    refused(default, host.url("/photo.jpg", "localhost"), "forbidden_address")
+    opened = UrlFetcher.from_settings(Settings(url_allow_hosts=("127.0.0.1",)))
+    assert opened.fetch(host.url("/photo.jpg")).data == photo
+    # The allow list names hosts: another name for the same address stays refused.
+    refused(opened, host.url("/photo.jpg", "localhost"), "forbidden_address")
+
+
+def test_allow_hosts_from_the_environment(monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_URL_ALLOW_HOSTS", " 127.0.0.1, images.intranet ,[::1]")
+    monkeypatch.setenv("IMGSEARCH_URL_TIMEOUT", "2.5")
+    settings = Settings.from_env()
+    assert settings.url_allow_hosts == ("127.0.0.1", "images.intranet", "[::1]")
+    assert settings.url_timeout == 2.5
+    assert UrlFetcher.from_settings(settings).allow_hosts == {
+        "127.0.0.1", "images.intranet", "::1"}
+
+
+@pytest.mark.parametrize("name,value", [
+    ("IMGSEARCH_URL_TIMEOUT", "0"), ("IMGSEARCH_URL_TIMEOUT", "-1"),
+    ("IMGSEARCH_URL_ALLOW_HOSTS", "http://127.0.0.1/"), ("IMGSEARCH_URL_ALLOW_HOSTS", "a b"),
+    ("IMGSEARCH_URL_ALLOW_HOSTS", "127.0.0.1:8000"),
+])
+def test_bad_url_settings_are_refused(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env()
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("intranet.test", "a private address"),
+    ("metadata.test", "a cloud metadata address"),
+    ("metadata6.test", "a cloud metadata address"),
+    ("mixed.test", "a private address"),
+])
+def test_names_that_resolve_to_private_addresses_are_refused(name, kind):
+    resolve = resolver(NAMES)
+    error = refused(fetcher(resolve=resolve), f"http://{name}/photo.jpg", "forbidden_address")
+    assert error.message == f"{name} resolves to {kind}; only public addresses are fetched"
+    assert "10.1.2.3" not in error.message  # the kind of address, never the address
+    assert resolve.calls == [name]
+
+
+def test_metadata_is_refused_even_for_an_allowed_host():
+    fetch = fetcher(allow=("metadata.test", "169.254.169.254"))
+    refused(fetch, "http://metadata.test/latest/meta-data/", "forbidden_address")
+    error = refused(fetch, "http://169.254.169.254/latest/", "forbidden_address")
+    assert "cloud metadata" in error.message
+
+
+@pytest.mark.parametrize("to,kind", [
+    ("intranet.test", "a private address"), ("metadata.test", "a cloud metadata address"),
+    ("localhost", "a loopback address"),
+])
+def test_a_redirect_to_a_private_address_is_refused(host, to, kind):
+    """The first hop (127.0.0.1) is allowed; the redirect target is checked again."""
+    names = {**NAMES, "localhost": "127.0.0.1"}
+    before = len(host.requests)
+    error = refused(fetcher(resolve=resolver(names)), host.url(f"/to/{to}"), "forbidden_address")
+    assert kind in error.message and error.message.startswith("it redirects to a URL")
+    assert [path for path, _ in host.requests[before:]] == [f"/to/{to}"]
+
+
+def test_a_redirect_to_another_scheme_is_refused(host):
+    error = refused(fetcher(), host.url("/to-file"), "unsupported_scheme")
+    assert "file:" in error.message
+
+
+# The address check on its own (nothing connects): the kind of address, or None for public.
+ADDRESSES = [
+    ("127.0.0.1", "a loopback address"),
+    ("127.255.0.9", "a loopback address"),
+    ("10.0.0.1", "a private address"),
+    ("10.255.255.255", "a private address"),
+    ("172.16.0.1", "a private address"),
+    ("172.31.255.254", "a private address"),
+    ("192.168.1.1", "a private address"),
+    ("169.254.169.254", "a cloud metadata address"),
+    ("169.254.170.2", "a cloud metadata address"),
+    ("100.100.100.200", "a cloud metadata address"),
+    ("fd00:ec2::254", "a cloud metadata address"),
+    ("169.254.1.1", "a link-local address"),
+    ("100.64.0.1", "a reserved or shared address"),
+    ("100.127.255.254", "a reserved or shared address"),
+    ("0.0.0.0", "the unspecified address"),
+    ("240.0.0.1", "a reserved or shared address"),
+    ("224.0.0.1", "a multicast address"),
+    ("::1", "a loopback address"),
+    ("::", "the unspecified address"),
+    ("fe80::1", "a link-local address"),
+    ("fc00::1", "a private address"),
+    ("fd12:3456::1", "a private address"),
+    ("::ffff:127.0.0.1", "a loopback address"),  # IPv4-mapped
+    ("::ffff:10.1.2.3", "a private address"),
+    ("::ffff:169.254.169.254", "a cloud metadata address"),
+    ("2002:7f00:1::", "a loopback address"),  # 6to4 of 127.0.0.1
+    ("2002:a9fe:a9fe::1", "a cloud metadata address"),  # 6to4 of 169.254.169.254
+    ("64:ff9b::10.1.2.3", "a private address"),  # NAT64
+    ("::127.0.0.1", "a loopback address"),  # IPv4-compatible
+    ("2001:db8::1", "a private address"),  # documentation
+    ("93.184.215.14", None),
+    ("8.8.8.8", None),
+    ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", None),
+    ("::ffff:93.184.215.14", None),
+    ("64:ff9b::93.184.215.14", None),
+]
+
+
+@pytest.mark.parametrize("address,kind", ADDRESSES, ids=[a for a, _ in ADDRESSES])
+def test_address_kinds(address, kind):
+    assert refusal(ip_address(address)) == kind
+
+
+def test_a_public_address_passes_the_check_without_connecting():
+    target = parse_url("http://public.test/photo.jpg")
+    fetch = fetcher(allow=())
+    assert fetch.check_addresses(target, ["93.184.215.14"]) == ["93.184.215.14"]
+    with pytest.raises(FetchError, match="private"):
+        fetch.check_addresses(target, ["93.184.215.14", "192.168.0.7"])
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.1/photo.jpg", "http://2130706433/photo.jpg", "http://0x7f000001/photo.jpg",
+    "http://[::1]/photo.jpg", "http://[::ffff:127.0.0.1]/photo.jpg", "http://0.0.0.0/",
+    "http://[fe80::1%25eth0]/photo.jpg",
+])
+def test_other_spellings_of_loopback_are_refused(url):
+    # The system resolver reads "127.1" and "2130706433" as 127.0.0.1: the address decides.
+    refused(UrlFetcher(), url, "forbidden_address")
+
+
+# -- bodies -----------------------------------------------------------------------------------
+
+
+def test_a_body_announced_over_the_cap_is_refused_unread(host):
+    start = time.monotonic()
+    error = refused(fetcher(), host.url("/big"), "too_large")
+    assert f"{30 * 1024 * 1024:,} bytes" in error.message and "20,971,520" in error.message
+    assert time.monotonic() - start < 2
+
+
+def test_a_body_without_length_stops_at_the_cap(host):
+    error = refused(fetcher(max_bytes=1024 * 1024), host.url("/endless"), "too_large")
+    assert "1,048,576 bytes" in error.message
+    refused(fetcher(), host.url("/endless"), "too_large")  # the default 20 MB too
+
+
+def test_a_slow_drip_hits_the_deadline(host):
+    start = time.monotonic()
+    error = refused(fetcher(timeout=2.0), host.url("/drip"), "too_slow")
+    assert time.monotonic() - start < 3.0
+    assert "within 2 seconds" in error.message
+
+
+def test_headers_dripping_hit_the_deadline_too(host):
+    start = time.monotonic()
+    refused(fetcher(timeout=2.0), host.url("/drip-headers"), "too_slow")
+    assert time.monotonic() - start < 3.0
+
+
+def test_html_served_as_jpeg_is_not_an_image(host):
+    error = refused(fetcher(), host.url("/page.jpg"), "not_an_image")
+    assert error.message == (
+        "127.0.0.1 sent content labelled image/jpeg that is not a JPEG, PNG, GIF, WebP, BMP or "
+        "TIFF image; link to the image itself, not to a page that shows it")
+    refused(fetcher(), host.url("/empty"), "not_an_image")
+
+
+def test_a_404_is_refused(host):
+    error = refused(fetcher(), host.url("/missing"), "http_status")
+    assert "404" in error.message
+
+
+def test_a_redirect_without_location(host):
+    refused(fetcher(), host.url("/no-location"), "bad_response")
+
+
+def test_nothing_listening_is_unreachable(host):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        error = refused(fetcher(), f"http://127.0.0.1:{port}/photo.jpg", "unreachable")
+    assert f"port {port}" in error.message
+
+
+def test_an_unknown_name_is_unreachable():
+    error = refused(fetcher(), "http://no-such-host.test/photo.jpg", "unreachable")
+    assert "could not be found" in error.message
+
+
+def test_https_to_a_server_without_tls_fails_cleanly(host):
+    error = refused(fetcher(), f"https://127.0.0.1:{host.port}/photo.jpg", "unreachable")
+    assert "secure connection" in error.message
+
+
+# -- the URL itself ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "file:///etc/passwd", "ftp://example.com/photo.jpg", "gopher://127.0.0.1:70/_x",
+    "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "dict://127.0.0.1:11211/",
+    "FILE:///etc/passwd",
+])
+def test_unsupported_schemes(url):
+    error = refused(fetcher(), url, "unsupported_scheme")
+    assert "only http and https" in error.message
+
+
+@pytest.mark.parametrize("url,says", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("example.com/photo.jpg", "must start with http"),
+    ("//example.com/photo.jpg", "must start with http"),
+    ("http:example.com/photo.jpg", "must start with http://"),
+    ("http://", "no host"),
+    ("http:///photo.jpg", "no host"),
+    ("http://example.com:99999/", "port"),
+    ("http://example.com:0/", "port"),
+    ("http://example.com:abc/", "port"),
+    ("http://[::1/", "malformed"),
+    ("http://[example.com]/", "malformed"),
+    ("http://exa mple.com/", "not a valid host name"),
+    ("http://exa<mple.com/", "not a valid host name"),
+    ("http://example.com\n.evil/", "control characters"),
+    ("http://" + "a" * 70 + ".com/", "not a valid host name"),
+    ("http://example.com/" + "a" * MAX_URL_CHARS, "at most 2,000"),
+])
+def test_malformed_urls(url, says):
+    error = refused(fetcher(), url, "invalid_url")
+    assert says in error.message
+
+
+@pytest.mark.parametrize("url", [
+    "http://user:secret@127.0.0.1/photo.jpg", "http://user@127.0.0.1/photo.jpg",
+    "https://:pw@example.com/", "http://example.com@127.0.0.1/",
+])
+def test_credentials_in_urls_are_refused(url):
+    error = refused(fetcher(), url, "invalid_url")
+    assert "user name or password" in error.message
+    assert "secret" not in error.message
+
+
+def test_urls_are_normalised():
+    target = parse_url("  HTTP://Photos.Example.COM:80/a b/ü.jpg?x=1 2#frag ")
+    assert target.url == "http://photos.example.com/a%20b/%C3%BC.jpg?x=1%202"
+    assert parse_url("https://[::1]:8443/").url == "https://[::1]:8443/"
+    assert parse_url("http://bücher.example/").host == "xn--bcher-kva.example"
+    assert parse_url("http://example.com/%20already").path == "/%20already"
