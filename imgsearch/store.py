@@ -231,6 +231,19 @@ class ImageStore:
         return resp.body["_source"]
 
     @translated
+    def vectors(self, ids: Iterable[str], index: str | None = None) -> dict[str, list[float]]:
+        """The stored vectors of those of ``ids`` that are indexed, by id (one request)."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        resp = self.es.search(
+            index=index or self.alias, query={"ids": {"values": ids}}, size=len(ids),
+            source_includes=[VECTOR_FIELD],
+            source_exclude_vectors=False,  # ES 9 leaves dense vectors out unless asked
+        )
+        return {h["_id"]: h["_source"][VECTOR_FIELD] for h in resp.body["hits"]["hits"]}
+
+    @translated
     def knn(
         self,
         vector,
@@ -238,7 +251,7 @@ class ImageStore:
         k: int = 10,
         num_candidates: int = 100,
         filters: list[dict] | None = None,
-        exclude_id: str | None = None,
+        exclude_ids: Iterable[str] = (),
         offset: int = 0,
         index: str | None = None,
         regions: bool = False,
@@ -251,7 +264,10 @@ class ImageStore:
         Filters go inside ``knn.filter`` so that ES returns ``k`` filtered neighbours instead
         of filtering ``k`` neighbours afterwards.
         """
-        want = k + offset + (1 if exclude_id else 0)
+        # Left-out ids are over-fetched and dropped here: a must_not filter would make ES
+        # build a bitset over every document of the index for each query.
+        exclude = set(exclude_ids)
+        want = k + offset + len(exclude)
         knn: dict[str, Any] = {
             "field": VECTOR_FIELD,
             "query_vector": vector,
@@ -273,8 +289,84 @@ class ImageStore:
             size=want,
             source_excludes=NOT_RETURNED,
         )
-        hits = [_hit(h) for h in resp.body["hits"]["hits"] if h["_id"] != exclude_id]
+        hits = [_hit(h) for h in resp.body["hits"]["hits"] if h["_id"] not in exclude]
         return hits[offset : offset + k]
+
+    @translated
+    def vector_pages(self, index: str, page_size: int = 500) -> Iterator[list[tuple[str, list]]]:
+        """Every document of ``index`` as ``(id, vector)``, ``page_size`` at a time, in one
+        scroll (no other field: a page of 500 is ~12 MB of float32 text already).
+
+        ``index`` is a concrete index, not the alias: a scroll that outlived an alias swap would
+        otherwise mix two models' vectors."""
+        page: list[tuple[str, list]] = []
+        for hit in helpers.scan(
+            self.es,
+            index=index,
+            query={"query": {"match_all": {}}},
+            source_includes=[VECTOR_FIELD],
+            # ES 9 leaves dense vectors out of _source unless asked for them.
+            source_exclude_vectors=False,
+            size=page_size,
+            scroll="5m",
+        ):
+            page.append((hit["_id"], hit["_source"][VECTOR_FIELD]))
+            if len(page) == page_size:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    @translated
+    def knn_many(
+        self,
+        vectors: list,
+        *,
+        index: str,
+        k: int = 10,
+        num_candidates: int = 100,
+        min_cosine: float | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Neighbours of each of ``vectors`` as ``(id, cosine)``, best first, in one
+        ``_msearch`` (ES runs the queries side by side on its search threads); with
+        ``min_cosine``, only those at least that similar (kNN ``similarity``, which for
+        dot_product on unit vectors is the cosine itself, applied inside ES)."""
+        searches: list[dict] = []
+        for vector in vectors:
+            knn: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": vector, "k": k,
+                                   "num_candidates": max(num_candidates, k)}
+            if min_cosine is not None:
+                knn["similarity"] = min_cosine
+            searches += [{"index": index}, {"knn": knn, "size": k, "_source": False}]
+        if not searches:
+            return []
+        resp = self.es.msearch(searches=searches)
+        out = []
+        for answer in resp.body["responses"]:
+            if "error" in answer:
+                error = answer["error"]
+                if error.get("type") == "index_not_found_exception":
+                    raise IndexMissing(f"no such index: {index}")
+                raise StoreRefused(f"Elasticsearch refused a kNN query (status "
+                                   f"{answer.get('status')}): {error.get('reason')}",
+                                   answer.get("status"))
+            out.append([(h["_id"], 2.0 * h["_score"] - 1.0) for h in answer["hits"]["hits"]])
+        return out
+
+    @translated
+    def sources_with_vectors(self, ids: list[str], index: str) -> dict[str, dict]:
+        """The sources of ``ids`` in ``index``, vectors included (region vectors not): one
+        search by id (the multi-get API has no way to ask ES 9 for dense vectors)."""
+        if not ids:
+            return {}
+        resp = self.es.search(
+            index=index,
+            query={"ids": {"values": ids}},
+            size=len(ids),
+            source_excludes=[REGIONS_FIELD],
+            source_exclude_vectors=False,
+        )
+        return {h["_id"]: h["_source"] for h in resp.body["hits"]["hits"]}
 
 
     @translated

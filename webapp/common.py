@@ -9,7 +9,7 @@ from flask import abort, current_app, url_for
 
 from imgsearch.explain import Explainer
 from imgsearch.filters import Filters
-from imgsearch.search import SearchResult, SearchService
+from imgsearch.search import Feedback, SearchResult, SearchService
 from imgsearch.thumbnails import ThumbnailStore
 
 from .errors import Problem, index_missing
@@ -46,7 +46,7 @@ def check_id(doc_id: str) -> str:
 # guessing at features, and is refused (400) rather than silently ignored.
 QUERY_PARAMS = frozenset({
     "k", "num_candidates", "offset", "label", "folder", "format", "tag", "min_width",
-    "max_width", "min_height", "max_height", "date_from", "date_to",
+    "max_width", "min_height", "max_height", "date_from", "date_to", "like", "unlike",
 })
 
 
@@ -77,7 +77,21 @@ def query_options(params, default_k: int = 10, also: tuple[str, ...] = ()) -> di
         "num_candidates": _int(params, "num_candidates", None),
         "offset": _int(params, "offset", 0),
         "filters": Filters.from_params(params),
+        "feedback": feedback_of(params),
     }
+
+
+def feedback_of(params) -> Feedback:
+    """``like`` / ``unlike``: image ids, repeated or comma-separated, duplicates dropped."""
+    marks = {}
+    for name in ("like", "unlike"):
+        ids = [i.strip() for value in params.getlist(name) for i in value.split(",") if i.strip()]
+        bad = next((i for i in ids if not DOC_ID.match(i)), None)
+        if bad is not None:
+            raise Problem(400, "invalid_parameter",
+                          f"{name} must be image ids (64 hex digits), not {bad[:70]!r}")
+        marks[name] = tuple(dict.fromkeys(ids))
+    return Feedback(**marks)
 
 
 def _int(params, name: str, default):
