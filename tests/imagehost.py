@@ -28,7 +28,8 @@ class ImageHost:
     - ``/big``: 30 MB announced in Content-Length; ``/endless``: JPEG bytes with no
       Content-Length, until the client goes away (at most 30 MB);
     - ``/drip``: a JPEG body one byte every DRIP_INTERVAL s; ``/drip-headers``: the headers so;
-    - ``/page.jpg``: HTML served as image/jpeg; ``/missing``: 404; ``/empty``: no body.
+    - ``/page.jpg``: HTML served as image/jpeg; ``/half.jpg``: the photo's first half;
+      ``/missing``: 404; ``/empty``: no body.
 
     ``host.requests`` records ``(path, Host header)`` of every request.
     """
@@ -113,6 +114,8 @@ class ImageHost:
                 h.wfile.write(head[i:i + 1])
                 h.wfile.flush()
                 time.sleep(DRIP_INTERVAL)
+        elif path == "/half.jpg":
+            send(h, 200, self.photo[: len(self.photo) // 2])
         elif path == "/page.jpg":
             send(h, 200, HTML, "image/jpeg")
         elif path == "/empty":

@@ -10,6 +10,7 @@ import logging
 
 from flask import Flask
 
+from imgsearch.fetch import UrlFetcher
 from imgsearch.settings import Settings
 from imgsearch.thumbnails import ThumbnailStore
 
@@ -21,9 +22,11 @@ CSP = (
 
 
 def create_app(
-    settings: Settings | None = None, *, embedder=None, store=None, check_interval: float = 1.0
+    settings: Settings | None = None, *, embedder=None, store=None, url_fetcher=None,
+    check_interval: float = 1.0,
 ) -> Flask:
-    """Build the app; tests pass their own settings, model (``embedder``) and store.
+    """Build the app; tests pass their own settings, model (``embedder``), store and
+    ``url_fetcher`` (search by URL, with a resolver of their own).
 
     The app serves the model that built the index behind the alias: it starts with that model
     when the model store has it, and follows the alias to another model's index afterwards
@@ -53,6 +56,7 @@ def create_app(
     )
     app.extensions["imgsearch.explainer"] = Explainer(app.extensions["imgsearch"])
     app.extensions["imgsearch.thumbnails"] = ThumbnailStore(settings.thumbnail_dir)
+    app.extensions["imgsearch.url_fetcher"] = url_fetcher or UrlFetcher.from_settings(settings)
     # Near-duplicate groups, computed once per index, document count and threshold.
     app.extensions["imgsearch.duplicates"] = DuplicateFinder(store, settings.duplicate_threshold)
 

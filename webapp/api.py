@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from imgsearch.explain import SIDES, heatmap_png
+from imgsearch.fetch import REFUSALS, FetchError, UrlFetcher
+from imgsearch.images import ImageError
 from imgsearch.regions import parse_box
+from imgsearch.search import check_limits
 
 from .common import (
     DOC_ID,
@@ -24,12 +27,17 @@ bp = Blueprint("api", __name__)
 
 @bp.post("/api/search")
 def search():
-    """Nearest indexed images to an uploaded photo (multipart field ``image``), or to the part
-    of it that ``box=x0,y0,x1,y1`` (fractions of the photo) marks, by region vectors."""
+    """Nearest indexed images to an uploaded photo (multipart field ``image``) or to the image
+    at ``url``, or to the part of it that ``box=x0,y0,x1,y1`` (fractions of the photo) marks,
+    by region vectors."""
+    if "url" in request.values:
+        return _search_url()
     uploads = request.files.getlist("image")
     if not uploads:
         raise Problem(
-            400, "missing_image", "Send the photo as a multipart/form-data field named 'image'."
+            400, "missing_image",
+            "Send the photo as a multipart/form-data field named 'image', or its address as "
+            "'url'.",
         )
     if len(uploads) > 1 or len(request.files) > 1:
         raise Problem(
@@ -43,6 +51,53 @@ def search():
     box = request.values.get("box", "")
     result = service().search_image(data, box=parse_box(box) if box else None, **options)
     return jsonify(result_json(result, options["filters"]))
+
+
+def _search_url():
+    """Search with the image at ``url``, fetched by the server with the guards of
+    ``imgsearch/fetch.py``. Every other parameter is checked before anything is fetched, and
+    what is fetched is only searched with, never stored."""
+    urls = request.values.getlist("url")
+    if request.files:
+        raise Problem(
+            400, "image_and_url", "Send either a file in the field 'image' or a 'url', not both."
+        )
+    if len(urls) > 1:
+        raise Problem(400, "too_many_urls", "Send one 'url'.")
+    options = query_options(request.values, also=("box", "url"))
+    check_limits(options["k"], options["num_candidates"], options["offset"])
+    box = request.values.get("box", "")
+    box = parse_box(box) if box else None
+    try:
+        fetched = _url_fetcher().fetch(urls[0])
+    except FetchError as exc:
+        raise _url_problem(exc) from None
+    try:
+        result = service().search_image(fetched.data, box=box, **options)
+    except ImageError as exc:
+        raise Problem(
+            400, "invalid_image", f"The image at that URL is not one we can use: {exc}.",
+            reason=exc.reason,
+        ) from None
+    result.query["url"] = fetched.url
+    return jsonify(result_json(result, options["filters"]))
+
+
+def _url_fetcher() -> UrlFetcher:
+    return current_app.extensions["imgsearch.url_fetcher"]
+
+
+def _url_problem(exc: FetchError) -> Problem:
+    """``url_refused``: the server will not fetch that URL; ``url_fetch_failed``: it tried and
+    got no usable image. ``reason`` tells the cases apart (FetchError lists them)."""
+    if exc.reason == "forbidden_address":
+        # Someone may be probing what the server can reach; the operators should know.
+        current_app.logger.warning("search by URL refused: %s", exc.message)
+    if exc.reason in REFUSALS:
+        return Problem(400, "url_refused", f"That URL is refused: {exc.message}.",
+                       reason=exc.reason)
+    return Problem(400, "url_fetch_failed",
+                   f"No image could be fetched from that URL: {exc.message}.", reason=exc.reason)
 
 
 @bp.get("/api/images/<doc_id>")
