@@ -18,7 +18,7 @@ QUANTIZE_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m
 
 help:
@@ -33,7 +33,7 @@ help:
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-scale | bench-scale-1m"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-scale | bench-scale-1m"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -136,6 +136,11 @@ bench-regions: venv
 # indexer against the local one (needs es-fetch, and es-up for the Ray part; ~20 min).
 bench-cluster: venv
 	$(PY) -m bench.cluster --dataset $(DATASET)
+
+# Near-duplicate groups: copies of 120 clothing photos among the test split's 372, pair
+# precision and recall per threshold (a throwaway node; ~10 min): docs/BENCHMARKS.md.
+bench-duplicates: venv
+	$(PY) -m bench.duplicates --images $(DATASET)/images/test --originals 120
 
 bench-regions-design: venv
 	$(PY) -m bench.regions --design --images $(DATASET)/images/test --areas 1.5 2 --scales 2 3 --queries 200

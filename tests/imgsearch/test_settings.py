@@ -25,7 +25,9 @@ def test_defaults_and_env(monkeypatch):
                                         ("IMGSEARCH_PRECISION", "fp16"),
                                         ("IMGSEARCH_REGIONS", "on"),
                                         ("IMGSEARCH_REGION_INDEX", "flat"),
-                                        ("IMGSEARCH_INFERENCE_THREADS", "-1")])
+                                        ("IMGSEARCH_INFERENCE_THREADS", "-1"),
+                                        ("IMGSEARCH_DUPLICATE_THRESHOLD", "0.3"),
+                                        ("IMGSEARCH_DUPLICATE_THRESHOLD", "1.5")])
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

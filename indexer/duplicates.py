@@ -1,0 +1,93 @@
+"""``python -m indexer duplicates [--threshold T] [--json] [--min-size 2]``: print the groups of
+near-duplicate images in the index (imgsearch/duplicates.py); nothing is written.
+
+Exit status: 0 the groups were printed (none is a result too); 1 the index could not be read
+(Elasticsearch unreachable, nothing indexed yet); 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from imgsearch.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m indexer duplicates",
+        description="Group the indexed images that are near-duplicates of each other (copies "
+        "re-encoded, resized, cropped, retouched or captioned).",
+        epilog="Exit status: 0 done, 1 the index could not be read, 2 bad arguments.",
+    )
+    p.add_argument("--threshold", type=float,
+                   help="least cosine of two near-duplicates, 0.5 to 1.0 (default: "
+                   "IMGSEARCH_DUPLICATE_THRESHOLD, else the measured default)")
+    p.add_argument("--min-size", type=int, default=2, help="only groups of at least this many")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object a group on stdout (the summary still on stderr)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from imgsearch.duplicates import check_threshold, find_duplicates
+    from imgsearch.search import QueryError
+    from imgsearch.store import ImageStore, IndexMissing, StoreError, StoreUnavailable
+
+    from .index import quiet_transport_logs
+
+    quiet_transport_logs()
+    try:
+        settings = Settings.from_env()
+        threshold = check_threshold(
+            settings.duplicate_threshold if args.threshold is None else args.threshold)
+        if args.min_size < 2:
+            raise QueryError("--min-size must be at least 2 (a group of one is no duplicate)")
+    except (ValueError, QueryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    store = ImageStore.from_settings(settings)
+    try:
+        from tqdm import tqdm
+
+        with tqdm(unit="img", disable=args.no_progress, dynamic_ncols=True,
+                  file=sys.stderr) as bar:
+            def progress(done: int) -> None:
+                bar.total = bar.total or store.count()
+                bar.update(done - bar.n)
+
+            report = find_duplicates(store, threshold, min_size=args.min_size,
+                                     progress=progress)
+    except StoreUnavailable as exc:
+        print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc.__cause__}). "
+              "Start it with `make es-up`.", file=sys.stderr)
+        return EXIT_FAILED
+    except IndexMissing:
+        print(f"error: no images are indexed under {settings.es_index!r} yet. Index a folder "
+              "with `python -m indexer <dir>` first.", file=sys.stderr)
+        return EXIT_FAILED
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return EXIT_FAILED
+    for n, group in enumerate(report.groups, 1):
+        if args.json:
+            print(json.dumps({"size": group.size, "min_cosine": group.min_cosine, "members": [
+                {"id": m.id, "cosine": m.cosine, "path": m.source.get("path"),
+                 "label": m.source.get("label")} for m in group.members]}))
+            continue
+        print(f"group {n}: {group.size} images, cosine to the first at least "
+              f"{group.min_cosine:.4f}")
+        for m in group.members:
+            print(f"  {m.cosine:.4f}  {m.source.get('label') or '-':12s}  {m.source.get('path')}")
+    print(f"{len(report.groups)} groups of {report.images} images among {report.documents} "
+          f"documents of {report.index} at cosine >= {report.threshold} "
+          f"({report.queries} kNN queries in {report.seconds:.1f} s)", file=sys.stderr)
+    return EXIT_OK
