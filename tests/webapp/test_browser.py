@@ -280,3 +280,67 @@ def test_drawing_a_box_searches_with_that_part_and_shows_matched_regions(
     assert browser.execute_script(CARD_REGIONS) == [None] * len(back)
     assert not selection.is_displayed()
     assert severe_logs(browser) == []
+
+
+# -- near-duplicate groups ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def duplicates_server(test_settings, store, embedder, photos, tmp_path):
+    """The app on five real photos and a half-size copy of one: ``(url, original id, copy
+    id)``."""
+    from PIL import Image
+
+    from indexer.index import index_folder
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for label in ("dress", "hat", "pants", "shoes", "skirt"):
+        shutil.copyfile(photos[label][1], folder / f"{label}.jpg")
+    with Image.open(photos["shoes"][1]) as im:
+        im.resize((im.width // 2, im.height // 2)).save(folder / "shoes-small.jpg", quality=90)
+    index_folder(folder, settings=test_settings, embedder=embedder, store=store, progress=False)
+    ids = (content_hash((folder / name).read_bytes()) for name in ("shoes.jpg", "shoes-small.jpg"))
+    for url in serve(test_settings, embedder, store):
+        yield url, *ids
+
+
+def test_duplicates_page_shows_a_photo_with_its_copy(duplicates_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, original, copy = duplicates_server
+    browser.get(f"{url}/")
+    severe_logs(browser)
+    browser.find_element(By.LINK_TEXT, "Duplicates").click()  # the nav link
+    WebDriverWait(browser, 120).until(EC.url_contains("/duplicates"))
+    groups = browser.find_elements(By.CSS_SELECTOR, ".dup-group")
+    assert len(groups) == 1
+    members = groups[0].find_elements(By.CSS_SELECTOR, ".dup-member")
+    assert {m.get_attribute("data-id") for m in members} == {original, copy}
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('.dup-member img')]"
+        ".every((img) => img.complete && img.naturalWidth > 0)"))
+    cosine = members[1].find_element(By.CSS_SELECTOR, ".score").text
+    assert 0.9 < float(cosine) < 1.0
+    assert "1 group of 2 images among 6 indexed" in browser.find_element(
+        By.ID, "duplicates-summary").text
+
+    # A threshold no copy reaches: no groups, and it says so.
+    field = browser.find_element(By.ID, "threshold")
+    field.clear()
+    field.send_keys("1")
+    field.submit()
+    WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.ID, "no-groups")))
+    assert "threshold=1" in browser.current_url
+
+    # Back to the default, then a member opens its detail page.
+    browser.back()
+    WebDriverWait(browser, 60).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, ".dup-member")))
+    second = browser.find_elements(By.CSS_SELECTOR, ".dup-member")[1]
+    opened = second.get_attribute("data-id")
+    second.click()
+    WebDriverWait(browser, 30).until(EC.url_contains(f"/images/{opened}"))
+    assert severe_logs(browser) == []
