@@ -183,6 +183,59 @@ def test_a_bad_upload_is_explained_and_the_page_stays_usable(server, browser, ph
     assert not message.is_displayed()
 
 
+# -- search by URL: the server fetches the image ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def url_server(clothing_index, embedder):
+    """The app on the indexed clothing split, allowed to fetch from 127.0.0.1, where the test's
+    image host listens (refused by default)."""
+    settings, store, _ = clothing_index
+    yield from serve(settings.with_(url_allow_hosts=("127.0.0.1",)), embedder, store)
+
+
+def test_pasting_an_image_url_searches_with_it(url_server, browser, photos):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.imagehost import ImageHost
+
+    query = photos["dress"][5]
+    with ImageHost(query.read_bytes()) as host:
+        browser.get(f"{url_server}/")
+        severe_logs(browser)
+        field = browser.find_element(By.ID, "url-input")
+        field.send_keys(host.url("/hops/1"))
+        browser.find_element(By.ID, "url-search").click()
+        cards = wait_for_cards(browser)
+        assert len(cards) == 24
+        assert cards[0]["id"] == content_hash(query.read_bytes())  # the photo itself is indexed
+        caption = browser.find_element(By.ID, "query-caption").text
+        assert host.url("/hops/0") in caption and "JPEG" in caption  # where it came from
+        assert not browser.find_element(By.ID, "query-frame").is_displayed()  # no foreign <img>
+        assert severe_logs(browser) == []  # no CSP violation, no failed request, no JS error
+
+        # A URL the server refuses is explained as a bad upload is, and the results go.
+        field.clear()
+        field.send_keys("http://10.1.2.3/photo.jpg", Keys.ENTER)
+        message = browser.find_element(By.ID, "message")
+        WebDriverWait(browser, 30).until(EC.visibility_of(message))
+        assert "10.1.2.3 is a private address" in message.text
+        assert browser.find_elements(By.CSS_SELECTOR, "#results .card") == []
+
+        # The page stays usable: another URL, then a filter that re-runs it.
+        field.clear()
+        field.send_keys(host.url("/photo.jpg"), Keys.ENTER)
+        cards = wait_for_cards(browser)
+        assert cards[0]["id"] == content_hash(query.read_bytes())
+        assert not message.is_displayed()
+        browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]').click()
+        cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs} == {"pants"})
+        assert len(cards) == 24
+
+
 # -- region search: a box drawn on the query photo ------------------------------------------------
 
 # Each loaded card's matched region as fractions of its image frame (null when it has none).
@@ -343,4 +396,113 @@ def test_duplicates_page_shows_a_photo_with_its_copy(duplicates_server, browser)
     opened = second.get_attribute("data-id")
     second.click()
     WebDriverWait(browser, 30).until(EC.url_contains(f"/images/{opened}"))
+    assert severe_logs(browser) == []
+
+
+# -- more / less like these: marks on the results -------------------------------------------------
+
+
+def test_marking_results_refines_the_search(server, browser, photos):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server}/")
+    severe_logs(browser)
+    query = photos["shorts"][2]
+    browser.find_element(By.ID, "file-input").send_keys(str(query))
+    first = wait_for_cards(browser)
+    feedback_bar = browser.find_element(By.ID, "feedback-bar")
+    assert not feedback_bar.is_displayed()
+
+    # Mark the top 12 as a person would: shorts are good, anything else bad.
+    elements = browser.find_elements(By.CSS_SELECTOR, "#results .card")[:12]
+    good = [c["id"] for c in first[:12] if c["label"] == "shorts"]
+    bad = [c["id"] for c in first[:12] if c["label"] != "shorts"]
+    assert bad, "the query must have some wrong results to refine"
+    for card, element in zip(first[:12], elements, strict=True):
+        mark = "like" if card["label"] == "shorts" else "unlike"
+        button = element.find_element(By.CSS_SELECTOR, f'.mark[data-mark="{mark}"]')
+        button.click()
+        assert button.get_attribute("aria-pressed") == "true"
+    assert feedback_bar.is_displayed()
+    assert f"{len(good)} good · {len(bad)} bad" in feedback_bar.text
+
+    browser.find_element(By.ID, "feedback-apply").click()
+    refined = wait_for_cards(browser, lambda cs: [c["id"] for c in cs] != [c["id"] for c in first])
+    WebDriverWait(browser, 10).until(
+        EC.text_to_be_present_in_element((By.ID, "feedback-count"), "refined"))
+    assert not {c["id"] for c in refined} & set(bad)  # less like these: gone
+    top = [c["label"] for c in refined[:12]]
+    assert top.count("shorts") > [c["label"] for c in first[:12]].count("shorts")
+    # The marks stay on the cards that are still shown.
+    pressed = browser.execute_script("""
+        return [...document.querySelectorAll('#results .card')].filter((c) =>
+          c.querySelector('.mark[data-mark="like"]').getAttribute('aria-pressed') === 'true')
+          .map((c) => c.dataset.id);""")
+    assert set(pressed) <= set(good) and pressed
+
+    # Clearing the marks goes back to the plain search.
+    browser.find_element(By.ID, "feedback-clear").click()
+    wait_for_cards(browser, lambda cs: [c["id"] for c in cs] == [c["id"] for c in first])
+    assert not feedback_bar.is_displayed()
+    assert severe_logs(browser) == []
+
+
+# -- why it matched: the heat map on the detail page ----------------------------------------------
+
+# How much of a heat canvas is painted warm: the share of pixels with a strong red over blue.
+HEAT_PAINTED = """
+const canvas = document.getElementById(arguments[0]);
+if (canvas.hidden || canvas.dataset.drawn !== "true" || !canvas.width) return null;
+const d = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+let warm = 0;
+for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 90 && d[i] > d[i + 2] + 100) warm += 1;
+return warm / (d.length / 4);
+"""
+
+
+def test_the_detail_page_shows_why_a_result_matched(server, browser, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server}/")
+    severe_logs(browser)
+    query = photos["shoes"][4]
+    browser.find_element(By.ID, "file-input").send_keys(str(query))
+    cards = wait_for_cards(browser)
+    second = browser.find_elements(By.CSS_SELECTOR, "#results .card")[1]
+    cosine = float(second.find_element(By.CSS_SELECTOR, ".score").text)
+    second.find_element(By.CSS_SELECTOR, ".card-image").click()
+    WebDriverWait(browser, 30).until(lambda d: "query=upload" in d.current_url)
+    assert cards[1]["id"] in browser.current_url
+
+    toggle = browser.find_element(By.ID, "explain-toggle")
+    assert toggle.is_displayed()
+    toggle.click()
+    status = browser.find_element(By.ID, "explain-status")
+    WebDriverWait(browser, 60).until(lambda d: status.text.startswith("Cosine"))
+    assert float(status.text.split()[1].rstrip(":")) == pytest.approx(cosine, abs=0.002)
+    for canvas in ("result-heat", "query-heat"):
+        painted = WebDriverWait(browser, 30).until(
+            lambda d, c=canvas: d.execute_script(HEAT_PAINTED, c))
+        assert 0.02 < painted < 0.98, (canvas, painted)  # some parts count, not all alike
+
+    shot = tmp_path / "explain.png"
+    browser.save_screenshot(str(shot))
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, PROJECT_ROOT / "docs" / "screenshot-explain.png")
+
+    # The toggle hides the heat again; a page opened from "more like this" explains too.
+    toggle.click()
+    assert not browser.find_element(By.ID, "result-heat").is_displayed()
+    like = cards[0]["id"]
+    browser.get(f"{server}/images/{cards[2]['id']}?query={like}")
+    browser.find_element(By.ID, "explain-toggle").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.ID, "explain-status").text.startswith("Cosine"))
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(HEAT_PAINTED, "query-heat"))
+    # Opened without a query, the page offers no explanation.
+    browser.get(f"{server}/images/{cards[2]['id']}")
+    assert not browser.find_element(By.ID, "explain").is_displayed()
     assert severe_logs(browser) == []

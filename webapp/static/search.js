@@ -1,6 +1,6 @@
-// The search page: pick, drop or paste a photo (or open ?like=<id>), then show the
-// neighbours that the JSON API returns. Data from the server only ever reaches the page
-// through textContent and attributes, never as HTML.
+// The search page: pick, drop or paste a photo, paste an image URL (or open ?like=<id>),
+// then show the neighbours that the JSON API returns. Data from the server only ever reaches
+// the page through textContent and attributes, never as HTML.
 (() => {
   "use strict";
 
@@ -17,8 +17,11 @@
   const results = document.getElementById("results");
   const loadMore = document.getElementById("load-more");
   const template = document.getElementById("card-template");
+  const urlForm = document.getElementById("url-form");
+  const urlInput = document.getElementById("url-input");
   // Present only when the index has region vectors (the page says so).
   const boxEditor = document.getElementById("box-editor");
+  const feedbackBar = document.getElementById("feedback-bar");
 
   const maxBytes = Number(root.dataset.maxBytes);
   const MAX_OFFSET = 1000; // the API's limit on paging
@@ -26,11 +29,16 @@
   const state = {
     file: null, // the uploaded photo, kept so that filter changes can re-run the search
     like: root.dataset.like || null, // or the id of an indexed image ("more like this")
+    url: null, // or the address of an image, which the server fetches
     shown: 0,
     objectUrl: null,
     request: null,
     box: null, // [x0, y0, x1, y1] as fractions of the photo: search with that part only
+    marks: new Map(), // id -> "like" | "unlike": results marked good or bad on this query
+    applied: new Map(), // the marks the shown results were refined with (sent on paging too)
   };
+  // The uploaded photo, for the detail page to explain a match against (detail.js).
+  const QUERY_KEY = "imgsearch.query";
 
   // -- parameters ---------------------------------------------------------------------
 
@@ -61,6 +69,9 @@
     const params = filterParams();
     params.set("k", k);
     params.set("offset", offset);
+    if (!state.box) {
+      for (const [id, mark] of state.applied) params.append(mark, id);
+    }
     if (state.file) {
       const body = new FormData();
       body.append("image", state.file, state.file.name || "pasted-image");
@@ -68,11 +79,20 @@
       if (state.box) body.append("box", state.box.map((v) => v.toFixed(4)).join(","));
       return fetch("/api/search", { method: "POST", body, signal });
     }
+    if (state.url) {
+      const body = new FormData();
+      body.append("url", state.url);
+      for (const [name, value] of params) body.append(name, value);
+      return fetch("/api/search", { method: "POST", body, signal });
+    }
     return fetch(`/api/images/${encodeURIComponent(state.like)}/similar?${params}`, { signal });
   }
 
   async function search({ append = false } = {}) {
-    if (!state.file && !state.like) return;
+    if (!state.file && !state.like && !state.url) return;
+    // Marks refine whole-photo searches only (the API refuses them with a box).
+    root.classList.toggle("boxed", Boolean(state.box));
+    showMarks();
     const k = Number(kSelect.value);
     const offset = append ? state.shown : 0;
     if (state.request) state.request.abort(); // only the latest question matters
@@ -117,6 +137,11 @@
     showStatus(data.timings_ms);
     if (!append && state.file && data.query.box) {
       setCaption("The part of your photo you marked", [state.file.name, `${data.query.regions} regions`]);
+    } else if (!append && state.url && data.query.width) {
+      setCaption(
+        "Image from a URL",
+        [data.query.url, `${data.query.width} × ${data.query.height}`, data.query.format],
+      );
     } else if (!append && state.file && data.query.width) {
       setCaption(
         "Your photo",
@@ -133,7 +158,7 @@
     node.dataset.label = meta.label || "";
 
     const link = node.querySelector(".card-image");
-    link.href = hit.detail_url;
+    link.href = detailUrl(hit);
     const img = link.querySelector("img");
     img.alt = hit.file_name || "";
     img.addEventListener("error", () => node.classList.add("no-thumbnail"), { once: true });
@@ -150,15 +175,66 @@
 
     const name = node.querySelector(".file-name");
     name.textContent = hit.file_name || hit.id;
-    name.href = hit.detail_url;
+    name.href = detailUrl(hit);
     name.title = hit.path || "";
 
     if (hit.region && meta.width) showRegion(node.querySelector(".card-region"), hit.region.box, meta);
     if (meta.width) node.querySelector(".dims").textContent = `${meta.width} × ${meta.height}`;
     if (meta.byte_size) node.querySelector(".bytes").textContent = formatBytes(meta.byte_size);
     node.querySelector(".more-like").href = pageUrl(hit.id);
+    for (const button of node.querySelectorAll(".mark")) {
+      button.setAttribute("aria-pressed", String(state.marks.get(hit.id) === button.dataset.mark));
+      button.addEventListener("click", () => toggleMark(node, hit.id, button.dataset.mark));
+    }
     return node;
   }
+
+  // The detail page explains why a result matched the query it was found with: an indexed
+  // image's id, or "upload" for the photo kept in sessionStorage. Boxes are not explained.
+  function detailUrl(hit) {
+    const query = state.box ? null : state.file ? "upload" : state.like;
+    return query ? `${hit.detail_url}?query=${encodeURIComponent(query)}` : hit.detail_url;
+  }
+
+  // -- more / less like these (relevance feedback) ----------------------------------------
+
+  function toggleMark(node, id, mark) {
+    if (state.marks.get(id) === mark) state.marks.delete(id);
+    else state.marks.set(id, mark);
+    for (const button of node.querySelectorAll(".mark")) {
+      button.setAttribute("aria-pressed", String(state.marks.get(id) === button.dataset.mark));
+    }
+    showMarks();
+  }
+
+  function showMarks() {
+    const count = (mark) => [...state.marks.values()].filter((m) => m === mark).length;
+    const changed = state.marks.size !== state.applied.size ||
+      [...state.marks].some(([id, mark]) => state.applied.get(id) !== mark);
+    feedbackBar.hidden = state.marks.size === 0 && state.applied.size === 0;
+    document.getElementById("feedback-count").textContent =
+      `${count("like")} good · ${count("unlike")} bad` +
+      (changed ? "" : " · results refined with these marks");
+    document.getElementById("feedback-apply").disabled = !changed || Boolean(state.box);
+  }
+
+  function clearMarks() {
+    state.marks.clear();
+    state.applied.clear();
+    showMarks();
+  }
+
+  document.getElementById("feedback-apply").addEventListener("click", () => {
+    state.applied = new Map(state.marks);
+    showMarks();
+    search();
+  });
+  document.getElementById("feedback-clear").addEventListener("click", () => {
+    const refined = state.applied.size > 0;
+    clearMarks();
+    if (refined) search();
+    else for (const button of results.querySelectorAll(".mark")) button.setAttribute("aria-pressed", "false");
+  });
 
   // The matched region on a card's thumbnail. The thumbnail is the whole image, contained in
   // a 4:5 frame, so the box is placed from the image's aspect ratio alone, in percentages.
@@ -273,11 +349,47 @@
     }
     state.file = file;
     state.like = null;
+    state.url = null;
+    clearMarks();
+    rememberQuery(file);
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
     state.objectUrl = URL.createObjectURL(file);
     showQuery(state.objectUrl);
     resetBox(state.objectUrl);
     setCaption("Your photo", [file.name, formatBytes(file.size)]);
+    syncUrl();
+    search();
+  }
+
+  function rememberQuery(file) {
+    sessionStorage.removeItem(QUERY_KEY);
+    const reader = new FileReader();
+    reader.addEventListener("load", () => {
+      try {
+        sessionStorage.setItem(QUERY_KEY, reader.result);
+      } catch {
+        // Over the storage quota (a photo of several MB): the detail page says so.
+      }
+    });
+    reader.readAsDataURL(file);
+  }
+
+  function useUrl(text) {
+    const url = text.trim();
+    if (!url) {
+      showMessage("Paste the address of an image, starting with http:// or https://.");
+      return;
+    }
+    state.url = url;
+    state.file = null;
+    state.like = null;
+    clearMarks();
+    // The Content-Security-Policy keeps other sites' images off this page, so the query is
+    // shown as its address only.
+    queryFrame.hidden = true;
+    dropzone.classList.remove("has-image");
+    resetBox(null);
+    setCaption("Image from a URL", [url]);
     syncUrl();
     search();
   }
@@ -303,6 +415,11 @@
     const files = Array.from((dataTransfer && dataTransfer.files) || []);
     return files.find((f) => f.type.startsWith("image/")) || files[0] || null;
   }
+
+  urlForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    useUrl(urlInput.value);
+  });
 
   fileInput.addEventListener("change", () => {
     useFile(fileInput.files[0]);
