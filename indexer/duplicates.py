@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from tqdm import tqdm
 
-        with tqdm(unit="img", disable=args.no_progress, dynamic_ncols=True,
+        # Shown after a second: a small index is grouped before a bar would be worth it.
+        with tqdm(unit="img", disable=args.no_progress, dynamic_ncols=True, delay=1,
                   file=sys.stderr) as bar:
             def progress(done: int) -> None:
                 bar.total = bar.total or store.count()
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{group.min_cosine:.4f}")
         for m in group.members:
             print(f"  {m.cosine:.4f}  {m.source.get('label') or '-':12s}  {m.source.get('path')}")
-    print(f"{len(report.groups)} groups of {report.images} images among {report.documents} "
+    groups = "1 group" if len(report.groups) == 1 else f"{len(report.groups)} groups"
+    print(f"{groups} of {report.images} images among {report.documents} "
           f"documents of {report.index} at cosine >= {report.threshold} "
           f"({report.queries} kNN queries in {report.seconds:.1f} s)", file=sys.stderr)
     return EXIT_OK
