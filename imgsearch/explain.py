@@ -36,7 +36,9 @@ SIDES = ("query", "result")
 MAP_CACHE_SIZE = 32
 # The heat map PNG: the photo's longer side at most this, and the overlay's strongest opacity.
 PNG_SIZE = 512
-HEAT_OPACITY = 0.7
+HEAT_OPACITY = 0.8
+# Inferno-like colour stops (share from low to high): deep purple, orange, pale yellow.
+HEAT_STOPS = ((0.0, (60, 15, 110)), (0.55, (230, 95, 45)), (1.0, (252, 250, 160)))
 
 
 class ExplainUnavailable(Exception):
@@ -102,6 +104,11 @@ class Explanation:
 
     def side(self, name: str) -> Side:
         return self.query if name == "query" else self.result
+
+    def share_range(self) -> tuple[float, float]:
+        """The lowest and highest cell share over both images: the heat maps' scale."""
+        shares = (self.query.shares, self.result.shares)
+        return float(min(s.min() for s in shares)), float(max(s.max() for s in shares))
 
     def to_json(self) -> dict:
         rows, cols = self.result.shares.shape
@@ -212,10 +219,10 @@ class Explainer:
                        model.input_frame(image.width, image.height))
 
 
-def heatmap_png(side: Side, scale: float, size: int = PNG_SIZE) -> bytes:
+def heatmap_png(side: Side, low: float, high: float, size: int = PNG_SIZE) -> bytes:
     """The photo of ``side`` (longer side at most ``size``) with its cell shares drawn over
-    the cells' frame, warmer and more opaque where a cell gave more; ``scale`` is the share
-    drawn at full strength (the larger of both sides' largest, so the two pictures compare)."""
+    the cells' frame, warmer and more opaque where a cell gave more, from ``low`` to ``high``
+    (the range over both sides, so the two pictures compare; the page draws the same)."""
     from PIL import Image
 
     rgb = decode_rgb(side.data, short_side=size)
@@ -224,16 +231,21 @@ def heatmap_png(side: Side, scale: float, size: int = PNG_SIZE) -> bytes:
     x0, y0, x1, y1 = side.map.frame
     left, top = round(x0 * width), round(y0 * height)
     frame_size = (max(1, round((x1 - x0) * width)), max(1, round((y1 - y0) * height)))
-    strength = np.clip(side.shares / max(scale, 1e-12), 0.0, 1.0).astype(np.float32)
+    strength = np.clip((side.shares - low) / max(high - low, 1e-12), 0, 1).astype(np.float32)
     grid = Image.fromarray(strength, mode="F").resize(frame_size, Image.Resampling.BILINEAR)
     heat = Image.new("F", (width, height), 0.0)
     heat.paste(grid, (left, top))  # a pad frame reaches past the photo: paste clips it
     v = np.asarray(heat)[..., None]
-    # From dark red through orange to yellow as a cell's share grows.
-    colour = np.concatenate([np.full_like(v, 255.0), 40 + 215 * v, 40 * (1 - v)], axis=-1)
-    alpha = HEAT_OPACITY * v
-    photo = np.asarray(rgb, np.float32) * (1 - HEAT_OPACITY * 0.35)  # dim what did not count
-    out = photo * (1 - alpha) + colour * alpha
+    alpha = 0.15 + (HEAT_OPACITY - 0.15) * v
+    photo = np.asarray(rgb, np.float32) * 0.72  # dimmed, as the page dims it
+    out = photo * (1 - alpha) + _inferno(v) * alpha
     buffer = io.BytesIO()
     Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+def _inferno(v: np.ndarray) -> np.ndarray:
+    """Strengths ``[..., 1]`` in 0..1 -> RGB ``[..., 3]`` along HEAT_STOPS."""
+    positions = [p for p, _ in HEAT_STOPS]
+    return np.stack([np.interp(v[..., 0], positions, [c[k] for _, c in HEAT_STOPS])
+                     for k in range(3)], axis=-1)

@@ -54,8 +54,8 @@ class Feedback:
     def __bool__(self) -> bool:
         return bool(self.like or self.unlike)
 
-    def to_json(self) -> dict:
-        alpha, beta, gamma = FEEDBACK_WEIGHTS
+    def to_json(self, weights: tuple[float, float, float]) -> dict:
+        alpha, beta, gamma = weights
         return {"like": list(self.like), "unlike": list(self.unlike),
                 "weights": {"query": alpha, "like": beta, "unlike": gamma}}
 
@@ -120,6 +120,8 @@ class SearchService:
     ``check_interval`` seconds between looks at the alias.
     """
 
+    feedback_weights = FEEDBACK_WEIGHTS  # Rocchio's (query, like, unlike); bench/feedback.py
+
     def __init__(self, settings: Settings, store: ImageStore, model, *,
                  check_interval: float = 1.0):
         self.settings = settings
@@ -182,7 +184,7 @@ class SearchService:
         t2 = time.perf_counter()
         if feedback:
             vector = self._refine(route, vector, feedback)
-            query["feedback"] = feedback.to_json()
+            query["feedback"] = feedback.to_json(self.feedback_weights)
         hits = self._knn(route, vector, k, num_candidates, filters, offset=offset,
                          regions=mode is not None, exclude_ids=feedback.unlike)
         t3 = time.perf_counter()
@@ -242,7 +244,7 @@ class SearchService:
         vector = source[VECTOR_FIELD]
         if feedback:
             vector = self._refine(route, vector, feedback)
-            query["feedback"] = feedback.to_json()
+            query["feedback"] = feedback.to_json(self.feedback_weights)
         hits = self._knn(
             route, vector, k, num_candidates, filters, offset=offset,
             exclude_ids=(doc_id, *feedback.unlike),
@@ -262,7 +264,7 @@ class SearchService:
                                               else "")
             raise UnknownId(f"like/unlike name images that are not indexed: {shown}")
         return rocchio(vector, [stored[i] for i in feedback.like],
-                       [stored[i] for i in feedback.unlike])
+                       [stored[i] for i in feedback.unlike], self.feedback_weights)
 
     def get(self, doc_id: str) -> dict | None:
         return self.store.get(doc_id)

@@ -149,8 +149,7 @@ def explain(doc_id: str):
     if explanation is None:
         raise _unknown(doc_id)
     if fmt == "png":
-        scale = max(float(explanation.query.shares.max()), float(explanation.result.shares.max()))
-        png = heatmap_png(explanation.side(side), scale)
+        png = heatmap_png(explanation.side(side), *explanation.share_range())
         return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
     return jsonify(explanation.to_json())
 
