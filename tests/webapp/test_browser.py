@@ -186,6 +186,15 @@ def test_a_bad_upload_is_explained_and_the_page_stays_usable(server, browser, ph
 # -- search by URL: the server fetches the image ---------------------------------------------------
 
 
+# Text pasted on the page outside any field, as Ctrl+V over the results would paste it.
+PASTE_TEXT = """
+const data = new DataTransfer();
+data.setData("text/plain", arguments[0]);
+document.getElementById("results").dispatchEvent(
+  new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true}));
+"""
+
+
 @pytest.fixture(scope="module")
 def url_server(clothing_index, embedder):
     """The app on the indexed clothing split, allowed to fetch from 127.0.0.1, where the test's
@@ -225,11 +234,13 @@ def test_pasting_an_image_url_searches_with_it(url_server, browser, photos):
         assert "10.1.2.3 is a private address" in message.text
         assert browser.find_elements(By.CSS_SELECTOR, "#results .card") == []
 
-        # The page stays usable: another URL, then a filter that re-runs it.
+        # The page stays usable: an address pasted on the page (not in a field) searches too,
+        # then a filter re-runs that search.
         field.clear()
-        field.send_keys(host.url("/photo.jpg"), Keys.ENTER)
+        browser.execute_script(PASTE_TEXT, host.url("/photo.jpg"))
         cards = wait_for_cards(browser)
         assert cards[0]["id"] == content_hash(query.read_bytes())
+        assert field.get_attribute("value") == host.url("/photo.jpg")
         assert not message.is_displayed()
         browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]').click()
         cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs} == {"pants"})

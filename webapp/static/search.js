@@ -449,7 +449,16 @@
 
   document.addEventListener("paste", (event) => {
     const file = imageFrom(event.clipboardData);
-    if (!file) return; // ordinary text pasted into a filter field
+    if (!file) {
+      // An image's address pasted outside any field searches with it, as the URL field does;
+      // text pasted into a field (a filter, the URL field itself) is left to the field.
+      const text = event.clipboardData ? event.clipboardData.getData("text/plain").trim() : "";
+      if (event.target.closest("input, select, textarea") || !/^https?:\/\//i.test(text)) return;
+      event.preventDefault();
+      urlInput.value = text;
+      useUrl(text);
+      return;
+    }
     event.preventDefault();
     useFile(file);
   });
