@@ -9,10 +9,13 @@ service (``intranet.test``, ``metadata.test``) exist only in the resolver a test
 from __future__ import annotations
 
 import re
+import ssl
+import subprocess
 import threading
 import time
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 HTML = b"<!doctype html><html><head><title>A photo</title></head><body><img src=x></body></html>"
 BIG = 30 * 1024 * 1024  # over the default 20 MB cap
@@ -31,16 +34,23 @@ class ImageHost:
     - ``/page.jpg``: HTML served as image/jpeg; ``/half.jpg``: the photo's first half;
       ``/missing``: 404; ``/empty``: no body.
 
-    ``host.requests`` records ``(path, Host header)`` of every request.
+    ``host.requests`` records ``(path, Host header)`` of every request. With ``tls`` (a server
+    context, :func:`tls_context`) it speaks HTTPS.
     """
 
-    def __init__(self, photo: bytes):
+    def __init__(self, photo: bytes, tls: ssl.SSLContext | None = None):
         self.photo = photo
+        self.tls = tls
         self.requests: list[tuple[str, str]] = []
         host = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                if host.tls is not None:  # the handshake in this connection's own thread
+                    self.request = host.tls.wrap_socket(self.request, server_side=True)
+                super().setup()
 
             def do_GET(self):
                 host.requests.append((self.path, self.headers.get("Host", "")))
@@ -52,11 +62,13 @@ class ImageHost:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        # A client that gives up (a refused certificate, a cut connection) is no server error.
+        self.server.handle_error = lambda request, address: None
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     def __enter__(self) -> ImageHost:
         self.thread.start()
@@ -137,6 +149,26 @@ def redirect(h: BaseHTTPRequestHandler, location: str) -> None:
     h.send_header("Location", location)
     h.send_header("Content-Length", "0")
     h.end_headers()
+
+
+def tls_context(name: str, folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """A throwaway CA and a certificate for ``name`` signed by it (openssl, in ``folder``):
+    ``(server context, CA file)``; a client trusts the server only with the CA file."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "ca.key",
+            "-out", "ca.pem", "-subj", "/CN=imgsearch test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr",
+            "-subj", f"/CN={name}")
+    (folder / "leaf.ext").write_text(f"subjectAltName=DNS:{name}\n")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "leaf.pem", "-extfile", "leaf.ext")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "leaf.pem", folder / "leaf.key")
+    return context, folder / "ca.pem"
 
 
 def resolver(names: dict[str, str | list[str]]):

@@ -7,6 +7,7 @@ refuse them before any connection, so nothing here leaves this machine's loopbac
 
 from __future__ import annotations
 
+import ssl
 import time
 from ipaddress import ip_address
 
@@ -14,7 +15,7 @@ import pytest
 
 from imgsearch.fetch import MAX_URL_CHARS, FetchError, UrlFetcher, parse_url, refusal
 from imgsearch.settings import Settings
-from tests.imagehost import ImageHost, resolver
+from tests.imagehost import ImageHost, resolver, tls_context
 
 NAMES = {
     "intranet.test": "10.1.2.3",
@@ -293,6 +294,34 @@ def test_nothing_listening_is_unreachable(host):
 def test_an_unknown_name_is_unreachable():
     error = refused(fetcher(), "http://no-such-host.test/photo.jpg", "unreachable")
     assert "could not be found" in error.message
+
+
+@pytest.fixture(scope="module")
+def tls_host(photo, tmp_path_factory):
+    """The image host over HTTPS, with a certificate for photos.test from a throwaway CA:
+    ``(host, CA file)``."""
+    context, ca = tls_context("photos.test", tmp_path_factory.mktemp("tls"))
+    with ImageHost(photo, tls=context) as host:
+        yield host, ca
+
+
+def test_https_checks_the_certificate_against_the_host_name(tls_host, photo):
+    """The connection goes to the checked address (photos.test and other.test exist only in
+    the test's resolver), yet TLS names the host: SNI and the certificate check use it."""
+    host, ca = tls_host
+    names = {"photos.test": "127.0.0.1", "other.test": "127.0.0.1"}
+    fetch = UrlFetcher(allow_hosts=["photos.test", "other.test", "127.0.0.1"],
+                       resolve=resolver(names), ssl_context=ssl.create_default_context(cafile=ca))
+    fetched = fetch.fetch(host.url("/hops/1", "photos.test"))
+    assert fetched.data == photo
+    assert fetched.url == f"https://photos.test:{host.port}/hops/0"
+    # The same server under a name or address that its certificate does not give.
+    for name in ("other.test", "127.0.0.1"):
+        error = refused(fetch, host.url("/photo.jpg", name), "unreachable")
+        assert error.message == f"the certificate of {name} could not be verified"
+    # The system's CAs (the default) do not trust the test's CA.
+    untrusting = UrlFetcher(allow_hosts=["photos.test"], resolve=resolver(names))
+    refused(untrusting, host.url("/photo.jpg", "photos.test"), "unreachable")
 
 
 def test_https_to_a_server_without_tls_fails_cleanly(host):
