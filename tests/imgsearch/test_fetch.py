@@ -11,7 +11,9 @@ import ssl
 import time
 from ipaddress import ip_address
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from imgsearch.fetch import MAX_URL_CHARS, FetchError, UrlFetcher, parse_url, refusal
 from imgsearch.settings import Settings
@@ -382,3 +384,23 @@ def test_urls_are_normalised():
     assert parse_url("https://[::1]:8443/").url == "https://[::1]:8443/"
     assert parse_url("http://bücher.example/").host == "xn--bcher-kva.example"
     assert parse_url("http://example.com/%20already").path == "/%20already"
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(st.one_of(
+    st.text(max_size=200),
+    st.builds(lambda scheme, rest: scheme + rest,
+              st.sampled_from(["http://", "https://", "HTTP://", "http:", "ftp://"]),
+              st.text(max_size=120)),
+))
+def test_any_text_is_a_checked_url_or_a_fetch_error(text):
+    """Whatever is typed, the parser answers with a normalised http(s) URL or a FetchError
+    that says why, never another exception; a normalised URL reads back as itself."""
+    try:
+        target = parse_url(text)
+    except FetchError as error:
+        assert error.reason in ("invalid_url", "unsupported_scheme") and error.message
+        return
+    assert target.scheme in ("http", "https") and 1 <= target.port <= 65535
+    assert parse_url(target.url) == target
+    assert target.url.isascii() and not any(c in target.url for c in " \t\r\n")
