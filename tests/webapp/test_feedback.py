@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from imgsearch.images import content_hash
-from imgsearch.search import MAX_FEEDBACK
+from imgsearch.search import FEEDBACK_WEIGHTS, MAX_FEEDBACK
 from tests.webapp.test_api import error_of, upload
 
 
@@ -49,7 +49,9 @@ def test_an_upload_moves_towards_what_is_liked(client, photos):
     hat_id = content_hash(photos["hat"][0].read_bytes())
     plain = upload(client, shoe, k="10").get_json()["hits"]
     moved = upload(client, shoe, k="10", like=hat_id).get_json()
-    assert moved["query"]["feedback"]["weights"] == {"query": 1.0, "like": 0.75, "unlike": 0.25}
+    alpha, beta, gamma = FEEDBACK_WEIGHTS
+    assert moved["query"]["feedback"]["weights"] == {"query": alpha, "like": beta,
+                                                     "unlike": gamma}
     labels = [h["metadata"]["label"] for h in moved["hits"]]
     assert labels.count("hat") > [h["metadata"]["label"] for h in plain].count("hat")
     assert hat_id in [h["id"] for h in moved["hits"][:3]]
