@@ -59,6 +59,7 @@ class IndexReport:
             "indexed": s.indexed,
             "already_present": s.already_present,
             "duplicates": s.duplicates,
+            "near_duplicates": s.near_duplicates,
             "ignored": s.ignored,
             "deleted": s.deleted,
             "failed": [vars(f) for f in s.failed],
@@ -81,10 +82,15 @@ def index_folder(
     workers: int | None = None,
     progress: bool = True,
     engine=None,
+    skip_near_duplicates: bool = False,
 ) -> IndexReport:
     """Index every image below ``root``: in this process as one partition of every file, or
     with ``engine`` (:class:`indexer.distributed.RayEngine`) as many partitions over a
-    cluster. Safe to re-run, and to run again after a crash."""
+    cluster. Safe to re-run, and to run again after a crash. ``skip_near_duplicates``: leave
+    out images at ``settings.duplicate_threshold`` or closer to an indexed one (local only)."""
+    if skip_near_duplicates and engine is not None:
+        raise ValueError("--skip-near-duplicates needs the local engine: each batch is checked "
+                         "against everything written before it")
     # Normalised but not resolved: documents keep the path the user knows, links included.
     root = Path(os.path.abspath(root))
     started = time.perf_counter()
@@ -99,6 +105,7 @@ def index_folder(
             part = run_partition(
                 paths, root, target, settings=settings, embedder=embedder, store=store,
                 indexed_at=now_iso(), sidecar=sidecar, workers=workers, progress=advance,
+                skip_near=settings.duplicate_threshold if skip_near_duplicates else None,
             )
         else:
             part = engine.run(paths, root, target, settings=settings, version=embedder.version,
@@ -130,6 +137,9 @@ def format_summary(report: IndexReport) -> str:
     ]
     if s.duplicates:
         lines.append(f"  duplicates:       {s.duplicates} (same content as another file)")
+    if s.near_duplicates:
+        lines.append(f"  near-duplicates:  {s.near_duplicates} skipped (as close as an indexed "
+                     "image: --skip-near-duplicates)")
     if s.ignored:
         lines.append(f"  ignored:          {s.ignored} (not images)")
     if s.deleted:
@@ -171,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-workers", type=int, default=8,
                    help="--engine ray: at most this many model actors (the pool is elastic: "
                    "it goes on with fewer when workers go away)")
+    p.add_argument("--skip-near-duplicates", action="store_true",
+                   help="leave out each image as close as IMGSEARCH_DUPLICATE_THRESHOLD to one "
+                   "already indexed or earlier in this run (counted in the summary; local "
+                   "engine only)")
     p.add_argument("--batch-size", type=int, help="images per inference batch")
     p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
     p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
@@ -213,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine != "ray" and args.address:
         print("error: --address names a Ray cluster: add --engine ray", file=sys.stderr)
         return EXIT_USAGE
+    if args.skip_near_duplicates and args.engine == "ray":
+        print("error: --skip-near-duplicates needs the local engine (each batch is checked "
+              "against everything written before it)", file=sys.stderr)
+        return EXIT_USAGE
     if args.ray_workers < 1:
         print("error: --ray-workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -245,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             args.folder, settings=settings, embedder=embedder, store=store, sidecar=sidecar,
             sync=args.sync, new_index=args.new_index, workers=args.workers,
             progress=not args.no_progress, engine=engine,
+            skip_near_duplicates=args.skip_near_duplicates,
         )
     except StoreUnavailable as exc:  # unreachable before the first write
         print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc.__cause__}). "

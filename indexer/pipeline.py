@@ -72,6 +72,8 @@ class RunStats:
     indexed: int = 0
     already_present: int = 0
     duplicates: int = 0  # same content as another file of this run
+    # Skipped with --skip-near-duplicates: an indexed image, or one of this run, is that close.
+    near_duplicates: int = 0
     ignored: int = 0
     deleted: int = 0
     failed: list[Failure] = field(default_factory=list)
@@ -79,7 +81,8 @@ class RunStats:
 
     def merge(self, other: RunStats) -> None:
         """Add another partition's outcomes to these (its content hashes too, for --sync)."""
-        for name in ("seen", "indexed", "already_present", "duplicates", "ignored", "deleted"):
+        for name in ("seen", "indexed", "already_present", "duplicates", "near_duplicates",
+                     "ignored", "deleted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failed.extend(other.failed)
         self.hashes |= other.hashes
@@ -87,7 +90,8 @@ class RunStats:
     @property
     def done(self) -> int:
         return (
-            self.indexed + self.already_present + self.duplicates + self.ignored + len(self.failed)
+            self.indexed + self.already_present + self.duplicates + self.near_duplicates
+            + self.ignored + len(self.failed)
         )
 
 

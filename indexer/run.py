@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from imgsearch.regions import REGION_MODES, RegionMode
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
@@ -40,6 +42,11 @@ from .pipeline import (
 )
 
 log = logging.getLogger("indexer")
+
+# --skip-near-duplicates: this run's images are checked in memory until this many are waiting
+# to be searchable, then the run waits for its writes and refreshes the index (8 MB of vectors;
+# a refresh every 1,024 images rather than a wait for each batch's write and a refresh).
+MAX_UNSEARCHABLE = 1024
 
 UNREACHABLE = ("Elasticsearch became unreachable ({}); start it again and re-run the same "
                "command (nothing already stored is embedded twice)")
@@ -113,8 +120,11 @@ def run_partition(
     sidecar: dict[str, dict] | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    skip_near: float | None = None,
 ) -> PartitionResult:
-    """Read, skip known, decode, embed and write ``paths`` (files below ``root``).
+    """Read, skip known, decode, embed and write ``paths`` (files below ``root``); with
+    ``skip_near`` (a cosine), leave out each image that close to one already indexed or to an
+    earlier one of this run (:func:`near_duplicates`).
 
     Reading and decoding run in a thread pool (Pillow releases the GIL) while this thread runs
     inference, and bulk writes go to a writer thread, so the model never waits on disk or on
@@ -156,6 +166,9 @@ def run_partition(
                 collect(future, group)
 
     pending: deque = deque()
+    # With skip_near: (id, vector) of the images this run kept that may not be searchable yet
+    # (a bulk write in flight, or before ES's next refresh); checked in memory.
+    unsearchable: list[tuple[str, np.ndarray]] = []
     try:
         with ThreadPoolExecutor(workers, "decode") as pool, ThreadPoolExecutor(1, "bulk") as bulk:
             read = ordered_map(partial(read_file, root=root), paths, pool, window)
@@ -169,6 +182,23 @@ def run_partition(
                 else None,
             ):
                 result.embedded += len(group)
+                if skip_near is not None:
+                    if len(unsearchable) >= MAX_UNSEARCHABLE:
+                        # Make this run's writes searchable, so that they need no more
+                        # checking in memory.
+                        while pending:
+                            collect(*pending.popleft())
+                        store.refresh(index)
+                        unsearchable.clear()
+                    keep = near_duplicates(store, index, group, vectors, skip_near, stats,
+                                           unsearchable)
+                    group = [group[i] for i in keep]
+                    vectors = vectors[keep]
+                    group_regions = [group_regions[i] for i in keep] if group_regions else None
+                    unsearchable.extend(
+                        (d.candidate.content_hash, v) for d, v in zip(group, vectors, strict=True))
+                    if not group:
+                        continue
                 docs = [
                     to_document(
                         d, v, root=root, sidecar=sidecar or {},
@@ -192,6 +222,35 @@ def run_partition(
         collect_finished()
         result.aborted = aborted_because(exc)
     return result
+
+
+def near_duplicates(store: ImageStore, index: str, group: list, vectors: np.ndarray,
+                    threshold: float, stats: RunStats,
+                    earlier: list[tuple[str, np.ndarray]] = ()) -> list[int]:
+    """The positions in ``group`` to index: those with no image at ``threshold`` or closer
+    among the indexed ones (one ``_msearch`` of k = 1 kNN queries with that ``similarity``),
+    ``earlier`` (this run's, not searchable yet) and the group's own before it. The others are
+    counted in ``stats.near_duplicates`` and logged."""
+    nearest = store.knn_many(list(vectors), index=index, k=1, min_cosine=threshold)
+    ids = [doc_id for doc_id, _ in earlier]
+    to_earlier = np.stack([v for _, v in earlier]) @ vectors.T if earlier else None
+    within = vectors @ vectors.T
+    keep: list[int] = []
+    for i, item in enumerate(group):
+        twin = list(nearest[i][:1])  # (id, cosine) of the nearest indexed image that close
+        if to_earlier is not None:
+            j = int(np.argmax(to_earlier[:, i]))
+            if to_earlier[j, i] >= threshold:
+                twin.append((ids[j], float(to_earlier[j, i])))
+        twin += [(group[j].candidate.content_hash, float(within[j, i])) for j in keep
+                 if within[j, i] >= threshold]
+        if not twin:
+            keep.append(i)
+            continue
+        stats.near_duplicates += 1
+        log.info("skipped %s: a near-duplicate of %s (cosine %.4f)",
+                 item.candidate.rel_path, twin[0][0], twin[0][1])
+    return keep
 
 
 def aborted_because(exc: BaseException) -> str:

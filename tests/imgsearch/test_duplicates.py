@@ -261,3 +261,51 @@ def test_page_shows_each_group_linking_to_detail_pages(near_copies, dup_client):
     assert "3 groups of\n        6 images" in html
     bad = dup_client.get("/duplicates?threshold=2")
     assert bad.status_code == 400 and b"from 0.5 to 1.0" in bad.data
+
+
+# -- skipping near-duplicates at index time -------------------------------------------------
+
+
+def test_indexing_can_skip_near_duplicates(test_settings, store, embedder, clothing_test_dir,
+                                           tmp_path, caplog):
+    """A copy of an indexed photo is found by the kNN check against the index; a copy of a
+    photo this run indexed a batch earlier (one photo a batch), by the check in memory."""
+    from indexer.index import format_summary, index_folder
+
+    hat, pants = (sorted((clothing_test_dir / label).glob("*.jpg"))[0]
+                  for label in ("hat", "pants"))
+    first, folder = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    folder.mkdir()
+    shutil.copyfile(hat, first / "hat.jpg")
+    settings = test_settings.with_(batch_size=1)
+    index_folder(first, settings=settings, embedder=embedder, store=store, progress=False)
+
+    shutil.copyfile(pants, folder / "a-pants.jpg")
+    with Image.open(hat) as im:
+        (folder / "b-hat-small.jpg").write_bytes(COPIES["hat"](im.convert("RGB")))
+    with Image.open(pants) as im:
+        (folder / "c-pants-q50.jpg").write_bytes(COPIES["shoes"](im.convert("RGB")))
+    caplog.set_level("INFO", logger="indexer")
+    report = index_folder(folder, settings=settings, embedder=embedder, store=store,
+                          progress=False, skip_near_duplicates=True)
+    assert (report.stats.indexed, report.stats.near_duplicates) == (1, 2)
+    assert report.exit_code == 0 and report.to_json()["near_duplicates"] == 2
+    assert "near-duplicates:  2 skipped" in format_summary(report)
+    hat_id, pants_id = (content_hash(p.read_bytes()) for p in (hat, pants))
+    assert f"skipped b-hat-small.jpg: a near-duplicate of {hat_id}" in caplog.text
+    assert f"skipped c-pants-q50.jpg: a near-duplicate of {pants_id}" in caplog.text
+    copies = [content_hash(p.read_bytes()) for p in sorted(folder.glob("[bc]-*.jpg"))]
+    assert store.existing_ids(copies) == set()
+
+    # Without the option the copies are indexed like any photo.
+    again = index_folder(folder, settings=settings, embedder=embedder, store=store,
+                         progress=False)
+    assert (again.stats.indexed, again.stats.already_present) == (2, 1)
+
+
+def test_skipping_near_duplicates_needs_the_local_engine(tmp_path, capsys):
+    from indexer.index import main
+
+    assert main([str(tmp_path), "--skip-near-duplicates", "--engine", "ray"]) == 2
+    assert "needs the local engine" in capsys.readouterr().err
