@@ -18,7 +18,7 @@ QUANTIZE_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
-        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
+        finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-feedback bench-explain bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m
 
 help:
@@ -33,7 +33,7 @@ help:
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-scale | bench-scale-1m"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -141,6 +141,15 @@ bench-cluster: venv
 # precision and recall per threshold (a throwaway node; ~10 min): docs/BENCHMARKS.md.
 bench-duplicates: venv
 	$(PY) -m bench.duplicates --images $(DATASET)/images/test --originals 120
+
+# Relevance feedback: Rocchio weights chosen on the validation split, P@10 after one round of
+# marks on the test split (needs make es-up; ~10 min): docs/BENCHMARKS.md.
+bench-feedback: venv
+	$(PY) -m bench.feedback --choose --dataset $(DATASET)
+
+# Why it matched: exactness of the cosine's split and the explain API's latency (make es-up).
+bench-explain: venv
+	$(PY) -m bench.explain --dataset $(DATASET) --pairs 60
 
 bench-regions-design: venv
 	$(PY) -m bench.regions --design --images $(DATASET)/images/test --areas 1.5 2 --scales 2 3 --queries 200

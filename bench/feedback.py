@@ -7,7 +7,8 @@ again through the product's path (``SearchService.similar`` with ``Feedback``). 
 
 - P@10 before and after: the new top 10 may show liked images again (unliked ones never);
 - P@10 of the unseen: the first 10 results that were not among the marked ones (what the
-  marks find that the first page had not shown);
+  marks find that the first page had not shown), against ranks 11-20 without marks (what
+  the next page would have shown);
 - how many queries got better, the same, worse.
 
 Rocchio's weights are chosen on the validation split (``--choose``: a grid) and reported on
@@ -38,8 +39,8 @@ from imgsearch.settings import Settings
 from imgsearch.store import ImageStore
 from indexer.index import index_folder
 
-GRID_LIKE = (0.5, 0.75, 1.0, 1.5)
-GRID_UNLIKE = (0.0, 0.25, 0.5)
+GRID_LIKE = (0.5, 0.75, 1.0, 1.5, 2.0)
+GRID_UNLIKE = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def indexed_split(root: Path, settings: Settings, embedder: Embedder):
@@ -64,11 +65,12 @@ def indexed_split(root: Path, settings: Settings, embedder: Embedder):
 def one_round(service: SearchService, ids, labels, weights) -> dict:
     """Every image as the query, one round of true-label marks on its top 10."""
     service.feedback_weights = weights
-    before, after, unseen = [], [], []
+    before, after, unseen, next_page = [], [], [], []
     started = time.perf_counter()
     for doc_id in ids:
         label = labels[doc_id]
-        first = service.similar(doc_id, k=10).hits
+        first = service.similar(doc_id, k=20).hits
+        first, following = first[:10], first[10:]
         good = [h.id for h in first if labels[h.id] == label]
         bad = [h.id for h in first if labels[h.id] != label]
         feedback = Feedback(like=tuple(good), unlike=tuple(bad))
@@ -78,11 +80,13 @@ def one_round(service: SearchService, ids, labels, weights) -> dict:
         after.append(np.mean([labels[h.id] == label for h in second[:10]]))
         fresh = [h for h in second if h.id not in good][:10]
         unseen.append(np.mean([labels[h.id] == label for h in fresh]))
+        next_page.append(np.mean([labels[h.id] == label for h in following]))
     seconds = time.perf_counter() - started
     before, after = np.array(before), np.array(after)
     return {
         "weights": weights, "queries": len(ids), "p10_before": before.mean(),
         "p10_after": after.mean(), "p10_unseen": float(np.mean(unseen)),
+        "p10_next_page": float(np.mean(next_page)),
         "better": int((after > before).sum()), "same": int((after == before).sum()),
         "worse": int((after < before).sum()),
         "ms_per_round": 1000 * seconds / len(ids),
@@ -92,11 +96,12 @@ def one_round(service: SearchService, ids, labels, weights) -> dict:
 def row(r: dict) -> str:
     a, b, g = r["weights"]
     return (f"| {a:g} / {b:g} / {g:g} | {r['p10_before']:.4f} | {r['p10_after']:.4f} | "
-            f"{r['p10_unseen']:.4f} | {r['better']} / {r['same']} / {r['worse']} |")
+            f"{r['p10_unseen']:.4f} | {r['p10_next_page']:.4f} | "
+            f"{r['better']} / {r['same']} / {r['worse']} |")
 
 
 HEADER = ("| weights q / like / unlike | P@10 before | P@10 after | P@10 unseen | "
-          "better / same / worse |\n|---|---|---|---|---|")
+          "ranks 11-20, no marks | better / same / worse |\n|---|---|---|---|---|---|")
 
 
 def main() -> None:

@@ -24,10 +24,12 @@ MAX_NUM_CANDIDATES = 10_000
 FACET_FIELDS = ("label", "folder", "format")
 # Marked images one query may carry, of each kind (a page of results is 12-96).
 MAX_FEEDBACK = 100
-# Rocchio's weights of the query vector, the mean liked vector and the mean unliked vector.
-# Chosen on the clothing validation split, reported on its test split: one round of marks on
-# the top 10 raises P@10 from 0.695 to ... (docs/BENCHMARKS.md, "Relevance feedback").
-FEEDBACK_WEIGHTS = (1.0, 0.75, 0.25)
+# Rocchio's weights of the query vector, the mean liked vector and the mean unliked vector,
+# the best of a 5 x 5 grid on the clothing validation split (textbook 1 / 0.75 / 0.25 came
+# 11th of 25). On the test split, one round of true-label marks on the top 10 lifts the
+# precision of the next 10 unseen results to 0.751, against 0.575 for ranks 11-20 unmarked
+# and 0.703 with the textbook weights (docs/BENCHMARKS.md, "Relevance feedback").
+FEEDBACK_WEIGHTS = (1.0, 1.0, 1.0)
 
 
 class QueryError(ValueError):
