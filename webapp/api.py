@@ -32,21 +32,7 @@ def search():
     by region vectors."""
     if "url" in request.values:
         return _search_url()
-    uploads = request.files.getlist("image")
-    if not uploads:
-        raise Problem(
-            400, "missing_image",
-            "Send the photo as a multipart/form-data field named 'image', or its address as "
-            "'url'.",
-        )
-    if len(uploads) > 1 or len(request.files) > 1:
-        raise Problem(
-            400, "too_many_files", "Send exactly one file, in the field named 'image'."
-        )
-    upload = uploads[0]
-    data = upload.read()
-    if not data:
-        raise Problem(400, "empty_upload", "The uploaded file is empty.")
+    data = _uploaded_image(or_else=", or its address as 'url'")
     options = query_options(request.values, also=("box",))
     box = request.values.get("box", "")
     result = service().search_image(data, box=parse_box(box) if box else None, **options)
@@ -154,12 +140,14 @@ def explain(doc_id: str):
     return jsonify(explanation.to_json())
 
 
-def _uploaded_image() -> bytes:
-    """The one file of a multipart request, in the field ``image``; a Problem otherwise."""
+def _uploaded_image(or_else: str = "") -> bytes:
+    """The one file of a multipart request, in the field ``image``; a Problem otherwise
+    (``or_else`` names the other way to give the query, if the endpoint has one)."""
     uploads = request.files.getlist("image")
     if not uploads:
         raise Problem(
-            400, "missing_image", "Send the photo as a multipart/form-data field named 'image'."
+            400, "missing_image",
+            f"Send the photo as a multipart/form-data field named 'image'{or_else}.",
         )
     if len(uploads) > 1 or len(request.files) > 1:
         raise Problem(
