@@ -233,15 +233,9 @@ class ImageStore:
     @translated
     def vectors(self, ids: Iterable[str], index: str | None = None) -> dict[str, list[float]]:
         """The stored vectors of those of ``ids`` that are indexed, by id (one request)."""
-        ids = list(dict.fromkeys(ids))
-        if not ids:
-            return {}
-        resp = self.es.search(
-            index=index or self.alias, query={"ids": {"values": ids}}, size=len(ids),
-            source_includes=[VECTOR_FIELD],
-            source_exclude_vectors=False,  # ES 9 leaves dense vectors out unless asked
-        )
-        return {h["_id"]: h["_source"][VECTOR_FIELD] for h in resp.body["hits"]["hits"]}
+        sources = self.sources_with_vectors(list(dict.fromkeys(ids)), index or self.alias,
+                                            only_vector=True)
+        return {doc_id: source[VECTOR_FIELD] for doc_id, source in sources.items()}
 
     @translated
     def knn(
@@ -354,20 +348,22 @@ class ImageStore:
         return out
 
     @translated
-    def sources_with_vectors(self, ids: list[str], index: str) -> dict[str, dict]:
-        """The sources of ``ids`` in ``index``, vectors included (region vectors not): one
-        search by id (the multi-get API has no way to ask ES 9 for dense vectors)."""
+    def sources_with_vectors(self, ids: list[str], index: str, *,
+                             only_vector: bool = False) -> dict[str, dict]:
+        """The sources of ``ids`` in ``index``, vectors included (region vectors not), or
+        only their vectors: one search by id (the multi-get API has no way to ask ES 9 for
+        dense vectors)."""
         if not ids:
             return {}
         resp = self.es.search(
             index=index,
             query={"ids": {"values": ids}},
             size=len(ids),
-            source_excludes=[REGIONS_FIELD],
+            source_includes=[VECTOR_FIELD] if only_vector else None,
+            source_excludes=None if only_vector else [REGIONS_FIELD],
             source_exclude_vectors=False,
         )
         return {h["_id"]: h["_source"] for h in resp.body["hits"]["hits"]}
-
 
     @translated
     def facets(self, fields: Iterable[str], size: int = 50) -> dict:
