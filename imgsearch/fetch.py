@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from urllib.parse import quote, urljoin, urlsplit
 
+from .errors import ReasonedError
 from .images import sniff_format
 
 MAX_URL_CHARS = 2000
@@ -69,18 +70,10 @@ _HOST_NAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 
 
-class FetchError(ValueError):
+class FetchError(ReasonedError):
     """A URL that was refused or whose fetch failed; ``reason`` is a short stable code:
     invalid_url, unsupported_scheme, forbidden_address, unreachable, bad_response,
     too_many_redirects, too_slow, too_large, http_status or not_an_image."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(reason, message)
-        self.reason = reason
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

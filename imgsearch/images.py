@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from imgsearch.errors import ReasonedError
 from imgsearch.settings import RESIZE_MODES
 
 WHITE = (255, 255, 255)
@@ -40,16 +41,8 @@ _BMP_DIB_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
 _WARNINGS_LOCK = threading.Lock()
 
 
-class ImageError(ValueError):
+class ImageError(ReasonedError):
     """An input that cannot become a model input; ``reason`` is a short stable code."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(reason, message)
-        self.reason = reason
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields has no single truth

@@ -73,9 +73,9 @@ def query_options(params, default_k: int = 10, also: tuple[str, ...] = ()) -> di
     ``also`` names the endpoint's own parameters, which it reads itself."""
     check_params(params, also)
     return {
-        "k": _int(params, "k", default_k),
-        "num_candidates": _int(params, "num_candidates", None),
-        "offset": _int(params, "offset", 0),
+        "k": whole_number(params, "k", default_k),
+        "num_candidates": whole_number(params, "num_candidates", None),
+        "offset": whole_number(params, "offset", 0),
         "filters": Filters.from_params(params),
         "feedback": feedback_of(params),
     }
@@ -94,7 +94,8 @@ def feedback_of(params) -> Feedback:
     return Feedback(**marks)
 
 
-def _int(params, name: str, default):
+def whole_number(params, name: str, default):
+    """The parameter ``name`` as an int (``default`` when absent or empty); a 400 otherwise."""
     value = params.get(name, "")
     if value == "":
         return default

@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 
 from imgsearch.duplicates import DuplicateFinder, DuplicateReport, check_threshold
 
-from .common import doc_json
+from .common import doc_json, whole_number
 from .errors import Problem, index_missing
 
 bp = Blueprint("duplicates", __name__)
@@ -46,24 +46,13 @@ def _options(params) -> dict:
                           f"threshold must be a number, not {threshold[:40]!r}") from None
         threshold = check_threshold(value)  # a cosine in range, else QueryError (400)
     out = {"threshold": threshold if threshold != "" else None,
-           "limit": _whole(params, "limit", DEFAULT_LIMIT),
-           "offset": _whole(params, "offset", 0)}
+           "limit": whole_number(params, "limit", DEFAULT_LIMIT),
+           "offset": whole_number(params, "offset", 0)}
     if not 1 <= out["limit"] <= MAX_LIMIT:
         raise Problem(400, "invalid_parameter", f"limit must be between 1 and {MAX_LIMIT}")
     if not 0 <= out["offset"] <= MAX_OFFSET:
         raise Problem(400, "invalid_parameter", f"offset must be between 0 and {MAX_OFFSET}")
     return out
-
-
-def _whole(params, name: str, default: int) -> int:
-    value = params.get(name, "")
-    if value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise Problem(400, "invalid_parameter",
-                      f"{name} must be a whole number, not {value[:40]!r}") from None
 
 
 def _report(threshold: float | None) -> tuple[DuplicateReport, bool]:
