@@ -19,6 +19,7 @@ writes to the index.
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, content_hash, decode_rgb, read_bytes
+from .images import ImageError, content_hash, decode_rgb, read_bytes, thumbnail_webp
 from .search import SearchService, UnknownId
 from .store import VECTOR_FIELD
 
@@ -81,6 +82,11 @@ class Side:
     shares: np.ndarray  # float64 [rows, cols], row-major from the top left
     map: CellMap
     data: bytes = field(repr=False)  # the file, for drawing; not part of the JSON
+
+    def thumbnail_data_url(self, size: int = 256) -> str:
+        """The photo, longer side at most ``size``, as a ``data:`` URL (WebP)."""
+        rgb = decode_rgb(self.data, short_side=size)
+        return "data:image/webp;base64," + base64.b64encode(thumbnail_webp(rgb, size)).decode()
 
     def to_json(self) -> dict:
         return {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from imgsearch.explain import SIDES, heatmap_png
-from imgsearch.fetch import REFUSALS, FetchError, UrlFetcher
+from imgsearch.fetch import REFUSALS, FetchedImage, FetchError, UrlFetcher
 from imgsearch.images import ImageError
 from imgsearch.regions import parse_box
 from imgsearch.search import check_limits
@@ -54,19 +56,31 @@ def _search_url():
     check_limits(options["k"], options["num_candidates"], options["offset"])
     box = request.values.get("box", "")
     box = parse_box(box) if box else None
+    fetched = _fetched(urls[0])
+    with _image_at_url():
+        result = service().search_image(fetched.data, box=box, **options)
+    result.query["url"] = fetched.url
+    return jsonify(result_json(result, options["filters"]))
+
+
+def _fetched(url: str) -> FetchedImage:
+    """The image at ``url`` (imgsearch/fetch.py's guards), or the Problem that says why not."""
     try:
-        fetched = _url_fetcher().fetch(urls[0])
+        return _url_fetcher().fetch(url)
     except FetchError as exc:
         raise _url_problem(exc) from None
+
+
+@contextmanager
+def _image_at_url():
+    """An image fetched from a URL that does not decode is the URL's fault, not an upload's."""
     try:
-        result = service().search_image(fetched.data, box=box, **options)
+        yield
     except ImageError as exc:
         raise Problem(
             400, "invalid_image", f"The image at that URL is not one we can use: {exc}.",
             reason=exc.reason,
         ) from None
-    result.query["url"] = fetched.url
-    return jsonify(result_json(result, options["filters"]))
 
 
 def _url_fetcher() -> UrlFetcher:
@@ -111,17 +125,25 @@ def explain(doc_id: str):
     ``image``); ``format=png`` draws one ``side`` (result or query) as a heat map instead."""
     check_id(doc_id)
     params = request.values
-    check_params(params, only=("query", "format", "side"))
+    check_params(params, only=("query", "url", "format", "side"))
     fmt, side = params.get("format", "json"), params.get("side", "result")
     if fmt not in ("json", "png"):
         raise Problem(400, "invalid_parameter", f"format must be json or png, not {fmt[:40]!r}")
     if side not in SIDES:
         raise Problem(400, "invalid_parameter", f"side must be query or result, not {side[:40]!r}")
+    fetched = None
     if request.method == "POST":
-        if "query" in params:
+        if "query" in params or ("url" in params and request.files):
             raise Problem(400, "invalid_parameter",
-                          "Give the query either as an uploaded image or as query=<id>, not both.")
-        explanation = explainer().explain(doc_id, query_data=_uploaded_image())
+                          "Give the query one way: an uploaded image, a url or query=<id>.")
+        if "url" in params:
+            fetched = _fetched(params.get("url", ""))
+            with _image_at_url():
+                explanation = explainer().explain(doc_id, query_data=fetched.data)
+        else:
+            explanation = explainer().explain(doc_id, query_data=_uploaded_image())
+    elif "url" in params:
+        raise Problem(400, "invalid_parameter", "POST a url to explain a match against it.")
     else:
         query = params.get("query", "")
         if not query:
@@ -137,7 +159,12 @@ def explain(doc_id: str):
     if fmt == "png":
         png = heatmap_png(explanation.side(side), *explanation.share_range())
         return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
-    return jsonify(explanation.to_json())
+    body = explanation.to_json()
+    if fetched is not None:
+        # The page may not show another site's image (its CSP), so the query comes back as a
+        # small picture of itself, with the address it came from.
+        body["query"].update(url=fetched.url, thumbnail=explanation.query.thumbnail_data_url())
+    return jsonify(body)
 
 
 def _uploaded_image(or_else: str = "") -> bytes:

@@ -246,6 +246,23 @@ def test_pasting_an_image_url_searches_with_it(url_server, browser, photos):
         cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs} == {"pants"})
         assert len(cards) == 24
 
+        # The address is kept in the page's: a reload searches with it again.
+        severe_logs(browser)  # leaves out the refused URL's 400 above
+        assert "url=" in browser.current_url
+        browser.refresh()
+        reloaded = wait_for_cards(browser)
+        assert [c["id"] for c in reloaded] == [c["id"] for c in cards]
+
+        # A result opened from it explains its match against the image at the URL.
+        browser.find_elements(By.CSS_SELECTOR, "#results .card .card-image")[0].click()
+        WebDriverWait(browser, 30).until(lambda d: "query=url" in d.current_url)
+        browser.find_element(By.ID, "explain-toggle").click()
+        WebDriverWait(browser, 60).until(
+            lambda d: d.find_element(By.ID, "explain-status").text.startswith("Cosine"))
+        assert WebDriverWait(browser, 30).until(
+            lambda d: d.execute_script(HEAT_PAINTED, "query-heat"))
+        assert severe_logs(browser) == []
+
 
 # -- region search: a box drawn on the query photo ------------------------------------------------
 

@@ -159,3 +159,30 @@ def test_other_parameters_are_checked_before_anything_is_fetched(url_client, hos
     before = len(host.requests)
     error_of(by_url(url_client, host.url("/photo.jpg"), **fields), 400, code)
     assert len(host.requests) == before
+
+
+def test_a_match_is_explained_against_the_image_at_a_url(url_client, host, shoe):
+    """``POST /api/images/<id>/explain`` with ``url=``: the same guards, the shares sum to the
+    cosine the search reported, and the query comes back as a small picture of itself."""
+    hit = by_url(url_client, host.url("/hops/1"), k="3").get_json()["hits"][1]
+    response = url_client.post(f"/api/images/{hit['id']}/explain",
+                               data={"url": host.url("/hops/1")})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["query"]["url"] == host.url("/hops/0")
+    assert body["query"]["thumbnail"].startswith("data:image/webp;base64,")
+    for side in ("query", "result"):
+        assert sum(map(sum, body[side]["cells"])) == pytest.approx(body["cosine"], abs=1e-9)
+    assert body["cosine"] == pytest.approx(hit["cosine"], abs=2e-3)
+
+    _, _, shoe_id = shoe
+    refused = url_client.post(f"/api/images/{shoe_id}/explain",
+                              data={"url": "http://metadata.test/latest/"})
+    assert error_of(refused, 400, "url_refused")["reason"] == "forbidden_address"
+    as_get = url_client.get(f"/api/images/{shoe_id}/explain?url={host.url('/photo.jpg')}")
+    error_of(as_get, 400, "invalid_parameter")
+    both = url_client.post(f"/api/images/{shoe_id}/explain",
+                           data={"url": host.url("/photo.jpg"),
+                                 "image": (io.BytesIO(b"x"), "q.jpg")},
+                           content_type="multipart/form-data")
+    error_of(both, 400, "invalid_parameter")

@@ -19,8 +19,10 @@
   "use strict";
   const panel = document.getElementById("explain");
   const query = new URLSearchParams(location.search).get("query");
-  if (!panel || !query || !/^([0-9a-f]{64}|upload)$/.test(query)) return;
-  const QUERY_KEY = "imgsearch.query"; // where search.js keeps the uploaded photo
+  if (!panel || !query || !/^([0-9a-f]{64}|upload|url)$/.test(query)) return;
+  // Where search.js keeps the uploaded photo, and the address of an image searched by URL.
+  const QUERY_KEY = "imgsearch.query";
+  const QUERY_URL_KEY = "imgsearch.query-url";
   const toggle = document.getElementById("explain-toggle");
   const body = document.getElementById("explain-body");
   const status = document.getElementById("explain-status");
@@ -54,6 +56,15 @@
       form.append("image", photo.blob, "query");
       response = await fetch(url, { method: "POST", body: form });
       queryImage.src = photo.url;
+    } else if (query === "url") {
+      const address = sessionStorage.getItem(QUERY_URL_KEY);
+      if (!address) {
+        throw new Error("The address you searched with is not kept in this tab any more: " +
+          "search with it again, then open this result.");
+      }
+      const form = new FormData();
+      form.append("url", address);
+      response = await fetch(url, { method: "POST", body: form });
     } else {
       response = await fetch(`${url}?query=${encodeURIComponent(query)}`);
       queryImage.src = `/thumbnails/${encodeURIComponent(query)}.webp`;
@@ -63,6 +74,8 @@
       throw new Error(data && data.error ? data.error.message
         : `The server answered ${response.status}. Please try again.`);
     }
+    // Fetched by the server: the page may not load another site's image, so it comes back.
+    if (data.query.thumbnail) queryImage.src = data.query.thumbnail;
     return data;
   }
 

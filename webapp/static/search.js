@@ -39,6 +39,7 @@
   };
   // The uploaded photo, for the detail page to explain a match against (detail.js).
   const QUERY_KEY = "imgsearch.query";
+  const QUERY_URL_KEY = "imgsearch.query-url";
 
   // -- parameters ---------------------------------------------------------------------
 
@@ -50,17 +51,19 @@
     return params;
   }
 
-  function pageUrl(like) {
+  function pageUrl(like, url = null) {
     const params = new URLSearchParams();
     if (like) params.set("like", like);
+    if (url) params.set("url", url);
     for (const [name, value] of filterParams()) params.append(name, value);
     params.set("k", kSelect.value);
     return `${location.pathname}?${params}`;
   }
 
   function syncUrl() {
-    // Filters, k and a "like" query live in the address, so reloading or sharing keeps them.
-    history.replaceState(null, "", pageUrl(state.like));
+    // Filters, k and a "like" or "url" query live in the address, so reloading or sharing
+    // keeps them.
+    history.replaceState(null, "", pageUrl(state.like, state.url));
   }
 
   // -- talking to the API -------------------------------------------------------------
@@ -192,7 +195,7 @@
   // The detail page explains why a result matched the query it was found with: an indexed
   // image's id, or "upload" for the photo kept in sessionStorage. Boxes are not explained.
   function detailUrl(hit) {
-    const query = state.box ? null : state.file ? "upload" : state.like;
+    const query = state.box ? null : state.file ? "upload" : state.url ? "url" : state.like;
     return query ? `${hit.detail_url}?query=${encodeURIComponent(query)}` : hit.detail_url;
   }
 
@@ -384,6 +387,7 @@
     state.file = null;
     state.like = null;
     clearMarks();
+    sessionStorage.setItem(QUERY_URL_KEY, url); // for the detail page, as an upload is
     // The Content-Security-Policy keeps other sites' images off this page, so the query is
     // shown as its address only.
     queryFrame.hidden = true;
@@ -563,4 +567,8 @@
   }
 
   if (state.like) useLike(state.like);
+  else if (root.dataset.url) {
+    urlInput.value = root.dataset.url;
+    useUrl(root.dataset.url);
+  }
 })();
