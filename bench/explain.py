@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from bench.throwaway import indexed_folder
 from imgsearch.embedder import Embedder
 from imgsearch.settings import Settings
-from imgsearch.store import ImageStore
-from indexer.index import index_folder
 from webapp import create_app
 
 
@@ -56,35 +53,28 @@ def main() -> None:
     settings = Settings.from_env()
     embedder = Embedder(settings)
     print(f"{platform.node()}: model {embedder.version} ({embedder.runtime})")
-    with tempfile.TemporaryDirectory() as thumbs:
-        local = settings.with_(es_index=f"bench-explain-{uuid.uuid4().hex[:8]}",
-                               thumbnail_dir=Path(thumbs))
-        store = ImageStore.from_settings(local)
-        try:
-            index_folder(args.dataset / "images" / args.split, settings=local,
-                         embedder=embedder, store=store, progress=False)
-            app = create_app(local, embedder=embedder, store=store)
-            explainer = app.extensions["imgsearch.explainer"]
-            client = app.test_client()
-            ids = [h["_id"] for h in store.es.search(index=store.alias, size=10_000,
-                                                     source=False).body["hits"]["hits"]]
-            rng = random.Random(0)
-            sum_gap, cosine_gap, cold, warm, png = [], [], [], [], []
-            for query in rng.sample(ids, args.pairs):
-                hits = client.get(f"/api/images/{query}/similar?k=10").get_json()["hits"]
-                hit = rng.choice(hits)
-                url = f"/api/images/{hit['id']}/explain?query={query}"
-                explainer._maps.clear()  # neither map cached: the first look at a result
-                ms, response = timed(client, url)
-                cold.append(ms)
-                body = response.get_json()
-                for side in ("query", "result"):
-                    sum_gap.append(abs(np.sum(body[side]["cells"]) - body["cosine"]))
-                cosine_gap.append(abs(body["cosine"] - hit["cosine"]))
-                warm.append(timed(client, url)[0])
-                png.append(timed(client, url + "&format=png")[0])
-        finally:
-            store.es.indices.delete(index=f"{local.es_index}-*", ignore_unavailable=True)
+    root = args.dataset / "images" / args.split
+    with indexed_folder(root, settings, embedder, "explain") as (local, store, _):
+        app = create_app(local, embedder=embedder, store=store)
+        explainer = app.extensions["imgsearch.explainer"]
+        client = app.test_client()
+        ids = [h["_id"] for h in store.es.search(index=store.alias, size=10_000,
+                                                 source=False).body["hits"]["hits"]]
+        rng = random.Random(0)
+        sum_gap, cosine_gap, cold, warm, png = [], [], [], [], []
+        for query in rng.sample(ids, args.pairs):
+            hits = client.get(f"/api/images/{query}/similar?k=10").get_json()["hits"]
+            hit = rng.choice(hits)
+            url = f"/api/images/{hit['id']}/explain?query={query}"
+            explainer.maps.clear()  # neither map cached: the first look at a result
+            ms, response = timed(client, url)
+            cold.append(ms)
+            body = response.get_json()
+            for side in ("query", "result"):
+                sum_gap.append(abs(np.sum(body[side]["cells"]) - body["cosine"]))
+            cosine_gap.append(abs(body["cosine"] - hit["cosine"]))
+            warm.append(timed(client, url)[0])
+            png.append(timed(client, url + "&format=png")[0])
     print(f"{args.pairs} pairs (a query and one of its top 10) of the {args.split} split")
     print(f"largest |sum of a grid's shares - cosine|: {max(sum_gap):.2e}")
     print(f"largest |cosine of the maps - cosine the search reported|: {max(cosine_gap):.2e} "

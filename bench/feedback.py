@@ -25,41 +25,30 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import tempfile
 import time
-import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from elasticsearch import helpers
 
+from bench.throwaway import indexed_folder
 from imgsearch.embedder import Embedder
-from imgsearch.images import content_hash
 from imgsearch.search import FEEDBACK_WEIGHTS, Feedback, SearchService
 from imgsearch.settings import Settings
-from imgsearch.store import ImageStore
-from indexer.index import index_folder
 
 GRID_LIKE = (0.5, 0.75, 1.0, 1.5, 2.0)
 GRID_UNLIKE = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+@contextmanager
 def indexed_split(root: Path, settings: Settings, embedder: Embedder):
-    """``(service, ids, labels, cleanup)`` for ``root`` indexed into a throwaway alias."""
-    thumbs = tempfile.TemporaryDirectory()
-    settings = settings.with_(es_index=f"bench-feedback-{uuid.uuid4().hex[:8]}",
-                              thumbnail_dir=Path(thumbs.name))
-    store = ImageStore.from_settings(settings)
-    index_folder(root, settings=settings, embedder=embedder, store=store, progress=False)
-    service = SearchService(settings, store, embedder)
-    labels = {}
-    for path in sorted(root.rglob("*.jpg")):
-        labels[content_hash(path.read_bytes())] = path.parent.name
-
-    def cleanup():
-        store.es.indices.delete(index=f"{settings.es_index}-*", ignore_unavailable=True)
-        thumbs.cleanup()
-
-    return service, sorted(labels), labels, cleanup
+    """``(service, ids, labels)`` for ``root`` indexed into a throwaway alias; each image's
+    label is its folder's, as the indexer recorded it."""
+    with indexed_folder(root, settings, embedder, "feedback") as (local, store, _):
+        labels = {hit["_id"]: hit["_source"]["label"]
+                  for hit in helpers.scan(store.es, index=store.alias, _source=["label"])}
+        yield SearchService(local, store, embedder), sorted(labels), labels
 
 
 def one_round(service: SearchService, ids, labels, weights) -> dict:
@@ -120,26 +109,20 @@ def main() -> None:
     print(f"{platform.node()}: model {embedder.version} ({embedder.runtime})")
     weights = tuple(float(w) for w in args.weights.split(","))
     if args.choose:
-        service, ids, labels, cleanup = indexed_split(
-            args.dataset / "images" / "validation", settings, embedder)
-        try:
+        with indexed_split(args.dataset / "images" / "validation", settings,
+                           embedder) as (service, ids, labels):
             print(f"\nvalidation split, {len(ids)} queries\n{HEADER}")
             results = []
             for beta, gamma in itertools.product(GRID_LIKE, GRID_UNLIKE):
                 results.append(one_round(service, ids, labels, (1.0, beta, gamma)))
                 print(row(results[-1]), flush=True)
-        finally:
-            cleanup()
         weights = max(results, key=lambda r: r["p10_unseen"])["weights"]
         print(f"chosen by P@10 of the unseen: {weights}")
-    service, ids, labels, cleanup = indexed_split(
-        args.dataset / "images" / args.split, settings, embedder)
-    try:
+    with indexed_split(args.dataset / "images" / args.split, settings,
+                       embedder) as (service, ids, labels):
         chosen = one_round(service, ids, labels, weights)
         product = (one_round(service, ids, labels, FEEDBACK_WEIGHTS)
                    if weights != FEEDBACK_WEIGHTS else chosen)
-    finally:
-        cleanup()
     print(f"\n{args.split} split, {len(ids)} queries\n{HEADER}\n{row(chosen)}")
     if product is not chosen:
         print(f"{row(product)}   (the product's weights)")

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 from elasticsearch import helpers
 
+from bench.throwaway import indexed_folder
 from imgsearch.embedder import Embedder
 from imgsearch.metrics import exact_ranking, ranking_scores
 from imgsearch.search import SearchService
 from imgsearch.settings import Settings
 from imgsearch.store import VECTOR_FIELD, ImageStore
-from indexer.index import index_folder
 
 
 def fetch_vectors(store: ImageStore) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -47,25 +45,17 @@ def measure(root: Path, settings: Settings, embedder: Embedder,
             num_candidates: int = 100) -> dict:
     """Index ``root`` with ``embedder`` into a throwaway alias, then score every image as a
     query: through Elasticsearch ("more like this") and by exact search over the same vectors."""
-    with tempfile.TemporaryDirectory() as thumbs:
-        settings = settings.with_(es_index=f"bench-quality-{uuid.uuid4().hex[:8]}",
-                                  thumbnail_dir=Path(thumbs))
-        store = ImageStore.from_settings(settings)
-        try:
-            report = index_folder(root, settings=settings, embedder=embedder, store=store,
-                                  progress=False)
-            service = SearchService(settings, store, embedder)
-            ids, labels, vectors = fetch_vectors(store)
-            position = {doc_id: i for i, doc_id in enumerate(ids)}
-            started = time.perf_counter()
-            approx = [
-                [position[h.id] for h in service.similar(
-                    doc_id, k=10, num_candidates=num_candidates).hits]
-                for doc_id in ids
-            ]
-            knn_seconds = time.perf_counter() - started
-        finally:
-            store.es.indices.delete(index=f"{settings.es_index}-*", ignore_unavailable=True)
+    with indexed_folder(root, settings, embedder, "quality") as (local, store, report):
+        service = SearchService(local, store, embedder)
+        ids, labels, vectors = fetch_vectors(store)
+        position = {doc_id: i for i, doc_id in enumerate(ids)}
+        started = time.perf_counter()
+        approx = [
+            [position[h.id] for h in service.similar(
+                doc_id, k=10, num_candidates=num_candidates).hits]
+            for doc_id in ids
+        ]
+        knn_seconds = time.perf_counter() - started
     exact = exact_ranking(vectors)
     return {
         "images": len(ids),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ import numpy as np
 
 from .esclient import IndexMissing
 from .indices import VECTOR_FIELD
+from .recent import Recent
 from .search import QueryError
 from .settings import DUPLICATE_THRESHOLDS
 from .store import ImageStore
@@ -192,9 +192,9 @@ class DuplicateFinder:
     def __init__(self, store: ImageStore, default_threshold: float, *, keep: int = 4):
         self.store = store
         self.default_threshold = default_threshold
-        self.keep = keep  # reports kept (e.g. a few thresholds of the current index)
-        self._lock = threading.Lock()
-        self._reports: OrderedDict[tuple, DuplicateReport] = OrderedDict()
+        # Reports kept (e.g. a few thresholds of the current index).
+        self._reports: Recent[DuplicateReport] = Recent(keep)
+        self._lock = threading.Lock()  # one computation at a time
 
     def report(self, threshold: float | None = None) -> tuple[DuplicateReport, bool]:
         """``(report, from_cache)`` for the index the alias points at now."""
@@ -204,11 +204,9 @@ class DuplicateFinder:
             raise IndexMissing(f"no index behind the alias {self.store.alias!r}")
         key = (index, self.store.count(index), threshold)
         with self._lock:
-            if key in self._reports:
-                self._reports.move_to_end(key)
-                return self._reports[key], True
+            report = self._reports.get(key)
+            if report is not None:
+                return report, True
             report = find_duplicates(self.store, threshold, index=index)
-            self._reports[key] = report
-            while len(self._reports) > self.keep:
-                self._reports.popitem(last=False)
+            self._reports.put(key, report)
             return report, False

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, content_hash, decode_rgb, read_bytes, thumbnail_webp
-from .search import SearchService, UnknownId
+from .images import ImageError, decode_rgb, read_indexed, thumbnail_webp
+from .recent import Recent
+from .search import SearchService, UnknownId, milliseconds
 from .store import VECTOR_FIELD
 
 SIDES = ("query", "result")
@@ -137,9 +135,7 @@ class Explainer:
 
     def __init__(self, service: SearchService, cache_size: int = MAP_CACHE_SIZE):
         self.service = service
-        self.cache_size = cache_size
-        self._maps: OrderedDict[tuple[str, str], CellMap] = OrderedDict()
-        self._lock = threading.Lock()
+        self.maps: Recent[CellMap] = Recent(cache_size)  # by (model version, image id)
 
     def explain(self, doc_id: str, *, query_id: str | None = None,
                 query_data: bytes | None = None) -> Explanation | None:
@@ -160,7 +156,7 @@ class Explainer:
         if source is None:
             return None
         if query_id is not None:
-            query_source = store.get(query_id, with_vector=True, index=route.index)
+            query_source = store.get(query_id, index=route.index)  # its map, not its vector
             if query_source is None:
                 raise UnknownId(f"No indexed image has the id {query_id} (parameter query).")
             query_bytes = self._indexed_file(query_id, query_source)
@@ -183,40 +179,31 @@ class Explainer:
             result=Side(doc_id, result_share, result_map, result_bytes),
             model_version=route.model_version,
             index=route.index,
-            timings_ms={"maps": round((t1 - t0) * 1000, 2), "explain": round((t2 - t1) * 1000, 2),
-                        "total": round((t2 - t0) * 1000, 2)},
+            timings_ms=milliseconds(maps=t1 - t0, explain=t2 - t1, total=t2 - t0),
         )
 
     def _indexed_file(self, doc_id: str, source: dict) -> bytes:
         """The indexed file's bytes, only while they still hash to the id."""
         path = source.get("path")
         try:
-            data = read_bytes(Path(path)) if path else b""
-        except ImageError:
-            data = b""
-        if not data:
+            return read_indexed(doc_id, path)
+        except ImageError as exc:
+            if exc.reason == "changed":
+                raise ExplainUnavailable(
+                    "file_unavailable",
+                    f"The file of image {doc_id} ({path}) has changed since it was indexed; "
+                    "re-index its folder to explain matches with it.") from None
             raise ExplainUnavailable(
                 "file_unavailable",
                 f"The file of image {doc_id} ({path}) cannot be read any more; explaining a "
-                "match needs the indexed file. Re-index its folder if it moved.")
-        if content_hash(data) != doc_id:
-            raise ExplainUnavailable(
-                "file_unavailable",
-                f"The file of image {doc_id} ({path}) has changed since it was indexed; "
-                "re-index its folder to explain matches with it.")
-        return data
+                "match needs the indexed file. Re-index its folder if it moved.") from None
 
     def _cached_map(self, model, doc_id: str, data: bytes) -> CellMap:
         key = (model.version, doc_id)
-        with self._lock:
-            if key in self._maps:
-                self._maps.move_to_end(key)
-                return self._maps[key]
-        cell_map = self._map(model, data)
-        with self._lock:
-            self._maps[key] = cell_map
-            while len(self._maps) > self.cache_size:
-                self._maps.popitem(last=False)
+        cell_map = self.maps.get(key)
+        if cell_map is None:
+            cell_map = self._map(model, data)
+            self.maps.put(key, cell_map)
         return cell_map
 
     def _map(self, model, data: bytes) -> CellMap:

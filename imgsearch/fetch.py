@@ -410,7 +410,8 @@ class UrlFetcher:
                 "bad_response", f"{target.host} closed the connection before the whole image "
                                 "was sent")
         data = b"".join(chunks)
-        self._sniff(data, target, response)
+        if not sniffed:  # fewer than SNIFF_BYTES came
+            self._sniff(data, target, response)
         return data
 
     @staticmethod

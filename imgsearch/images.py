@@ -191,6 +191,19 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
+def read_indexed(doc_id: str, path: str | None) -> bytes:
+    """The bytes of the file indexed as ``doc_id`` at ``path``, only while they still hash to
+    the id, so nothing but the indexed image is ever served or explained, whatever the path
+    holds now: ImageError as :func:`read_bytes` gives it when the file cannot be read, with
+    reason ``changed`` when it holds other bytes."""
+    if not path:
+        raise ImageError("unreadable", f"image {doc_id} has no path")
+    data = read_bytes(Path(path))
+    if content_hash(data) != doc_id:
+        raise ImageError("changed", f"{path} has changed since it was indexed")
+    return data
+
+
 def _sniff_or_raise(data: bytes) -> str:
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")

@@ -53,6 +53,15 @@ class Feedback:
     like: tuple[str, ...] = ()
     unlike: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        """At most MAX_FEEDBACK of each kind, and no image both liked and unliked."""
+        for name, ids in (("like", self.like), ("unlike", self.unlike)):
+            if len(ids) > MAX_FEEDBACK:
+                raise QueryError(f"at most {MAX_FEEDBACK} {name} ids, not {len(ids)}")
+        both = set(self.like) & set(self.unlike)
+        if both:
+            raise QueryError(f"{sorted(both)[0]} is both liked and unliked; mark it one way")
+
     def __bool__(self) -> bool:
         return bool(self.like or self.unlike)
 
@@ -167,7 +176,6 @@ class SearchService:
         if box is not None and feedback:
             raise QueryError("like and unlike refine searches with the whole photo; they cannot "
                              "be combined with a box")
-        check_feedback(feedback)
         route = self.route()
         model = route.model
         query: dict = {"k": k, "num_candidates": num_candidates, "offset": offset}
@@ -184,14 +192,12 @@ class SearchService:
             t1 = time.perf_counter()
             vector = model.embed_region(pixels)
         t2 = time.perf_counter()
-        if feedback:
-            vector = self._refine(route, vector, feedback)
-            query["feedback"] = feedback.to_json(self.feedback_weights)
+        vector = self._refine(route, vector, feedback, query)
         hits = self._knn(route, vector, k, num_candidates, filters, offset=offset,
                          regions=mode is not None, exclude_ids=feedback.unlike)
         t3 = time.perf_counter()
         return SearchResult(
-            hits, _timings(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
+            hits, milliseconds(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
             query, route.model_version, route.index,
         )
 
@@ -236,29 +242,29 @@ class SearchService:
         itself is left out."""
         k, num_candidates = check_limits(k, num_candidates, offset)
         feedback = feedback or Feedback()
-        check_feedback(feedback)
         route = self.route()
         t0 = time.perf_counter()
         source = self.store.get(doc_id, with_vector=True, index=route.index)
         if source is None:
             return None
         query = {"k": k, "num_candidates": num_candidates, "offset": offset, "like": doc_id}
-        vector = source[VECTOR_FIELD]
-        if feedback:
-            vector = self._refine(route, vector, feedback)
-            query["feedback"] = feedback.to_json(self.feedback_weights)
+        vector = self._refine(route, source[VECTOR_FIELD], feedback, query)
         hits = self._knn(
             route, vector, k, num_candidates, filters, offset=offset,
             exclude_ids=(doc_id, *feedback.unlike),
         )
         t1 = time.perf_counter()
         return SearchResult(
-            hits, _timings(search=t1 - t0, total=t1 - t0), query, route.model_version,
+            hits, milliseconds(search=t1 - t0, total=t1 - t0), query, route.model_version,
             route.index,
         )
 
-    def _refine(self, route, vector, feedback: Feedback) -> np.ndarray:
-        """``vector`` moved by the marked images' stored vectors (one read for all of them)."""
+    def _refine(self, route, vector, feedback: Feedback, query: dict):
+        """``vector`` moved by the marked images' stored vectors (one read for all of them),
+        the marks and weights noted in ``query``; ``vector`` itself without marks."""
+        if not feedback:
+            return vector
+        query["feedback"] = feedback.to_json(self.feedback_weights)
         stored = self.store.vectors((*feedback.like, *feedback.unlike), index=route.index)
         missing = [i for i in (*feedback.like, *feedback.unlike) if i not in stored]
         if missing:
@@ -338,15 +344,6 @@ class SearchService:
         return [Hit(h["id"], h["score"], h["cosine"], h["source"], h.get("region")) for h in raw]
 
 
-def check_feedback(feedback: Feedback) -> None:
-    """At most MAX_FEEDBACK of each kind, and no image both liked and unliked."""
-    for name, ids in (("like", feedback.like), ("unlike", feedback.unlike)):
-        if len(ids) > MAX_FEEDBACK:
-            raise QueryError(f"at most {MAX_FEEDBACK} {name} ids, not {len(ids)}")
-    both = set(feedback.like) & set(feedback.unlike)
-    if both:
-        raise QueryError(f"{sorted(both)[0]} is both liked and unliked; mark it one way")
-
-
-def _timings(**seconds: float) -> dict[str, float]:
+def milliseconds(**seconds: float) -> dict[str, float]:
+    """Durations in seconds, as the answers report them: milliseconds to 0.01."""
     return {name: round(s * 1000.0, 2) for name, s in seconds.items()}

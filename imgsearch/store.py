@@ -344,7 +344,7 @@ class ImageStore:
                 raise StoreRefused(f"Elasticsearch refused a kNN query (status "
                                    f"{answer.get('status')}): {error.get('reason')}",
                                    answer.get("status"))
-            out.append([(h["_id"], 2.0 * h["_score"] - 1.0) for h in answer["hits"]["hits"]])
+            out.append([(h["_id"], cosine_of(h["_score"])) for h in answer["hits"]["hits"]])
         return out
 
     @translated
@@ -415,12 +415,17 @@ class ImageStore:
         return out
 
 
+def cosine_of(score: float) -> float:
+    """The cosine behind a kNN score: dot_product scores unit vectors as (1 + cos) / 2, and
+    people read cosine more easily."""
+    return 2.0 * score - 1.0
+
+
 def _hit(h: dict) -> dict:
     hit = {
         "id": h["_id"],
         "score": h["_score"],
-        # dot_product scores are (1 + cos) / 2; people read cosine more easily.
-        "cosine": 2.0 * h["_score"] - 1.0,
+        "cosine": cosine_of(h["_score"]),
         "source": h["_source"],
     }
     inner = h.get("inner_hits", {}).get(REGIONS_FIELD, {}).get("hits", {}).get("hits")

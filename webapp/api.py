@@ -125,7 +125,7 @@ def explain(doc_id: str):
     ``image``); ``format=png`` draws one ``side`` (result or query) as a heat map instead."""
     check_id(doc_id)
     params = request.values
-    check_params(params, only=("query", "url", "format", "side"))
+    check_params(params, only=("format", "query", "side", "url"))
     fmt, side = params.get("format", "json"), params.get("side", "result")
     if fmt not in ("json", "png"):
         raise Problem(400, "invalid_parameter", f"format must be json or png, not {fmt[:40]!r}")

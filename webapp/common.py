@@ -52,8 +52,8 @@ QUERY_PARAMS = frozenset({
 
 def check_params(params, also: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
     """Refuse any parameter outside QUERY_PARAMS, ``also`` (an endpoint's own) and extra.*;
-    or, for an endpoint without search options, outside ``only``."""
-    known = set(only) if only is not None else QUERY_PARAMS | set(also)
+    or, for an endpoint without search options, outside ``only`` (listed in its order)."""
+    known = only if only is not None else sorted(QUERY_PARAMS | set(also))
     unknown = sorted(
         name for name in params
         if name not in known
@@ -64,7 +64,7 @@ def check_params(params, also: tuple[str, ...] = (), only: tuple[str, ...] | Non
         extra = "" if only is not None else " and extra.<column>"
         raise Problem(
             400, "unknown_parameter",
-            f"Unknown parameter(s): {shown}. Known: {', '.join(sorted(known))}{extra}.",
+            f"Unknown parameter(s): {shown}. Known: {', '.join(known)}{extra}.",
         )
 
 

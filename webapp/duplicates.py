@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 
 from imgsearch.duplicates import DuplicateFinder, DuplicateReport, check_threshold
 
-from .common import doc_json, whole_number
+from .common import check_params, doc_json, whole_number
 from .errors import Problem, index_missing
 
 bp = Blueprint("duplicates", __name__)
@@ -32,11 +32,7 @@ def finder() -> DuplicateFinder:
 def _options(params) -> dict:
     """``threshold`` (None: the setting's), ``limit`` and ``offset``, each checked (400
     ``unknown_parameter`` / ``invalid_parameter`` with what is allowed)."""
-    unknown = sorted(name for name in params if name not in PARAMS)
-    if unknown:
-        shown = ", ".join(repr(n[:40]) for n in unknown[:5])
-        raise Problem(400, "unknown_parameter",
-                      f"Unknown parameter(s): {shown}. Known: {', '.join(PARAMS)}.")
+    check_params(params, only=PARAMS)
     threshold = params.get("threshold", "")
     if threshold != "":
         try:

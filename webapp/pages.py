@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import Blueprint, abort, current_app, render_template, request, send_file, url_for
 from markupsafe import Markup, escape
 
-from imgsearch.images import content_hash
+from imgsearch.images import ImageError, read_indexed
 from imgsearch.store import IndexMissing
 
 from .common import check_id, doc_json, service, thumbnails
@@ -78,11 +78,9 @@ def original(doc_id: str):
     if source is None or source.get("format") not in BROWSER_TYPES:
         abort(404)
     try:
-        data = Path(source["path"]).read_bytes()
-    except (OSError, KeyError):
-        abort(404)
-    if content_hash(data) != doc_id:
-        abort(404)  # the file was changed or replaced since it was indexed
+        data = read_indexed(doc_id, source.get("path"))
+    except ImageError:
+        abort(404)  # gone, unreadable, or changed or replaced since it was indexed
     mimetype = BROWSER_TYPES[source["format"]]
     return _immutable(send_file(io.BytesIO(data), mimetype=mimetype, etag=doc_id, conditional=True))
 
