@@ -63,7 +63,9 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 
 
 def resolve_precision(requested: str, flags: frozenset[str] | None = None) -> str:
-    """``auto`` becomes ``bf16`` on CPUs that compute in it and ``fp32`` elsewhere."""
+    """The precision to ask the runtime for: ``auto`` becomes ``bf16`` on CPUs with native
+    bf16 dot products and ``fp32`` elsewhere. A request, not a fact: each runtime then says
+    what it computes in (:attr:`Embedder.precision`), which on some of those CPUs is fp32."""
     if requested != "auto":
         return requested
     flags = cpu_flags() if flags is None else flags
@@ -71,21 +73,20 @@ def resolve_precision(requested: str, flags: frozenset[str] | None = None) -> st
 
 
 def apply_precision(precision: str) -> None:
-    """Set how TensorFlow's oneDNN CPU kernels do fp32 maths, for this whole process.
+    """Ask TensorFlow's oneDNN CPU kernels to do fp32 maths in ``precision``, for this whole
+    process.
 
     ``bf16`` lets convolutions and matrix products round their inputs to bf16 and accumulate
-    in fp32 (AMX / AVX512-BF16); everything else (batch norm, sums, pooling, the output) stays
-    fp32, which keeps vectors within cosine 0.9998 of strict fp32 (docs/BENCHMARKS.md).
-    oneDNN reads the mode once, when it builds its first kernel: set it before any model runs.
+    in fp32; everything else (batch norm, sums, pooling, the output) stays fp32, which keeps
+    vectors within cosine 0.9998 of strict fp32 (docs/BENCHMARKS.md). oneDNN may not honour
+    it (:func:`imgsearch.runtime.tensorflow_precision` measures whether it does), and it reads
+    the mode once, when it builds its first kernel: set it before any model runs.
     """
     global _process_precision
     if _process_precision not in (None, precision):
         log.warning("precision %s requested, but this process already runs %s; oneDNN "
                     "keeps the first one", precision, _process_precision)
         return
-    if precision == "bf16" and not cpu_flags() & BF16_CPU_FLAGS:
-        log.warning("IMGSEARCH_PRECISION=bf16 on a CPU without AVX512-BF16 or AMX: "
-                    "oneDNN computes in fp32 here")
     os.environ["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16" if precision == "bf16" else "STRICT"
     _process_precision = precision
 
@@ -123,8 +124,8 @@ class Embedder:
     preprocessing = PREPROCESSING
 
     def __init__(self, settings: Settings, model_dir: Path | None = None):
-        self.precision = resolve_precision(settings.precision)
-        apply_precision(self.precision)
+        requested = resolve_precision(settings.precision)
+        apply_precision(requested)
 
         from .modelstore import load_model_dir, resolve_model_dir
         from .weights import load_resnet50
@@ -151,17 +152,27 @@ class Embedder:
         if is_quantized(self.card):
             # int8 vectors are other vectors: the model has a version of its own.
             require_openvino(self.runtime, settings.runtime, model_dir)
-            self.version, self.precision = self.card["model_version"], "int8"
+            self.version = self.card["model_version"]
             self._forward = OpenVINOForward(
                 load_quantized(model_dir, self.card), "fp32", name=self.version,
                 threads=settings.inference_threads,
             )
+            self.precision = "int8"
         else:
             self._forward = make_forward(
                 self.runtime, self.model, input_size=self.input_size, version=self.version,
-                precision=self.precision, cache_dir=settings.cache_dir,
+                precision=requested, cache_dir=settings.cache_dir,
                 threads=settings.inference_threads,
             )
+            # What the runtime computes in, measured, not what was asked for: on an AMD EPYC
+            # with AVX512_BF16 and no AMX, TensorFlow's kernels stay fp32 while OpenVINO's run
+            # bf16 (tests/imgsearch/test_embedder.py holds each runtime to what it reports).
+            self.precision = self._forward.precision
+            if requested != self.precision:
+                # Under ``auto`` this is expected; a precision named by the user is not kept.
+                log.log(logging.INFO if settings.precision == "auto" else logging.WARNING,
+                        "%s computes in %s on this CPU (%s asked for)", self.runtime,
+                        self.precision, requested)
 
     def decode(
         self, data: bytes, *, thumbnail_size: int = 0, max_pixels: int | None = None

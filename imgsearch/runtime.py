@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 # The compile-time precision of an fp32 model on OpenVINO, for IMGSEARCH_PRECISION's values.
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# Relative error of one convolution and one matrix product against float64 (the probe of
+# :func:`tensorflow_precision`). fp32 kernels land at ~1e-6; kernels that round their inputs
+# to bf16 (8 bits of mantissa) at ~1e-3 (bf16's unit roundoff is 2**-9 = 2e-3). The threshold
+# sits two decades from each.
+BF16_ERROR_FLOOR = 1e-4
+_tensorflow_precision: str | None = None
 
 
 class RuntimeUnavailable(Exception):
@@ -108,6 +114,52 @@ def limit_tensorflow_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError as exc:
         log.warning("TensorFlow already runs; its threads stay as they are (%s)", exc)
+
+
+def tensorflow_precision() -> str:
+    """The precision TensorFlow's oneDNN kernels compute in, in this process: ``bf16`` or
+    ``fp32``, by measurement.
+
+    ``ONEDNN_DEFAULT_FPMATH_MODE=BF16`` (:func:`imgsearch.embedder.apply_precision`) is a
+    request that oneDNN may ignore: on Intel AMX it rounds convolution and matrix product
+    inputs to bf16, but on an AMD EPYC with AVX512_BF16 and no AMX its kernels stay fp32,
+    bit for bit. CPU flags cannot tell the two apart, so this runs one small convolution and
+    one matrix product of fixed random data (~0.1 s, once per process: oneDNN fixes its
+    mode with its first kernel) and compares them with float64.
+    """
+    global _tensorflow_precision
+    if _tensorflow_precision is None:
+        import tensorflow as tf
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((1, 14, 14, 64)).astype(np.float32)
+        w = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+        conv = tf.function(lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"))
+        matmul = tf.function(tf.matmul)
+        a, b = x.reshape(196, 64), w.reshape(576, 64)[:64]
+        errors = [
+            relative_error(conv(x, w).numpy(),
+                           tf.nn.conv2d(x.astype(np.float64), w.astype(np.float64), 1,
+                                        "SAME").numpy()),
+            relative_error(matmul(a, b).numpy(), a.astype(np.float64) @ b.astype(np.float64)),
+        ]
+        _tensorflow_precision = "bf16" if max(errors) > BF16_ERROR_FLOOR else "fp32"
+        log.debug("TensorFlow computes in %s (probe errors %s)", _tensorflow_precision, errors)
+    return _tensorflow_precision
+
+
+def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(value - reference).max() / np.abs(reference).max())
+
+
+def openvino_precision(compiled, core) -> str:
+    """The precision a compiled OpenVINO model computes in: ``bf16`` where the plugin kept a
+    bf16 hint and the CPU does bf16 natively (its ``BF16`` capability), else ``fp32``."""
+    import openvino as ov
+
+    kept = compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if kept and native else "fp32"
 
 
 def compile_feature_map(model):
@@ -190,11 +242,14 @@ def convert_function(function):
 
 
 class TensorFlowForward:
+    """The compiled forward pass on TensorFlow; :attr:`precision` is what it computes in."""
+
     runtime = "tensorflow"
 
     def __init__(self, model, input_size: int):
         self._forward = compile_forward(model, input_size)
         self._lock = threading.Lock()
+        self.precision = tensorflow_precision()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         # TF already spreads one batch over every core; concurrent calls would only thrash.
@@ -215,6 +270,9 @@ class OpenVINOForward:
     Compiling takes 0.1-0.2 s, so an indexer that never sees a single image never compiles the
     first, and a web worker never the second. Thread-safe: each mode serialises its own
     requests (a second concurrent request would only share the same cores).
+
+    :attr:`precision` is what the compiled model computes in (:func:`openvino_precision`):
+    a bf16 request on a CPU without native bf16 computes, and says, fp32.
     """
 
     runtime = "openvino"
@@ -236,7 +294,8 @@ class OpenVINOForward:
         self._lock = threading.Lock()
         self._single = None  # (compiled model, infer request)
         self._batched = None  # (compiled model, async queue, streams)
-        self.compile("LATENCY")  # fail here, at startup, rather than on the first query
+        # Fail here, at startup, rather than on the first query.
+        self.precision = openvino_precision(self.compile("LATENCY"), self._core)
 
     def compile(self, hint: str):
         import openvino as ov

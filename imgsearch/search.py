@@ -288,6 +288,7 @@ class SearchService:
         follow = self.models.status()
         serving = follow["serving"]
         version = serving["model_version"]
+        model = self.models.model
         problems = []
         if version is None:
             problems.append("the model is not loaded")
@@ -321,7 +322,9 @@ class SearchService:
                 "name": es["index"], "documents": es["documents"],
                 "model_version": es["model_version"],
             },
-            "model": {"loaded": version is not None, "version": version},
+            # The precision is the one the runtime computes in on this CPU (imgsearch/runtime.py).
+            "model": {"loaded": version is not None, "version": version,
+                      "precision": model.precision, "runtime": model.runtime},
             # What queries use now, and any switch to the alias's model still under way.
             "serving": serving,
             "switching": {"to": follow["alias"]["model_version"], "loading": follow["loading"],

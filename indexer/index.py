@@ -43,6 +43,9 @@ class IndexReport:
     aborted: str | None = None
     embedded: int = 0
     regions: str | None = None  # the region mode of the index, when it holds regions
+    # The model's version and what it computed in here (the Ray engine's workers load the same
+    # model on their own machines; this is the driver's view of it).
+    model: dict | None = None
 
     @property
     def exit_code(self) -> int:
@@ -55,6 +58,7 @@ class IndexReport:
         return {
             "index": self.index,
             "regions": self.regions,
+            "model": self.model,
             "seen": s.seen,
             "indexed": s.indexed,
             "already_present": s.already_present,
@@ -112,7 +116,10 @@ def index_folder(
                               indexed_at=now_iso(), sidecar=sidecar, progress=advance)
         report = IndexReport(part.stats, 0.0, target.index, aborted=part.aborted,
                              embedded=part.embedded,
-                             regions=target.regions.name if target.regions else None)
+                             regions=target.regions.name if target.regions else None,
+                             model={"version": embedder.version,
+                                    "precision": embedder.precision,
+                                    "runtime": embedder.runtime})
         if not report.aborted:
             try:
                 finish(store, target, root, part.stats, sync=sync)
@@ -253,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     store = ImageStore.from_settings(settings)
     try:
         embedder = Embedder(settings)
+        log.info("model %s, computing in %s on %s", embedder.version, embedder.precision,
+                 embedder.runtime)
         engine = None
         if args.engine == "ray":
             from .distributed import RayEngine

@@ -266,7 +266,7 @@ def test_bad_input_is_skipped_with_its_reason(name, test_settings, store, embedd
     assert report.aborted is None and report.exit_code == EXIT_PARTIAL
 
 
-def test_cli_summary_and_exit_status(test_settings, store, bad_dir, tmp_path):
+def test_cli_summary_and_exit_status(test_settings, store, bad_dir, tmp_path, embedder):
     """The real command line: summary lines, a JSON report and the documented exit code."""
     env = dict(os.environ, ES_URL=test_settings.es_url, ES_INDEX=store.alias,
                IMGSEARCH_THUMBNAIL_DIR=str(test_settings.thumbnail_dir), PYTHONPATH=str(PROJECT))
@@ -282,6 +282,10 @@ def test_cli_summary_and_exit_status(test_settings, store, bad_dir, tmp_path):
     data = json.loads(report_file.read_text())
     assert data["indexed"] == 10 and data["exit_code"] == EXIT_PARTIAL
     assert Counter(f["reason"] for f in data["failed"])["empty"] == 1
+    # The same settings in another process: the same model, computing in the same precision.
+    assert data["model"] == {"version": embedder.version, "precision": embedder.precision,
+                             "runtime": embedder.runtime}
+    assert f"computing in {embedder.precision} on {embedder.runtime}" in proc.stderr
 
     search = subprocess.run(
         [sys.executable, "-m", "indexer", "search", str(sorted(bad_dir.rglob("*.jpg"))[-1]),

@@ -180,7 +180,8 @@ def test_healthz_when_all_is_well(client, embedder):
     assert health["ok"] is True and health["reason"] is None
     assert health["elasticsearch"]["reachable"] is True
     assert health["index"]["present"] is True and health["index"]["documents"] == 372
-    assert health["model"] == {"loaded": True, "version": embedder.version}
+    assert health["model"] == {"loaded": True, "version": embedder.version,
+                               "precision": embedder.precision, "runtime": embedder.runtime}
     assert health["index"]["model_version"] == embedder.version
 
 
