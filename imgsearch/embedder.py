@@ -118,7 +118,7 @@ class Embedder:
     worker's threads share one instance.
     """
 
-    architecture = ARCHITECTURE
+    architecture = ARCHITECTURE  # satisfies imgsearch.model.ImageModel
     dims = DIMS
     input_size = INPUT_SIZE
     preprocessing = PREPROCESSING
@@ -173,6 +173,18 @@ class Embedder:
                 log.log(logging.INFO if settings.precision == "auto" else logging.WARNING,
                         "%s computes in %s on this CPU (%s asked for)", self.runtime,
                         self.precision, requested)
+
+    @property
+    def is_base(self) -> bool:
+        return self.card is None
+
+    @property
+    def is_quantized(self) -> bool:
+        return is_quantized(self.card)
+
+    @property
+    def has_feature_maps(self) -> bool:
+        return not self.is_quantized
 
     def decode(
         self, data: bytes, *, thumbnail_size: int = 0, max_pixels: int | None = None
@@ -284,8 +296,8 @@ class Embedder:
         if self._map_forward is None:
             with self._map_lock:
                 if self._map_forward is None:
-                    if self.precision == "int8":
-                        raise ValueError("region vectors come from fp32 models; this one is int8")
+                    if not self.has_feature_maps:
+                        raise ValueError("feature maps come from fp32 models; this one is int8")
                     self._map_forward = make_map_forward(
                         self.runtime, self.model, version=self.version,
                         precision=self.precision, cache_dir=self.settings.cache_dir,

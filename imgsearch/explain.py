@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .images import ImageError, decode_rgb, read_indexed, thumbnail_webp
+from .model import ImageModel
 from .recent import Recent
 from .search import SearchService, UnknownId, milliseconds
 from .store import VECTOR_FIELD
@@ -146,7 +147,7 @@ class Explainer:
             raise ValueError("give exactly one of query_id and query_data")
         route = self.service.route()
         model, store = route.model, self.service.store
-        if getattr(model, "precision", None) == "int8":
+        if not model.has_feature_maps:
             raise ExplainUnavailable(
                 "explain_unavailable",
                 "The int8 model serving now has no feature map to explain with; explanations "
@@ -198,7 +199,7 @@ class Explainer:
                 f"The file of image {doc_id} ({path}) cannot be read any more; explaining a "
                 "match needs the indexed file. Re-index its folder if it moved.") from None
 
-    def _cached_map(self, model, doc_id: str, data: bytes) -> CellMap:
+    def _cached_map(self, model: ImageModel, doc_id: str, data: bytes) -> CellMap:
         key = (model.version, doc_id)
         cell_map = self.maps.get(key)
         if cell_map is None:
@@ -206,7 +207,7 @@ class Explainer:
             self.maps.put(key, cell_map)
         return cell_map
 
-    def _map(self, model, data: bytes) -> CellMap:
+    def _map(self, model: ImageModel, data: bytes) -> CellMap:
         image = model.decode(data)
         return CellMap(model.feature_map(image.pixels), image.width, image.height,
                        model.input_frame(image.width, image.height))

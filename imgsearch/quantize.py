@@ -32,6 +32,7 @@ import numpy as np
 from .digest import digest_problem, file_digests
 from .images import ImageError, content_hash
 from .ircache import IR_FILES
+from .model import ImageModel
 from .modelstore import CARD_FIELDS, read_card, write_model_dir
 from .runtime import RuntimeUnavailable
 from .weights import WeightsError
@@ -68,10 +69,10 @@ def calibration_paths(root: Path, samples: int, seed: int) -> list[Path]:
 
 
 def quantize(
-    source, root: Path, out_dir: Path, *, samples: int = 300, seed: int = 0,
+    source: ImageModel, root: Path, out_dir: Path, *, samples: int = 300, seed: int = 0,
     force: bool = False,
 ) -> QuantizeResult:
-    """Quantise ``source`` (an :class:`~imgsearch.embedder.Embedder`, fp32) to int8, calibrated
+    """Quantise ``source`` (an fp32 model) to int8, calibrated
     on photos below ``root``, into ``out_dir`` (refused if it exists, unless ``force``)."""
     import nncf
     import openvino as ov
@@ -81,7 +82,7 @@ def quantize(
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if source.precision == "int8":
+    if source.is_quantized:
         raise QuantizeError(f"{source.version} is already an int8 model")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise QuantizeError(f"{out_dir} exists; choose another --out or pass --force")
@@ -143,7 +144,7 @@ def quantize(
     return QuantizeResult(out_dir, card, skipped)
 
 
-def _base_card(source) -> dict:
+def _base_card(source: ImageModel) -> dict:
     """The card fields of the base model, which has no card of its own."""
     card = {f: None for f in CARD_FIELDS}
     card.update({

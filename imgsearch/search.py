@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .filters import Filters
+from .model import ImageModel
 from .regions import RegionMode
 from .serving import ModelFollower, Route
 from .settings import Settings
@@ -133,7 +134,7 @@ class SearchService:
 
     feedback_weights = FEEDBACK_WEIGHTS  # Rocchio's (query, like, unlike); bench/feedback.py
 
-    def __init__(self, settings: Settings, store: ImageStore, model, *,
+    def __init__(self, settings: Settings, store: ImageStore, model: ImageModel, *,
                  check_interval: float = 1.0):
         self.settings = settings
         self.store = store
@@ -141,7 +142,7 @@ class SearchService:
         self._region_modes: dict[str, RegionMode | None] = {}
 
     @property
-    def model(self):
+    def model(self) -> ImageModel:
         """The model that answers queries now."""
         return self.models.model
 

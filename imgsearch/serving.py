@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .model import ImageModel
 from .modelstore import ModelStore
 from .settings import Settings
 from .store import ImageStore, StoreError
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 class Route:
     """A model and the concrete index its vectors live in (None: nothing indexed yet)."""
 
-    model: object
+    model: ImageModel
     index: str | None
 
     @property
@@ -49,9 +50,9 @@ class ModelFollower:
         self,
         settings: Settings,
         store: ImageStore,
-        model,
+        model: ImageModel,
         *,
-        loader: Callable[[str], object] | None = None,
+        loader: Callable[[str], ImageModel] | None = None,
         check_interval: float = 1.0,
         retry_interval: float = 30.0,
     ):
@@ -81,7 +82,7 @@ class ModelFollower:
         return self._route
 
     @property
-    def model(self):
+    def model(self) -> ImageModel:
         return self._route.model
 
     def status(self) -> dict:
@@ -153,7 +154,7 @@ class ModelFollower:
         # Keep the serving model and the base one (a swap back is then instant); drop the rest.
         self._models = {
             v: m for v, m in self._models.items()
-            if v == route.model_version or _is_base(m)
+            if v == route.model_version or m.is_base
         }
         if previous.index is not None:
             log.info("now serving %s from %s (was %s from %s)", route.model_version,
@@ -168,7 +169,7 @@ class ModelFollower:
         if path is not None:
             return Embedder(self.settings, model_dir=path)
         # Not a tuned model of the store: the base model, unless it is loaded and is not it.
-        if not any(_is_base(m) for m in self._models.values()):
+        if not any(m.is_base for m in self._models.values()):
             base = Embedder(self.settings.with_(model=""))
             if base.version == version:
                 return base
@@ -178,12 +179,7 @@ class ModelFollower:
         )
 
 
-def _is_base(model) -> bool:
-    """The base model has no model card (a tuned one always has)."""
-    return getattr(model, "card", 0) is None
-
-
-def initial_model(settings: Settings, store: ImageStore):
+def initial_model(settings: Settings, store: ImageStore) -> ImageModel:
     """The model a server starts with: the one that built the index behind the alias, when
     the model store has it; otherwise the configured one (``IMGSEARCH_MODEL``), which the
     follower then replaces as soon as the alias's model can be loaded."""

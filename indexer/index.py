@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from imgsearch.model import ImageModel
 from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
@@ -78,7 +79,7 @@ def index_folder(
     root: Path,
     *,
     settings: Settings,
-    embedder,
+    embedder: ImageModel,
     store: ImageStore,
     sidecar: dict[str, dict] | None = None,
     sync: bool = False,

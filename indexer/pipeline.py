@@ -27,6 +27,7 @@ from imgsearch.images import (
     read_bytes,
     sniff_format,
 )
+from imgsearch.model import ImageModel
 from imgsearch.regions import RegionMode, Regions
 from imgsearch.thumbnails import ThumbnailStore
 
@@ -164,7 +165,7 @@ def skip_known(
 
 
 def make_decoder(
-    model, thumbnails: ThumbnailStore, thumbnail_size: int, max_pixels: int,
+    model: ImageModel, thumbnails: ThumbnailStore, thumbnail_size: int, max_pixels: int,
     regions: RegionMode | None = None,
 ) -> Callable:
     """The per-file decode step: ``model``'s input, metadata, and the thumbnail written to the

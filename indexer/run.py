@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgsearch.model import ImageModel
 from imgsearch.regions import REGION_MODES, RegionMode
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
@@ -72,7 +73,8 @@ class PartitionResult:
     aborted: str | None = None  # why the partition stopped early; a re-run finishes it
 
 
-def prepare(store: ImageStore, settings: Settings, embedder, *, new_index: bool) -> Target:
+def prepare(store: ImageStore, settings: Settings, embedder: ImageModel, *,
+            new_index: bool) -> Target:
     """The index this run writes to: a new one, or the alias's (created on first use),
     checked against the model's version and the regions asked for."""
     if new_index:
@@ -83,7 +85,8 @@ def prepare(store: ImageStore, settings: Settings, embedder, *, new_index: bool)
     return Target(index, region_mode(store, index, settings, embedder), new_index, replaces)
 
 
-def region_mode(store: ImageStore, index: str, settings: Settings, embedder) -> RegionMode | None:
+def region_mode(store: ImageStore, index: str, settings: Settings,
+                embedder: ImageModel) -> RegionMode | None:
     """The region mode of ``index``, which every document written to it gets (an index
     built with regions keeps getting them, asked or not); a run asking for other regions
     than the index holds is refused, as is an int8 model (regions come from fp32 maps)."""
@@ -97,7 +100,7 @@ def region_mode(store: ImageStore, index: str, settings: Settings, embedder) -> 
             f"`python -m indexer <dir> --new-index --regions {asked.name}` (the current index "
             "stays searchable until it is complete)."
         )
-    if mode is not None and embedder.precision == "int8":
+    if mode is not None and not embedder.has_feature_maps:
         raise StoreError(
             f"index {index} holds region vectors, which come from fp32 models, and this run's "
             "model is int8: index with its fp32 source model, or build an index without "
@@ -114,7 +117,7 @@ def run_partition(
     target: Target,
     *,
     settings: Settings,
-    embedder,
+    embedder: ImageModel,
     store: ImageStore,
     indexed_at: str,
     sidecar: dict[str, dict] | None = None,

@@ -11,7 +11,9 @@ import logging
 from flask import Flask
 
 from imgsearch.fetch import UrlFetcher
+from imgsearch.model import ImageModel
 from imgsearch.settings import Settings
+from imgsearch.store import ImageStore
 from imgsearch.thumbnails import ThumbnailStore
 
 # Images may come from the page itself, a blob: URL (the query preview) or a data: URL.
@@ -22,7 +24,8 @@ CSP = (
 
 
 def create_app(
-    settings: Settings | None = None, *, embedder=None, store=None, url_fetcher=None,
+    settings: Settings | None = None, *, embedder: ImageModel | None = None,
+    store: ImageStore | None = None, url_fetcher=None,
     check_interval: float = 1.0,
 ) -> Flask:
     """Build the app; tests pass their own settings, model (``embedder``), store and

@@ -23,6 +23,7 @@ from imgsearch.finetune import (
     split_data,
     tuned_part,
 )
+from imgsearch.model import ImageModel
 from imgsearch.modelstore import CARD_FIELDS, load_model_dir, read_card
 from imgsearch.runtime import compile_forward
 from imgsearch.weights import weights_digest
@@ -167,3 +168,5 @@ def test_the_tuned_model_embeds_like_the_base_one_does(tuned_model, settings, em
     assert a.shape == (2048,) and abs(float(np.linalg.norm(a)) - 1) < 1e-5
     assert 0.3 < float(a @ b) < 0.999
     assert tuned.version == read_card(model_dir)["model_version"] != embedder.version
+    assert isinstance(tuned, ImageModel)
+    assert (tuned.is_base, tuned.is_quantized, tuned.has_feature_maps) == (False, False, True)

@@ -13,6 +13,7 @@ import pytest
 
 from imgsearch.embedder import Embedder
 from imgsearch.metrics import retrieval_scores
+from imgsearch.model import ImageModel
 from imgsearch.modelstore import ModelStore, read_card
 from imgsearch.quantize import IR_DIR, MIN_CALIBRATION
 from imgsearch.runtime import RuntimeUnavailable
@@ -68,6 +69,8 @@ def test_int8_vectors_keep_the_neighbours_of_fp32(int8_dir, settings, embedder,
                                                   clothing_test_dir):
     int8 = Embedder(settings.with_(runtime="openvino"), model_dir=int8_dir)
     assert int8.precision == "int8" and int8.version != embedder.version
+    assert isinstance(int8, ImageModel)
+    assert (int8.is_base, int8.is_quantized, int8.has_feature_maps) == (False, True, False)
     paths = sorted(clothing_test_dir.rglob("*.jpg"))[::3]
     pixels = np.stack([embedder.decode(p.read_bytes()).pixels for p in paths])
     fp32_vectors = np.concatenate([embedder.embed(pixels[i:i + 32])
