@@ -53,6 +53,7 @@ from PIL import Image, ImageEnhance  # noqa: E402
 from .images import ImageError, content_hash, decode_rgb, read_bytes, sniff_format  # noqa: E402
 from .metrics import retrieval_scores  # noqa: E402
 from .modelstore import write_model_dir  # noqa: E402
+from .walk import walk_files  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,6 @@ class FinetuneResult:
 def list_labelled_images(root: Path, sidecar: dict[str, dict] | None = None) -> list[LabelledImage]:
     """Every image file below ``root`` with its label (the sidecar's, else the parent folder's)
     and split (the sidecar's ``split`` column, if any). Files without a label are left out."""
-    from indexer.walk import walk_files  # one walk for indexing and training
-
     sidecar = sidecar or {}
     out = []
     for path in walk_files(Path(root)):
