@@ -609,7 +609,7 @@ def finetune(
         raise FinetuneError(f"{out_dir} exists; choose another --out or pass --force")
     items = list_labelled_images(root, sidecar)
     if max_per_label:
-        items = _first_per_label(items, max_per_label, seed)
+        items = sample_per_label(items, max_per_label, seed)
     data = split_data(items, seed=seed, validation_fraction=validation_fraction)
     if settings.model:
         raise FinetuneError("fine-tuning starts from the base model; unset IMGSEARCH_MODEL")
@@ -712,7 +712,7 @@ def finetune(
     return result
 
 
-def _first_per_label(items: list[LabelledImage], n: int, seed: int) -> list[LabelledImage]:
+def sample_per_label(items: list[LabelledImage], n: int, seed: int) -> list[LabelledImage]:
     """At most ``n`` images per (label, split), chosen with the seed (small test runs)."""
     rng = random.Random(seed)
     groups: dict[tuple, list[LabelledImage]] = defaultdict(list)
