@@ -269,7 +269,8 @@ def port_open(port: int) -> bool:
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _get_json(url: str, timeout: float = 5) -> dict | None:
+def get_json(url: str, timeout: float = 5) -> dict | None:
+    """``GET url`` on a loopback node (no proxy) as JSON, or None when it does not answer."""
     try:
         with _opener.open(url, timeout=timeout) as resp:
             return json.load(resp)
@@ -404,13 +405,13 @@ class LocalNode:
 
     def health(self) -> dict | None:
         """``GET /_cluster/health``, or None when the node does not answer."""
-        return _get_json(f"{self.url}/_cluster/health")
+        return get_json(f"{self.url}/_cluster/health")
 
     def version(self) -> str | None:
         """The node's Elasticsearch version, or None when it does not answer."""
         # Not from ``GET /``: that handler lives in the rest-root module, which the
         # integ-test-zip lacks (it answers 405).
-        nodes = _get_json(f"{self.url}/_nodes/_local?filter_path=nodes.*.version") or {}
+        nodes = get_json(f"{self.url}/_nodes/_local?filter_path=nodes.*.version") or {}
         versions = [n.get("version") for n in nodes.get("nodes", {}).values()]
         return versions[0] if versions else None
 
