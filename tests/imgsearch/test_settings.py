@@ -1,5 +1,9 @@
 """Settings come from the environment, validated."""
 
+import re
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
 from imgsearch.settings import Settings
@@ -32,3 +36,67 @@ def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("name,value", [("IMGSEARCH_ES_SHARDS", "0"),
+                                        ("IMGSEARCH_ES_REPLICAS", "-1"),
+                                        ("IMGSEARCH_RESCORE_OVERSAMPLE", "0.5"),
+                                        ("IMGSEARCH_RESCORE_OVERSAMPLE", "11"),
+                                        ("IMGSEARCH_URL_TIMEOUT", "0"),
+                                        ("IMGSEARCH_URL_ALLOW_HOSTS", "ok.example,http://x/"),
+                                        ("IMGSEARCH_BULK_BACKOFF", "-1"),
+                                        ("IMGSEARCH_BULK_MAX_BACKOFF", "-0.5"),
+                                        ("IMGSEARCH_RUNTIME", "onnx")])
+def test_every_check_names_its_variable(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{name} "):
+        Settings.from_env()
+
+
+@pytest.mark.parametrize("name,value", [("IMGSEARCH_BATCH_SIZE", "many"),
+                                        ("IMGSEARCH_BATCH_SIZE", "2.5"),
+                                        ("IMGSEARCH_URL_TIMEOUT", "soon"),
+                                        ("ES_REQUEST_TIMEOUT", "30s")])
+def test_a_value_that_does_not_parse_names_its_variable(monkeypatch, name, value):
+    """Not Python's bare "invalid literal for int()": the variable, what it takes, the value."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=rf"^{name} must be a (whole )?number, not '{value}'$"):
+        Settings.from_env()
+
+
+def test_unset_or_empty_means_the_default(monkeypatch):
+    for name in Settings.variables():
+        monkeypatch.delenv(name, raising=False)
+    defaults = Settings()
+    assert Settings.from_env() == defaults
+    for name in Settings.variables():
+        monkeypatch.setenv(name, "")
+    assert Settings.from_env() == defaults
+
+
+def test_every_variable_sets_its_field(monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_BATCH_SIZE", "7")
+    monkeypatch.setenv("IMGSEARCH_URL_TIMEOUT", "2.5")
+    monkeypatch.setenv("IMGSEARCH_CACHE_DIR", "/tmp/somewhere")
+    monkeypatch.setenv("IMGSEARCH_URL_ALLOW_HOSTS", " intranet.example , 10.0.0.7,,[::1]")
+    monkeypatch.setenv("ES_USERNAME", "")
+    s = Settings.from_env()
+    assert (s.batch_size, s.url_timeout, s.cache_dir) == (7, 2.5, Path("/tmp/somewhere"))
+    assert s.url_allow_hosts == ("intranet.example", "10.0.0.7", "[::1]")
+    assert s.es_username is None
+
+
+def test_overrides_win_and_are_checked_too(monkeypatch):
+    with pytest.raises(TypeError):
+        Settings.from_env(no_such_setting=1)
+    monkeypatch.setenv("IMGSEARCH_BATCH_SIZE", "not a number")  # overridden: never read
+    assert Settings.from_env(batch_size=4).batch_size == 4
+    with pytest.raises(ValueError, match="^IMGSEARCH_BATCH_SIZE must be at least 1"):
+        Settings.from_env(batch_size=0)
+
+
+def test_each_setting_declares_one_variable_of_its_own():
+    variables = Settings.variables()
+    assert sorted(variables.values()) == sorted(f.name for f in fields(Settings))
+    assert all(re.fullmatch(r"(ES|IMGSEARCH)_[A-Z0-9_]+", v) for v in variables)
+
