@@ -22,6 +22,9 @@ from typing import Any
 from .regions import REGION_MODES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where root keeps the local node's distribution and demo data (imgsearch/localnode): /root is
+# 0700, so the Elasticsearch user could not reach anything under root's home.
+SYSTEM_DIR = Path("/var/lib/imgsearch")
 
 VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
 RESIZE_MODES = ("squash", "crop", "pad")
@@ -48,6 +51,15 @@ def _is_host(value: str) -> bool:
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "imgsearch"
+
+
+def _default_node_dir() -> Path:
+    """Where the demo node keeps its data between runs: under SYSTEM_DIR as root, else
+    ``$XDG_DATA_HOME/imgsearch`` or ``~/.local/share/imgsearch``."""
+    if os.geteuid() == 0:
+        return SYSTEM_DIR / "nodes" / "demo"
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "imgsearch" / "nodes" / "demo"
 
 
 def retry_window(retries: int, backoff: float, max_backoff: float) -> float:
@@ -219,6 +231,18 @@ class Settings:
 
     datasets_dir: Path = setting(PROJECT_ROOT.parent / "shared" / "datasets",
                                  env="IMGSEARCH_DATASETS_DIR", parse=Path)
+
+    # The local node or cluster (``python -m imgsearch.localnode``, README "The local
+    # Elasticsearch node"): the HTTP port (a cluster's nodes take it and the ports after it),
+    # the node's directory (a cluster's nodes live beside it, in ``cluster-N``), each node's
+    # heap (None: 2g for one node, 512m each for a cluster's), the number of nodes, and the
+    # JDK (None: the newest Java 21+ in JAVA_HOME or /usr/lib/jvm).
+    es_port: int = setting(9200, env="IMGSEARCH_ES_PORT", parse=_integer)
+    es_node_dir: Path = setting(default_factory=_default_node_dir, env="IMGSEARCH_ES_NODE_DIR",
+                                parse=Path)
+    es_heap: str | None = setting(None, env="IMGSEARCH_ES_HEAP")
+    es_nodes: int = setting(1, env="IMGSEARCH_ES_NODES", parse=_integer, check=_AT_LEAST_1)
+    es_java_home: Path | None = setting(None, env="ES_JAVA_HOME", parse=Path)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..digest import file_sha256
+from ..settings import SYSTEM_DIR, Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,6 @@ ES_ZIP_SHA256 = "af7b81fe31627c7523b2546351cd4e47310faa6a72c8db8dc8f7a191e871cfa
 ES_USER = "imgsearch-es"
 MIN_JAVA = 21
 CLUSTER_NAME = "imgsearch"
-# Where root keeps the distribution and demo data: /root is 0700, so the ES user could not
-# reach anything under root's home.
-SYSTEM_DIR = Path("/var/lib/imgsearch")
 _UNPACKED_MARKER = ".imgsearch-unpacked"
 _HEAP_RE = re.compile(r"^\d+[kKmMgG]?$")
 
@@ -56,31 +54,9 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def default_cache_dir() -> Path:
-    """``IMGSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgsearch`` or ``~/.cache/imgsearch``."""
-    if os.environ.get("IMGSEARCH_CACHE_DIR"):
-        return Path(os.environ["IMGSEARCH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imgsearch"
-
-
-def default_node_dir() -> Path:
-    """Where the demo node keeps its data between runs (``IMGSEARCH_ES_NODE_DIR`` overrides)."""
-    if os.environ.get("IMGSEARCH_ES_NODE_DIR"):
-        return Path(os.environ["IMGSEARCH_ES_NODE_DIR"])
-    if _is_root():
-        return SYSTEM_DIR / "nodes" / "demo"
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "imgsearch" / "nodes" / "demo"
-
-
-def default_port() -> int:
-    return int(os.environ.get("IMGSEARCH_ES_PORT") or 9200)
-
-
 def es_home_dir(cache_dir: Path | None = None) -> Path:
-    """Where :func:`fetch` unpacks the distribution."""
-    parent = SYSTEM_DIR if _is_root() else (cache_dir or default_cache_dir())
+    """Where :func:`fetch` unpacks the distribution (``cache_dir``: the settings' by default)."""
+    parent = SYSTEM_DIR if _is_root() else (cache_dir or Settings.from_env().cache_dir)
     return parent / f"elasticsearch-{ES_VERSION}"
 
 
@@ -88,8 +64,9 @@ def es_home_dir(cache_dir: Path | None = None) -> Path:
 
 
 def fetch(cache_dir: Path | None = None) -> Path:
-    """Download (once) and unpack (once) the pinned distribution; return its home directory."""
-    cache_dir = cache_dir or default_cache_dir()
+    """Download (once) and unpack (once) the pinned distribution into ``cache_dir`` (the
+    settings' by default); return its home directory."""
+    cache_dir = cache_dir or Settings.from_env().cache_dir
     home = es_home_dir(cache_dir)
     if (home / _UNPACKED_MARKER).is_file():
         return home
@@ -182,10 +159,11 @@ def _java_major(java_home: Path) -> int | None:
     return int(match.group(2) or 0) if major == 1 else major
 
 
-def find_java_home() -> Path:
-    """``ES_JAVA_HOME`` if set, else the newest JDK >= 21 in ``JAVA_HOME`` or ``/usr/lib/jvm``."""
-    if os.environ.get("ES_JAVA_HOME"):
-        home = Path(os.environ["ES_JAVA_HOME"])
+def find_java_home(settings: Settings | None = None) -> Path:
+    """``ES_JAVA_HOME`` (the settings' ``es_java_home``) if set, else the newest JDK >= 21 in
+    ``JAVA_HOME`` or ``/usr/lib/jvm``."""
+    home = (settings or Settings.from_env()).es_java_home
+    if home:
         major = _java_major(home)
         if major is None or major < MIN_JAVA:
             raise LocalNodeError(
@@ -194,6 +172,7 @@ def find_java_home() -> Path:
             )
         return home
     candidates = []
+    # JAVA_HOME is the system's own variable, not a setting of ours: one more place to look.
     if os.environ.get("JAVA_HOME"):
         candidates.append(Path(os.environ["JAVA_HOME"]))
     candidates += sorted(Path("/usr/lib/jvm").glob("*"))

@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from ..localcluster import LocalCluster
-from . import (
-    ES_VERSION,
-    LocalNode,
-    LocalNodeError,
-    default_node_dir,
-    default_port,
-    fetch,
-    find_java_home,
-)
+from ..settings import Settings
+from . import ES_VERSION, LocalNode, LocalNodeError, fetch, find_java_home
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -37,12 +29,10 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> LocalCluster:
     """The local cluster that ``--nodes N`` names: HTTP ports from ``--port`` up, transport
-    ports 100 above them, node directories under ``--node-dir`` (default: beside the single
-    node's, ``cluster-N``)."""
-    base = args.node_dir or default_node_dir().with_name(f"cluster-{args.nodes}")
+    ports 100 above them, node directories under ``--node-dir``."""
     ports = [args.port + i for i in range(args.nodes)]
-    return LocalCluster(base, args.nodes, ports=ports, transport_ports=[p + 100 for p in ports],
-                        heap=args.heap)
+    return LocalCluster(args.node_dir, args.nodes, ports=ports,
+                        transport_ports=[p + 100 for p in ports], heap=args.heap)
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
@@ -52,7 +42,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         print(f"Elasticsearch cluster of {args.nodes} nodes is green: "
               f"ES_URL={cluster.es_url} (data under {cluster.base_dir})")
         return 0
-    node = LocalNode(args.node_dir or default_node_dir(), port=args.port, heap=args.heap)
+    node = LocalNode(args.node_dir, port=args.port, heap=args.heap)
     was_running = node.is_running()
     node.start(timeout=args.timeout)
     verb = "already running" if was_running else "started"
@@ -65,7 +55,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         _cluster(args).stop()
         print(f"Elasticsearch cluster of {args.nodes} nodes stopped")
         return 0
-    node = LocalNode(args.node_dir or default_node_dir(), port=args.port)
+    node = LocalNode(args.node_dir, port=args.port)
     if not node.is_running():
         print(f"Elasticsearch is not running (node dir {node.node_dir})")
         return 0
@@ -85,7 +75,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"health: {health.get('status', 'no answer')}, "
               f"{health.get('number_of_nodes', 0)} nodes in the cluster")
         return 0 if health.get("status") == "green" else 1
-    node = LocalNode(args.node_dir or default_node_dir(), port=args.port)
+    node = LocalNode(args.node_dir, port=args.port)
     pid = node.pid()
     health = node.health() or {}
     version = node.version()
@@ -98,19 +88,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env()  # the flags' defaults
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m imgsearch.localnode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("fetch", "start", "stop", "status"))
     parser.add_argument("--node-dir", type=Path, default=None,
                         help="config, data and logs of the node, or of a cluster's nodes "
                         "(IMGSEARCH_ES_NODE_DIR)")
-    parser.add_argument("--nodes", type=int, default=int(os.environ.get("IMGSEARCH_ES_NODES")
-                                                         or 1),
+    parser.add_argument("--nodes", type=int, default=settings.es_nodes,
                         help="nodes of a local cluster on ports --port, --port + 1, ... "
                         "(IMGSEARCH_ES_NODES; default 1, a single node)")
-    parser.add_argument("--port", type=int, default=default_port(),
+    parser.add_argument("--port", type=int, default=settings.es_port,
                         help="HTTP port on 127.0.0.1 (IMGSEARCH_ES_PORT)")
-    parser.add_argument("--heap", default=os.environ.get("IMGSEARCH_ES_HEAP"),
+    parser.add_argument("--heap", default=settings.es_heap,
                         help="JVM heap of each node, e.g. 1g (start only; IMGSEARCH_ES_HEAP; "
                         "default 2g for one node, 512m each for a cluster's)")
     parser.add_argument("--timeout", type=float, default=180,
@@ -119,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
     args.heap = args.heap or ("2g" if args.nodes == 1 else "512m")
+    # A cluster's nodes live beside the single node's directory, in cluster-N.
+    args.node_dir = args.node_dir or (settings.es_node_dir if args.nodes == 1 else
+                                      settings.es_node_dir.with_name(f"cluster-{args.nodes}"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     commands = {"fetch": _cmd_fetch, "start": _cmd_start, "stop": _cmd_stop,
                 "status": _cmd_status}

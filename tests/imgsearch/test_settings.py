@@ -1,12 +1,13 @@
 """Settings come from the environment, validated."""
 
+import os
 import re
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from imgsearch.settings import Settings
+from imgsearch.settings import PROJECT_ROOT, SYSTEM_DIR, Settings
 
 
 def test_defaults_and_env(monkeypatch):
@@ -100,3 +101,42 @@ def test_each_setting_declares_one_variable_of_its_own():
     assert sorted(variables.values()) == sorted(f.name for f in fields(Settings))
     assert all(re.fullmatch(r"(ES|IMGSEARCH)_[A-Z0-9_]+", v) for v in variables)
 
+
+def test_readme_configuration_table_lists_each_variable_once():
+    """One row per setting's variable (or per group of them); every variable the table names
+    is one that Settings reads, except gunicorn's WEBAPP_* (webapp/gunicorn.conf.py)."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = [name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`",
+                                                         row.split("|")[1])]
+    listed = [n for n in named if not n.startswith("WEBAPP_")]
+    assert sorted(listed) == sorted(Settings.variables()), (
+        f"missing: {sorted(set(Settings.variables()) - set(listed))}, unknown: "
+        f"{sorted(set(listed) - set(Settings.variables()))}, "
+        f"twice: {sorted({n for n in listed if listed.count(n) > 1})}")
+
+
+def test_local_node_settings(monkeypatch, tmp_path):
+    for name in ("IMGSEARCH_ES_PORT", "IMGSEARCH_ES_NODE_DIR", "IMGSEARCH_ES_HEAP",
+                 "IMGSEARCH_ES_NODES", "ES_JAVA_HOME", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.es_port, s.es_heap, s.es_nodes, s.es_java_home) == (9200, None, 1, None)
+    if os.geteuid() == 0:
+        assert s.es_node_dir == SYSTEM_DIR / "nodes" / "demo"
+    else:
+        assert s.es_node_dir == Path.home() / ".local/share/imgsearch/nodes/demo"
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+        assert Settings.from_env().es_node_dir == tmp_path / "imgsearch/nodes/demo"
+    monkeypatch.setenv("IMGSEARCH_ES_PORT", "9260")
+    monkeypatch.setenv("IMGSEARCH_ES_NODE_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("IMGSEARCH_ES_HEAP", "1g")
+    monkeypatch.setenv("IMGSEARCH_ES_NODES", "3")
+    monkeypatch.setenv("ES_JAVA_HOME", "/usr/lib/jvm/some-jdk")
+    s = Settings.from_env()
+    assert (s.es_port, s.es_node_dir, s.es_heap, s.es_nodes, s.es_java_home) == (
+        9260, tmp_path / "node", "1g", 3, Path("/usr/lib/jvm/some-jdk"))
+    monkeypatch.setenv("IMGSEARCH_ES_NODES", "0")
+    with pytest.raises(ValueError, match="^IMGSEARCH_ES_NODES must be at least 1"):
+        Settings.from_env()
