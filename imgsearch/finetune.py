@@ -53,6 +53,7 @@ from PIL import Image, ImageEnhance  # noqa: E402
 from .images import ImageError, content_hash, decode_rgb, read_bytes, sniff_format  # noqa: E402
 from .metrics import retrieval_scores  # noqa: E402
 from .modelstore import write_model_dir  # noqa: E402
+from .walk import walk_files  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,6 @@ class FinetuneResult:
 def list_labelled_images(root: Path, sidecar: dict[str, dict] | None = None) -> list[LabelledImage]:
     """Every image file below ``root`` with its label (the sidecar's, else the parent folder's)
     and split (the sidecar's ``split`` column, if any). Files without a label are left out."""
-    from indexer.walk import walk_files  # one walk for indexing and training
-
     sidecar = sidecar or {}
     out = []
     for path in walk_files(Path(root)):
@@ -610,7 +609,7 @@ def finetune(
         raise FinetuneError(f"{out_dir} exists; choose another --out or pass --force")
     items = list_labelled_images(root, sidecar)
     if max_per_label:
-        items = _first_per_label(items, max_per_label, seed)
+        items = sample_per_label(items, max_per_label, seed)
     data = split_data(items, seed=seed, validation_fraction=validation_fraction)
     if settings.model:
         raise FinetuneError("fine-tuning starts from the base model; unset IMGSEARCH_MODEL")
@@ -713,7 +712,7 @@ def finetune(
     return result
 
 
-def _first_per_label(items: list[LabelledImage], n: int, seed: int) -> list[LabelledImage]:
+def sample_per_label(items: list[LabelledImage], n: int, seed: int) -> list[LabelledImage]:
     """At most ``n`` images per (label, split), chosen with the seed (small test runs)."""
     rng = random.Random(seed)
     groups: dict[tuple, list[LabelledImage]] = defaultdict(list)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .localnode import LocalNode, LocalNodeError, _get_json, port_open, scratch_dir
+from .localnode import LocalNode, LocalNodeError, get_json, port_open, scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class LocalCluster:
     def shard_copies(self, index: str) -> list[dict]:
         """``_cat/shards`` of ``index``: shard, prirep (p/r), state and node of every copy."""
         for url in self.urls:
-            rows = _get_json(f"{url}/_cat/shards/{index}?format=json&h=shard,prirep,state,node")
+            rows = get_json(f"{url}/_cat/shards/{index}?format=json&h=shard,prirep,state,node")
             if rows is not None:
                 return rows
         raise LocalNodeError("no node answers")

@@ -56,15 +56,15 @@ def read_card(model_dir: Path) -> dict:
 
 def load_model_dir(model_dir: Path):
     """``(keras_model, weights_digest, card)`` of a tuned model, its digest verified."""
-    from .weights import _build, _load_keras_file, weights_digest
+    from .weights import build_resnet50, load_weights_file, weights_digest
 
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise WeightsError(f"{model_dir} has no {WEIGHTS_FILE}")
-    model = _build(include_top=False, pooling="avg")
-    _load_keras_file(model, weights)
+    model = build_resnet50(include_top=False, pooling="avg")
+    load_weights_file(model, weights)
     digest = weights_digest(model)
     if digest != card["weights_digest"]:
         raise WeightsError(

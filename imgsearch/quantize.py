@@ -35,6 +35,7 @@ from .ircache import IR_FILES
 from .model import ImageModel
 from .modelstore import CARD_FIELDS, read_card, write_model_dir
 from .runtime import RuntimeUnavailable
+from .walk import IMAGE_SUFFIXES, walk_files
 from .weights import WeightsError
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,6 @@ class QuantizeResult:
 def calibration_paths(root: Path, samples: int, seed: int) -> list[Path]:
     """A seeded random choice of ``samples`` image files below ``root`` (all if fewer): the
     indexer's walk, and the files whose names promise an image."""
-    from indexer.pipeline import IMAGE_SUFFIXES  # the layering of imgsearch.finetune's walk
-    from indexer.walk import walk_files
-
     paths = [p for p in walk_files(Path(root)) if p.suffix.lower() in IMAGE_SUFFIXES]
     if len(paths) > samples:
         picked = np.random.default_rng(seed).choice(len(paths), samples, replace=False)

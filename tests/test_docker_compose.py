@@ -138,20 +138,22 @@ def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def app_environment_reads() -> dict[str, bool]:
-    """Every ES_*/IMGSEARCH_*/WEBAPP_* variable the app reads -> whether it has a default."""
+    """Every ES_*/IMGSEARCH_*/WEBAPP_* variable the app reads -> whether it has a default.
+
+    Settings declares its variables, and every one has a default (None for the credentials,
+    which MUST_SET_IN_CONTAINER requires of a container); gunicorn.conf.py's are read here.
+    """
     call = re.compile(
-        r"(?P<fn>_env|os\.environ\.get|os\.getenv)\(\s*\"(?P<name>(?:ES|IMGSEARCH|WEBAPP)_[A-Z0-9_]+)\""
+        r"(?:os\.environ\.get|os\.getenv)\(\s*\"(?P<name>(?:ES|IMGSEARCH|WEBAPP)_[A-Z0-9_]+)\""
         r"\s*(?P<more>,)?"
     )
     index = re.compile(r"os\.environ\[\s*\"(?P<name>(?:ES|IMGSEARCH|WEBAPP)_[A-Z0-9_]+)\"\s*\]")
-    reads: dict[str, bool] = {}
-    for path in (ROOT / "imgsearch" / "settings.py", ROOT / "webapp" / "gunicorn.conf.py"):
-        text = path.read_text()
-        for m in call.finditer(text):
-            has_default = m.group("fn") == "_env" or bool(m.group("more"))
-            reads[m.group("name")] = reads.get(m.group("name"), False) or has_default
-        for m in index.finditer(text):
-            reads.setdefault(m.group("name"), False)
+    reads: dict[str, bool] = dict.fromkeys(Settings.variables(), True)
+    text = (ROOT / "webapp" / "gunicorn.conf.py").read_text()
+    for m in call.finditer(text):
+        reads[m.group("name")] = reads.get(m.group("name"), False) or bool(m.group("more"))
+    for m in index.finditer(text):
+        reads.setdefault(m.group("name"), False)
     return reads
 
 
@@ -276,7 +278,7 @@ def test_compose_config_needs_the_passwords(raw_compose, env_example):
 def test_app_reads_are_parsed():
     reads = app_environment_reads()
     assert {"ES_URL", "ES_PASSWORD", "IMGSEARCH_THUMBNAIL_DIR", "WEBAPP_BIND"} <= set(reads)
-    assert reads["ES_URL"] and not reads["ES_PASSWORD"]
+    assert reads["ES_URL"] and reads["WEBAPP_BIND"]
 
 
 @pytest.mark.parametrize("service_name", APP_SERVICES)

@@ -15,11 +15,11 @@ from imgsearch.finetune import (
     FinetuneError,
     LabelledImage,
     Recipe,
-    _first_per_label,
     augment,
     data_digest,
     frozen_part,
     list_labelled_images,
+    sample_per_label,
     split_data,
     tuned_part,
 )
@@ -148,7 +148,7 @@ def test_the_model_card_is_complete_and_its_digest_verifies(tuned_model, setting
     assert card["seed"] == 0 and card["wall_seconds"] > 0 and not card["interrupted"]
     # The training-data digest names exactly the photos, labels and splits used.
     root = datasets_dir / "clothing-small"
-    items = _first_per_label(list_labelled_images(root / "images",
+    items = sample_per_label(list_labelled_images(root / "images",
                                                   load_sidecar(root / "labels.csv")),
                              TUNED_PER_LABEL, 0)
     data = split_data(items, seed=0)

@@ -10,6 +10,8 @@ from elasticsearch import Elasticsearch
 
 from imgsearch import localnode
 from imgsearch.localnode import LocalNode, LocalNodeError
+from imgsearch.localnode import __main__ as localnode_cli
+from imgsearch.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +111,27 @@ def test_corrupt_download_is_removed(tmp_path):
     with pytest.raises(LocalNodeError, match="SHA-256"):
         localnode._verify_sha256(bogus)
     assert not bogus.exists()
+
+
+def test_java_home_from_the_settings_is_checked(tmp_path):
+    with pytest.raises(LocalNodeError, match=f"ES_JAVA_HOME={tmp_path} is not a Java 21"):
+        localnode.find_java_home(Settings(es_java_home=tmp_path))
+
+
+def test_cli_defaults_come_from_the_settings(monkeypatch, tmp_path, capsys):
+    """``python -m imgsearch.localnode status``: the node directory and port of the settings
+    (IMGSEARCH_ES_NODE_DIR, IMGSEARCH_ES_PORT), and with IMGSEARCH_ES_NODES a cluster beside it."""
+    port = localnode.free_port()
+    monkeypatch.setenv("IMGSEARCH_ES_NODE_DIR", str(tmp_path / "demo"))
+    monkeypatch.setenv("IMGSEARCH_ES_PORT", str(port))
+    assert localnode_cli.main(["status"]) == 1  # nothing runs there
+    out = capsys.readouterr().out
+    assert f"node dir: {tmp_path / 'demo'}" in out and f"http://127.0.0.1:{port}" in out
+    monkeypatch.setenv("IMGSEARCH_ES_NODES", "2")
+    assert localnode_cli.main(["status"]) == 1
+    out = capsys.readouterr().out
+    assert f"data in {tmp_path / 'cluster-2' / 'node-2' / 'data'}" in out
+    assert f"http://127.0.0.1:{port + 1}" in out
+    monkeypatch.setenv("IMGSEARCH_ES_NODES", "0")
+    assert localnode_cli.main(["status"]) == 2
+    assert "IMGSEARCH_ES_NODES must be at least 1" in capsys.readouterr().err

@@ -1,34 +1,16 @@
-"""Pipeline stages on their own: walking, reading, skipping, sidecars (no model, no node)."""
+"""Pipeline stages on their own: reading, skipping, sidecars (no model, no node)."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from indexer.pipeline import Candidate, Failure, Ignored, RunStats, read_file, skip_known
 from indexer.sidecar import SidecarError, load_sidecar
-from indexer.walk import walk_files
 
 PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
-
-
-def test_walk_is_sorted_recursive_and_skips_hidden(tmp_path):
-    for rel in ("b/2.jpg", "a/1.jpg", "a/.hidden.jpg", ".git/x.jpg", "top.png"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
-    found = [p.relative_to(tmp_path).as_posix() for p in walk_files(tmp_path)]
-    assert found == ["top.png", "a/1.jpg", "b/2.jpg"]
-
-
-def test_walk_does_not_follow_directory_links(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "f.jpg").write_bytes(b"x")
-    os.symlink(tmp_path, tmp_path / "d" / "loop")
-    assert [p.name for p in walk_files(tmp_path)] == ["f.jpg"]
 
 
 def test_read_decides_by_content_not_by_name(tmp_path):

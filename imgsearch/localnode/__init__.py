@@ -5,12 +5,12 @@
 Elasticsearch refuses to run as root, so as root the node runs as the system user
 ``imgsearch-es`` and everything it touches must be reachable by that user.
 
-CLI: ``python -m imgsearch.localnode {fetch,start,stop,status} [--node-dir DIR] [--port N]``
+CLI (``imgsearch/localnode/__main__.py``): ``python -m imgsearch.localnode
+{fetch,start,stop,status} [--node-dir DIR] [--port N] [--nodes N]``
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -22,7 +22,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -31,7 +30,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .digest import file_sha256
+from ..digest import file_sha256
+from ..settings import SYSTEM_DIR, Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,6 @@ ES_ZIP_SHA256 = "af7b81fe31627c7523b2546351cd4e47310faa6a72c8db8dc8f7a191e871cfa
 ES_USER = "imgsearch-es"
 MIN_JAVA = 21
 CLUSTER_NAME = "imgsearch"
-# Where root keeps the distribution and demo data: /root is 0700, so the ES user could not
-# reach anything under root's home.
-SYSTEM_DIR = Path("/var/lib/imgsearch")
 _UNPACKED_MARKER = ".imgsearch-unpacked"
 _HEAP_RE = re.compile(r"^\d+[kKmMgG]?$")
 
@@ -57,31 +54,9 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def default_cache_dir() -> Path:
-    """``IMGSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgsearch`` or ``~/.cache/imgsearch``."""
-    if os.environ.get("IMGSEARCH_CACHE_DIR"):
-        return Path(os.environ["IMGSEARCH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imgsearch"
-
-
-def default_node_dir() -> Path:
-    """Where the demo node keeps its data between runs (``IMGSEARCH_ES_NODE_DIR`` overrides)."""
-    if os.environ.get("IMGSEARCH_ES_NODE_DIR"):
-        return Path(os.environ["IMGSEARCH_ES_NODE_DIR"])
-    if _is_root():
-        return SYSTEM_DIR / "nodes" / "demo"
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "imgsearch" / "nodes" / "demo"
-
-
-def default_port() -> int:
-    return int(os.environ.get("IMGSEARCH_ES_PORT") or 9200)
-
-
 def es_home_dir(cache_dir: Path | None = None) -> Path:
-    """Where :func:`fetch` unpacks the distribution."""
-    parent = SYSTEM_DIR if _is_root() else (cache_dir or default_cache_dir())
+    """Where :func:`fetch` unpacks the distribution (``cache_dir``: the settings' by default)."""
+    parent = SYSTEM_DIR if _is_root() else (cache_dir or Settings.from_env().cache_dir)
     return parent / f"elasticsearch-{ES_VERSION}"
 
 
@@ -89,8 +64,9 @@ def es_home_dir(cache_dir: Path | None = None) -> Path:
 
 
 def fetch(cache_dir: Path | None = None) -> Path:
-    """Download (once) and unpack (once) the pinned distribution; return its home directory."""
-    cache_dir = cache_dir or default_cache_dir()
+    """Download (once) and unpack (once) the pinned distribution into ``cache_dir`` (the
+    settings' by default); return its home directory."""
+    cache_dir = cache_dir or Settings.from_env().cache_dir
     home = es_home_dir(cache_dir)
     if (home / _UNPACKED_MARKER).is_file():
         return home
@@ -183,10 +159,11 @@ def _java_major(java_home: Path) -> int | None:
     return int(match.group(2) or 0) if major == 1 else major
 
 
-def find_java_home() -> Path:
-    """``ES_JAVA_HOME`` if set, else the newest JDK >= 21 in ``JAVA_HOME`` or ``/usr/lib/jvm``."""
-    if os.environ.get("ES_JAVA_HOME"):
-        home = Path(os.environ["ES_JAVA_HOME"])
+def find_java_home(settings: Settings | None = None) -> Path:
+    """``ES_JAVA_HOME`` (the settings' ``es_java_home``) if set, else the newest JDK >= 21 in
+    ``JAVA_HOME`` or ``/usr/lib/jvm``."""
+    home = (settings or Settings.from_env()).es_java_home
+    if home:
         major = _java_major(home)
         if major is None or major < MIN_JAVA:
             raise LocalNodeError(
@@ -195,6 +172,7 @@ def find_java_home() -> Path:
             )
         return home
     candidates = []
+    # JAVA_HOME is the system's own variable, not a setting of ours: one more place to look.
     if os.environ.get("JAVA_HOME"):
         candidates.append(Path(os.environ["JAVA_HOME"]))
     candidates += sorted(Path("/usr/lib/jvm").glob("*"))
@@ -269,7 +247,8 @@ def port_open(port: int) -> bool:
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _get_json(url: str, timeout: float = 5) -> dict | None:
+def get_json(url: str, timeout: float = 5) -> dict | None:
+    """``GET url`` on a loopback node (no proxy) as JSON, or None when it does not answer."""
     try:
         with _opener.open(url, timeout=timeout) as resp:
             return json.load(resp)
@@ -404,13 +383,13 @@ class LocalNode:
 
     def health(self) -> dict | None:
         """``GET /_cluster/health``, or None when the node does not answer."""
-        return _get_json(f"{self.url}/_cluster/health")
+        return get_json(f"{self.url}/_cluster/health")
 
     def version(self) -> str | None:
         """The node's Elasticsearch version, or None when it does not answer."""
         # Not from ``GET /``: that handler lives in the rest-root module, which the
         # integ-test-zip lacks (it answers 405).
-        nodes = _get_json(f"{self.url}/_nodes/_local?filter_path=nodes.*.version") or {}
+        nodes = get_json(f"{self.url}/_nodes/_local?filter_path=nodes.*.version") or {}
         versions = [n.get("version") for n in nodes.get("nodes", {}).values()]
         return versions[0] if versions else None
 
@@ -580,113 +559,3 @@ def throwaway_node(heap: str = "1g", port: int | None = None) -> Iterator[LocalN
             yield node
         finally:
             node.stop()
-
-
-# --- CLI -----------------------------------------------------------------------------------
-
-
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    home = fetch()
-    print(f"Elasticsearch {ES_VERSION} is ready in {home}")
-    print(f"Java for it: {find_java_home()}")
-    return 0
-
-
-def _cluster(args: argparse.Namespace):
-    """The local cluster that ``--nodes N`` names: HTTP ports from ``--port`` up, transport
-    ports 100 above them, node directories under ``--node-dir`` (default: beside the single
-    node's, ``cluster-N``)."""
-    from .localcluster import LocalCluster
-
-    base = args.node_dir or default_node_dir().with_name(f"cluster-{args.nodes}")
-    ports = [args.port + i for i in range(args.nodes)]
-    return LocalCluster(base, args.nodes, ports=ports, transport_ports=[p + 100 for p in ports],
-                        heap=args.heap)
-
-
-def _cmd_start(args: argparse.Namespace) -> int:
-    if args.nodes > 1:
-        cluster = _cluster(args)
-        cluster.start(timeout=max(args.timeout, 240))
-        print(f"Elasticsearch cluster of {args.nodes} nodes is green: "
-              f"ES_URL={cluster.es_url} (data under {cluster.base_dir})")
-        return 0
-    node = LocalNode(args.node_dir or default_node_dir(), port=args.port, heap=args.heap)
-    was_running = node.is_running()
-    node.start(timeout=args.timeout)
-    verb = "already running" if was_running else "started"
-    print(f"Elasticsearch {verb} at {node.url} (data in {node.data_dir})")
-    return 0
-
-
-def _cmd_stop(args: argparse.Namespace) -> int:
-    if args.nodes > 1:
-        _cluster(args).stop()
-        print(f"Elasticsearch cluster of {args.nodes} nodes stopped")
-        return 0
-    node = LocalNode(args.node_dir or default_node_dir(), port=args.port)
-    if not node.is_running():
-        print(f"Elasticsearch is not running (node dir {node.node_dir})")
-        return 0
-    node.stop()
-    print("Elasticsearch stopped")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    if args.nodes > 1:
-        cluster = _cluster(args)
-        health = cluster.health() or {}
-        for node in cluster.nodes:
-            pid = node.pid()
-            print(f"{node.name}: {f'running (pid {pid})' if pid else 'not running'} at "
-                  f"{node.url}, data in {node.data_dir}")
-        print(f"health: {health.get('status', 'no answer')}, "
-              f"{health.get('number_of_nodes', 0)} nodes in the cluster")
-        return 0 if health.get("status") == "green" else 1
-    node = LocalNode(args.node_dir or default_node_dir(), port=args.port)
-    pid = node.pid()
-    health = node.health() or {}
-    version = node.version()
-    print(f"node dir: {node.node_dir}")
-    print(f"process:  {f'running (pid {pid})' if pid else 'not running'}")
-    print(f"url:      {node.url}")
-    print(f"health:   {health.get('status', 'no answer')}")
-    print(f"version:  {version or '-'}")
-    return 0 if pid and node.is_healthy() else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imgsearch.localnode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("fetch", "start", "stop", "status"))
-    parser.add_argument("--node-dir", type=Path, default=None,
-                        help="config, data and logs of the node, or of a cluster's nodes "
-                        "(IMGSEARCH_ES_NODE_DIR)")
-    parser.add_argument("--nodes", type=int, default=int(os.environ.get("IMGSEARCH_ES_NODES")
-                                                         or 1),
-                        help="nodes of a local cluster on ports --port, --port + 1, ... "
-                        "(IMGSEARCH_ES_NODES; default 1, a single node)")
-    parser.add_argument("--port", type=int, default=default_port(),
-                        help="HTTP port on 127.0.0.1 (IMGSEARCH_ES_PORT)")
-    parser.add_argument("--heap", default=os.environ.get("IMGSEARCH_ES_HEAP"),
-                        help="JVM heap of each node, e.g. 1g (start only; IMGSEARCH_ES_HEAP; "
-                        "default 2g for one node, 512m each for a cluster's)")
-    parser.add_argument("--timeout", type=float, default=180,
-                        help="seconds to wait for a healthy node (start only)")
-    args = parser.parse_args(argv)
-    if args.nodes < 1:
-        parser.error("--nodes must be at least 1")
-    args.heap = args.heap or ("2g" if args.nodes == 1 else "512m")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    commands = {"fetch": _cmd_fetch, "start": _cmd_start, "stop": _cmd_stop,
-                "status": _cmd_status}
-    try:
-        return commands[args.command](args)
-    except LocalNodeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,20 @@
-"""Stage 1: find the files under a root, in a stable order."""
+"""The files below a folder, in a stable order, and the names that promise an image.
+
+One walk for the indexer, fine-tuning and int8 calibration, so that they all see the same files.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+# Names that promise an image: such a file that is not one is a failure worth reporting,
+# while any other non-image (a README, a CSV) is merely ignored.
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff",
+    ".heic", ".heif", ".avif", ".svg", ".ico",
+}
 
 
 def walk_files(root: Path) -> Iterator[Path]:
