@@ -20,26 +20,35 @@ from elasticsearch.serializer import (
     NdjsonSerializer,
 )
 
+from .errors import Unavailable
 from .settings import Settings
 
 # Statuses worth retrying: overload and the gateway/availability family.
 RETRY_STATUSES = (429, 502, 503, 504)
 
 
-class StoreError(RuntimeError):
+class StoreError(Unavailable):
     """A problem with the index that a person has to act on; the message says what to do."""
+
+    code = "index_problem"
 
 
 class StoreUnavailable(StoreError):
     """Elasticsearch could not be reached, or did not answer in time."""
 
+    code = "elasticsearch_unavailable"
+
 
 class IndexMissing(StoreError):
     """The alias or index named does not exist (nothing is indexed yet)."""
 
+    code = "index_empty"
+
 
 class StoreRefused(StoreError):
     """Elasticsearch answered a request with an error."""
+
+    code = "elasticsearch_error"
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)

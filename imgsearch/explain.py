@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import Conflict
 from .images import ImageError, decode_rgb, read_indexed, thumbnail_webp
 from .model import ImageModel
 from .recent import Recent
@@ -41,13 +42,8 @@ HEAT_OPACITY = 0.8
 HEAT_STOPS = ((0.0, (60, 15, 110)), (0.55, (230, 95, 45)), (1.0, (252, 250, 160)))
 
 
-class ExplainUnavailable(Exception):
+class ExplainUnavailable(Conflict):
     """This result cannot be explained now (``code`` names why; the message says what to do)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, eq=False)

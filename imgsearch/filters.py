@@ -9,9 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from .errors import BadInput
 
-class FilterError(ValueError):
+
+class FilterError(BadInput):
     """A filter value a person typed that cannot be used; the message says which and why."""
+
+    code = "invalid_filter"
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .errors import BadInput
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -62,7 +64,7 @@ CONV4_OUTPUT = "conv4_block6_out"
 VALIDATION_SPLITS = ("validation", "val", "valid")
 
 
-class FinetuneError(ValueError):
+class FinetuneError(BadInput):
     """Training data or options that cannot make a model; the message says what to fix."""
 
 
@@ -600,7 +602,6 @@ def finetune(
     """Fine-tune the base model (``settings``) on the labelled images below ``root`` and write
     the best epoch to ``out_dir`` (refused if it exists, unless ``force``)."""
     from .embedder import Embedder
-    from .weights import weights_digest
 
     recipe = recipe or Recipe()
     started = time.perf_counter()
@@ -668,20 +669,7 @@ def finetune(
             "software": {"python": platform.python_version(), **_versions()},
         }
 
-    state: dict = {"best": None, "digest": None}
-    epochs: list[EpochResult] = []
-
-    def on_epoch(epoch: EpochResult, is_best: bool) -> None:
-        epochs.append(epoch)
-        mark = " *" if is_best else ""
-        log_epoch(f"epoch {epoch.epoch}: loss {epoch.loss:.4f}, validation P@10 "
-                  f"{epoch.p10:.4f} mAP@10 {epoch.map10:.4f} ({epoch.seconds:.0f} s){mark}")
-        if is_best:
-            state["best"], state["digest"] = epoch, weights_digest(base.model)
-            write_model_dir(out_dir, base.model,
-                            card(epochs, epoch, state["digest"], interrupted=False))
-        elif state["best"] is not None:  # the card records every epoch run so far
-            write_model_dir(out_dir, None, card(epochs, state["best"], state["digest"], False))
+    keeper = BestEpochKeeper(out_dir, base.model, card, log_epoch)
 
     def on_sigint(signum, frame):
         if trainer.stop_requested.is_set():  # a second Ctrl-C: stop at once
@@ -697,19 +685,60 @@ def finetune(
         log_epoch(f"{len(trainer.train_items)} training and {len(trainer.val_items)} validation "
                   f"images, {len(data.labels)} labels; base model validation P@10 "
                   f"{trainer.before['p@10']:.4f} mAP@10 {trainer.before['map@10']:.4f}")
-        trainer.train(on_epoch)
+        trainer.train(keeper.on_epoch)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
-    result.epochs = epochs
+    result.epochs = keeper.epochs
     result.skipped = trainer.skipped
     result.seconds = time.perf_counter() - started
-    if state["best"] is not None:
-        result.card = card(epochs, state["best"], state["digest"], result.interrupted)
-        write_model_dir(out_dir, None, result.card)
+    result.card = keeper.finish(result.interrupted)
     return result
+
+
+CardOf = Callable[[list[EpochResult], EpochResult, str, bool], dict]
+
+
+class BestEpochKeeper:
+    """The model directory of a fine-tune as it runs: the weights of the best epoch so far and
+    a card of every epoch so far, rewritten after each one, so a run stopped at any point
+    (Ctrl-C, a crash) leaves a usable model. ``card_of(epochs, best, digest, interrupted)``
+    makes the card."""
+
+    def __init__(self, out_dir: Path, network, card_of: CardOf, log_epoch: Callable[[str], None]):
+        self.out_dir = out_dir
+        self.network = network  # the Keras model being trained, whose weights are saved
+        self.card_of = card_of
+        self.log_epoch = log_epoch
+        self.epochs: list[EpochResult] = []
+        self.best: EpochResult | None = None
+        self.digest: str | None = None  # the best epoch's weights' digest
+
+    def on_epoch(self, epoch: EpochResult, is_best: bool) -> None:
+        from .weights import weights_digest
+
+        self.epochs.append(epoch)
+        mark = " *" if is_best else ""
+        self.log_epoch(f"epoch {epoch.epoch}: loss {epoch.loss:.4f}, validation P@10 "
+                       f"{epoch.p10:.4f} mAP@10 {epoch.map10:.4f} ({epoch.seconds:.0f} s){mark}")
+        if is_best:
+            self.best, self.digest = epoch, weights_digest(self.network)
+            write_model_dir(self.out_dir, self.network, self._card(interrupted=False))
+        elif self.best is not None:  # the card records every epoch run so far
+            write_model_dir(self.out_dir, None, self._card(interrupted=False))
+
+    def finish(self, interrupted: bool) -> dict | None:
+        """The final card, written (None when no epoch ended: nothing was written)."""
+        if self.best is None:
+            return None
+        card = self._card(interrupted)
+        write_model_dir(self.out_dir, None, card)
+        return card
+
+    def _card(self, interrupted: bool) -> dict:
+        return self.card_of(self.epochs, self.best, self.digest, interrupted)
 
 
 def sample_per_label(items: list[LabelledImage], n: int, seed: int) -> list[LabelledImage]:

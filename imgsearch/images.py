@@ -44,6 +44,8 @@ _WARNINGS_LOCK = threading.Lock()
 class ImageError(ReasonedError):
     """An input that cannot become a model input; ``reason`` is a short stable code."""
 
+    code = "invalid_image"
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields has no single truth
 class DecodedImage:

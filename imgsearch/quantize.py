@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .digest import digest_problem, file_digests
+from .errors import BadInput
 from .images import ImageError, content_hash
 from .ircache import IR_FILES
 from .model import ImageModel
@@ -45,7 +46,7 @@ IR_DIR = "openvino"
 MIN_CALIBRATION = 20
 
 
-class QuantizeError(Exception):
+class QuantizeError(BadInput):
     """Bad input for quantisation: no photos, an existing output, a model that is int8."""
 
 

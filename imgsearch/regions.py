@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import BadInput
+
 CELL = 32  # input pixels per cell of ResNet50's last map
 
 
@@ -61,8 +63,10 @@ def mode_from_meta(meta: dict | None) -> RegionMode | None:
     return RegionMode(str(meta["mode"]), float(meta["area"]), int(meta["scales"]))
 
 
-class BoxError(ValueError):
+class BoxError(BadInput):
     """A query box that cannot be searched with; the message says why."""
+
+    code = "invalid_box"
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 # The compile-time precision of an fp32 model on OpenVINO, for IMGSEARCH_PRECISION's values.
@@ -37,8 +39,10 @@ BF16_ERROR_FLOOR = 1e-4
 _tensorflow_precision: str | None = None
 
 
-class RuntimeUnavailable(Exception):
+class RuntimeUnavailable(Unavailable):
     """The configured runtime cannot run the model: not installed, or it refused to compile."""
+
+    code = "model_unavailable"
 
 
 def openvino_installed() -> bool:

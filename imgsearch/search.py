@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import BadInput
 from .filters import Filters
 from .model import ImageModel
 from .regions import RegionMode
@@ -33,16 +34,20 @@ MAX_FEEDBACK = 100
 FEEDBACK_WEIGHTS = (1.0, 1.0, 1.0)
 
 
-class QueryError(ValueError):
+class QueryError(BadInput):
     """Search parameters a person can fix (the message says how)."""
 
 
 class UnknownId(QueryError):
     """A parameter names an image id that is not in the index searched."""
 
+    code = "unknown_id"
+
 
 class RegionsMissing(QueryError):
     """A search with part of a photo on an index built without region vectors."""
+
+    code = "no_regions"
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,8 @@ class Settings:
     model_store: Path = setting(PROJECT_ROOT / "var" / "models", env="IMGSEARCH_MODEL_STORE",
                                 parse=Path)
     batch_size: int = setting(32, env="IMGSEARCH_BATCH_SIZE", parse=_integer, check=_AT_LEAST_1)
-    # "auto": bf16 matrix maths where the CPU computes in it (AVX512-BF16/AMX), else fp32.
+    # "auto": ask for bf16 matrix maths where the CPU has it (AVX512-BF16/AMX), else fp32;
+    # what each runtime then computes in is measured (Embedder.precision).
     precision: str = setting("auto", env="IMGSEARCH_PRECISION", check=_one_of(PRECISIONS))
     # Where the network runs: "tensorflow", "openvino" or "auto" (OpenVINO where installed,
     # the faster one in bench/embedding.py; both give the same vectors, imgsearch/runtime.py).

@@ -42,6 +42,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from .errors import Unavailable
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -59,8 +61,10 @@ _BRANCHES = {"1": 0, "2a": 1, "2b": 2, "2c": 3}
 _OLD_BLOCK_NAME = re.compile(r"(res|bn)(\d)([a-z])_branch(1|2[abc])")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(Unavailable):
     """The requested weights cannot be obtained or are not the expected ones."""
+
+    code = "model_unavailable"
 
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from imgsearch.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from . import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,49 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.set_up_logging(logging.WARNING)
+    return cli.run(lambda settings: duplicates_command(args, settings))
+
+
+def duplicates_command(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
     from imgsearch.duplicates import check_threshold, find_duplicates
-    from imgsearch.search import QueryError
-    from imgsearch.store import ImageStore, IndexMissing, StoreError, StoreUnavailable
+    from imgsearch.store import ImageStore
 
-    from .index import quiet_transport_logs
-
-    quiet_transport_logs()
-    try:
-        settings = Settings.from_env()
-        threshold = check_threshold(
-            settings.duplicate_threshold if args.threshold is None else args.threshold)
-        if args.min_size < 2:
-            raise QueryError("--min-size must be at least 2 (a group of one is no duplicate)")
-    except (ValueError, QueryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    threshold = check_threshold(
+        settings.duplicate_threshold if args.threshold is None else args.threshold)
+    if args.min_size < 2:
+        raise cli.UsageError("--min-size must be at least 2 (a group of one is no duplicate)")
     store = ImageStore.from_settings(settings)
-    try:
-        from tqdm import tqdm
+    # Shown after a second: a small index is grouped before a bar would be worth it.
+    with tqdm(unit="img", disable=args.no_progress, dynamic_ncols=True, delay=1,
+              file=sys.stderr) as bar:
+        def progress(done: int) -> None:
+            bar.total = bar.total or store.count()
+            bar.update(done - bar.n)
 
-        # Shown after a second: a small index is grouped before a bar would be worth it.
-        with tqdm(unit="img", disable=args.no_progress, dynamic_ncols=True, delay=1,
-                  file=sys.stderr) as bar:
-            def progress(done: int) -> None:
-                bar.total = bar.total or store.count()
-                bar.update(done - bar.n)
-
-            report = find_duplicates(store, threshold, min_size=args.min_size,
-                                     progress=progress)
-    except StoreUnavailable as exc:
-        print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc.__cause__}). "
-              "Start it with `make es-up`.", file=sys.stderr)
-        return EXIT_FAILED
-    except IndexMissing:
-        print(f"error: no images are indexed under {settings.es_index!r} yet. Index a folder "
-              "with `python -m indexer <dir>` first.", file=sys.stderr)
-        return EXIT_FAILED
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return EXIT_FAILED
+        report = find_duplicates(store, threshold, min_size=args.min_size, progress=progress)
     for n, group in enumerate(report.groups, 1):
         if args.json:
             print(json.dumps({"size": group.size, "min_cosine": group.min_cosine, "members": [
@@ -92,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{groups} of {report.images} images among {report.documents} "
           f"documents of {report.index} at cosine >= {report.threshold} "
           f"({report.queries} kNN queries in {report.seconds:.1f} s)", file=sys.stderr)
-    return EXIT_OK
+    return cli.EXIT_OK

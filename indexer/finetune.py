@@ -9,7 +9,6 @@ nothing was written if no epoch had finished; or the base weights could not be l
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -18,8 +17,9 @@ from pathlib import Path
 
 from imgsearch.settings import Settings
 
-from .index import EXIT_ABORTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from .sidecar import SidecarError, load_sidecar
+from . import cli
+from .cli import EXIT_ABORTED, EXIT_OK, EXIT_PARTIAL
+from .sidecar import load_sidecar
 
 MAX_LISTED = 50
 
@@ -60,48 +60,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.set_up_logging()
     if threading.current_thread() is threading.main_thread():
         # SIGTERM stops like Ctrl-C does; the SIGINT handler is the trainer's own.
         signal.signal(signal.SIGTERM, lambda s, f: signal.raise_signal(signal.SIGINT))
-    if not args.folder.is_dir():
-        print(f"error: {args.folder} is not a folder", file=sys.stderr)
-        return EXIT_USAGE
-    from imgsearch.finetune import FinetuneError, Recipe, finetune
-    from imgsearch.runtime import RuntimeUnavailable
-    from imgsearch.weights import WeightsError
+    return cli.run(lambda settings: finetune_command(args, settings),
+                   interrupted="interrupted before training began; nothing was written")
 
-    try:
-        settings = Settings.from_env()
-        sidecar = load_sidecar(args.metadata) if args.metadata else None
-        recipe = Recipe(**{k: v for k, v in {
-            "max_epochs": args.epochs, "views": args.views, "patience": args.patience,
-            "tune_from_block": args.tune_from_block, "lr_schedule": args.lr_schedule,
-        }.items() if v is not None})
-        if not 0 < args.validation_fraction < 1:
-            raise ValueError("--validation-fraction must be between 0 and 1")
-    except (ValueError, SidecarError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+
+def finetune_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.folder.is_dir():
+        raise cli.UsageError(f"{args.folder} is not a folder")
+    from imgsearch.finetune import Recipe, finetune
+
+    sidecar = load_sidecar(args.metadata) if args.metadata else None
+    recipe = Recipe(**{k: v for k, v in {
+        "max_epochs": args.epochs, "views": args.views, "patience": args.patience,
+        "tune_from_block": args.tune_from_block, "lr_schedule": args.lr_schedule,
+    }.items() if v is not None})
+    if not 0 < args.validation_fraction < 1:
+        raise cli.UsageError("--validation-fraction must be between 0 and 1")
     out = args.out or settings.model_store / (
         f"{args.folder.resolve().name}-{datetime.now(UTC):%Y%m%d-%H%M%S}")
-    try:
-        result = finetune(
-            args.folder, out, settings=settings, sidecar=sidecar, recipe=recipe,
-            seed=args.seed, validation_fraction=args.validation_fraction,
-            max_per_label=args.max_per_label, force=args.force, progress=not args.no_progress,
-            metadata_name=str(args.metadata) if args.metadata else None,
-            log_epoch=lambda line: print(line, file=sys.stderr, flush=True),
-        )
-    except FinetuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (WeightsError, RuntimeUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ABORTED
-    except KeyboardInterrupt:
-        print("interrupted before training began; nothing was written", file=sys.stderr)
-        return EXIT_ABORTED
+    result = finetune(
+        args.folder, out, settings=settings, sidecar=sidecar, recipe=recipe,
+        seed=args.seed, validation_fraction=args.validation_fraction,
+        max_per_label=args.max_per_label, force=args.force, progress=not args.no_progress,
+        metadata_name=str(args.metadata) if args.metadata else None,
+        log_epoch=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     for s in result.skipped[:MAX_LISTED]:
         print(f"  skipped {s.rel_path}: [{s.reason}] {s.message}", file=sys.stderr)
     if len(result.skipped) > MAX_LISTED:

@@ -23,14 +23,14 @@ from tqdm import tqdm
 from imgsearch.model import ImageModel
 from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings
-from imgsearch.store import ImageStore, StoreError, StoreUnavailable
+from imgsearch.store import ImageStore, StoreError
 from imgsearch.walk import walk_files
 
+from . import cli
 from .pipeline import RunStats, now_iso
 from .run import aborted_because, finish, prepare, run_partition
-from .sidecar import SidecarError, load_sidecar
+from .sidecar import load_sidecar
 
-EXIT_OK, EXIT_ABORTED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 MAX_LISTED_FAILURES = 50
 
 log = logging.getLogger("indexer")
@@ -51,8 +51,8 @@ class IndexReport:
     @property
     def exit_code(self) -> int:
         if self.aborted:
-            return EXIT_ABORTED
-        return EXIT_PARTIAL if self.stats.failed else EXIT_OK
+            return cli.EXIT_ABORTED
+        return cli.EXIT_PARTIAL if self.stats.failed else cli.EXIT_OK
 
     def to_json(self) -> dict:
         s = self.stats
@@ -200,21 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _WithoutTraceback(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
-def quiet_transport_logs() -> None:
-    """One line per HTTP request would drown the progress bar, and the client logs each retry
-    with a 30-line traceback: keep warnings, as one line each (the final error says it all)."""
-    transport = logging.getLogger("elastic_transport")
-    transport.setLevel(logging.WARNING)
-    for name in ("elastic_transport.transport", "elastic_transport.node_pool"):
-        logging.getLogger(name).addFilter(_WithoutTraceback())
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run stops, prints its summary and exits 1."""
 
@@ -227,64 +212,47 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_transport_logs()
+    cli.set_up_logging()
+    overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
+    if args.model:
+        overrides["model"] = args.model
+    if args.regions:
+        overrides["regions"] = args.regions
+    return cli.run(lambda settings: index_command(args, settings),
+                   settings=lambda: Settings.from_env(**overrides),
+                   interrupted="interrupted before indexing began; nothing was written")
+
+
+def index_command(args: argparse.Namespace, settings: Settings) -> int:
     if not args.folder.is_dir():
-        print(f"error: {args.folder} is not a folder", file=sys.stderr)
-        return EXIT_USAGE
+        raise cli.UsageError(f"{args.folder} is not a folder")
     if args.engine != "ray" and args.address:
-        print("error: --address names a Ray cluster: add --engine ray", file=sys.stderr)
-        return EXIT_USAGE
+        raise cli.UsageError("--address names a Ray cluster: add --engine ray")
     if args.skip_near_duplicates and args.engine == "ray":
-        print("error: --skip-near-duplicates needs the local engine (each batch is checked "
-              "against everything written before it)", file=sys.stderr)
-        return EXIT_USAGE
+        raise cli.UsageError("--skip-near-duplicates needs the local engine (each batch is "
+                             "checked against everything written before it)")
     if args.ray_workers < 1:
-        print("error: --ray-workers must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
-        if args.model:
-            overrides["model"] = args.model
-        if args.regions:
-            overrides["regions"] = args.regions
-        settings = Settings.from_env(**overrides)
-        sidecar = load_sidecar(args.metadata) if args.metadata else None
-    except (ValueError, SidecarError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise cli.UsageError("--ray-workers must be at least 1")
+    sidecar = load_sidecar(args.metadata) if args.metadata else None
 
     from imgsearch.embedder import Embedder
-    from imgsearch.runtime import RuntimeUnavailable
-    from imgsearch.weights import WeightsError
 
     store = ImageStore.from_settings(settings)
-    try:
-        embedder = Embedder(settings)
-        log.info("model %s, computing in %s on %s", embedder.version, embedder.precision,
-                 embedder.runtime)
-        engine = None
-        if args.engine == "ray":
-            from .distributed import RayEngine
+    embedder = Embedder(settings)
+    log.info("model %s, computing in %s on %s", embedder.version, embedder.precision,
+             embedder.runtime)
+    engine = None
+    if args.engine == "ray":
+        from .distributed import RayEngine
 
-            engine = RayEngine(args.address, max_workers=args.ray_workers,
-                               progress=not args.no_progress)
-        report = index_folder(
-            args.folder, settings=settings, embedder=embedder, store=store, sidecar=sidecar,
-            sync=args.sync, new_index=args.new_index, workers=args.workers,
-            progress=not args.no_progress, engine=engine,
-            skip_near_duplicates=args.skip_near_duplicates,
-        )
-    except StoreUnavailable as exc:  # unreachable before the first write
-        print(f"error: Elasticsearch at {settings.es_url} is not reachable ({exc.__cause__}). "
-              "Start it with `make es-up`.", file=sys.stderr)
-        return EXIT_ABORTED
-    except (StoreError, WeightsError, RuntimeUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ABORTED
-    except KeyboardInterrupt:  # before the run began (loading the model, checking the index)
-        print("interrupted before indexing began; nothing was written", file=sys.stderr)
-        return EXIT_ABORTED
+        engine = RayEngine(args.address, max_workers=args.ray_workers,
+                           progress=not args.no_progress)
+    report = index_folder(
+        args.folder, settings=settings, embedder=embedder, store=store, sidecar=sidecar,
+        sync=args.sync, new_index=args.new_index, workers=args.workers,
+        progress=not args.no_progress, engine=engine,
+        skip_near_duplicates=args.skip_near_duplicates,
+    )
     print(format_summary(report), file=sys.stderr)
     if args.report:
         args.report.write_text(json.dumps(report.to_json(), indent=2))

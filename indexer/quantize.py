@@ -15,7 +15,8 @@ from pathlib import Path
 
 from imgsearch.settings import Settings
 
-from .index import EXIT_ABORTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from . import cli
+from .cli import EXIT_OK, EXIT_PARTIAL
 
 MAX_LISTED = 50
 
@@ -43,38 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.folder.is_dir():
-        print(f"error: {args.folder} is not a folder", file=sys.stderr)
-        return EXIT_USAGE
-    from imgsearch.embedder import Embedder
-    from imgsearch.quantize import QuantizeError, quantize
-    from imgsearch.runtime import RuntimeUnavailable
-    from imgsearch.weights import WeightsError
+    cli.set_up_logging(logging.WARNING)
+    return cli.run(lambda settings: quantize_command(args, settings),
+                   settings=lambda: Settings.from_env(**({"model": args.model} if args.model
+                                                         else {})))
 
-    try:
-        settings = Settings.from_env(**({"model": args.model} if args.model else {}))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if settings.runtime == "tensorflow":
-            raise RuntimeUnavailable("int8 models run on OpenVINO only, but "
-                                     "IMGSEARCH_RUNTIME=tensorflow")
-        source = Embedder(settings)
-        name = Path(settings.model).name if settings.model else "base"
-        out = args.out or settings.model_store / f"{name}-int8-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-        result = quantize(source, args.folder, out, samples=args.samples, seed=args.seed,
-                          force=args.force)
-    except QuantizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (WeightsError, RuntimeUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ABORTED
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return EXIT_ABORTED
+
+def quantize_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.folder.is_dir():
+        raise cli.UsageError(f"{args.folder} is not a folder")
+    from imgsearch.embedder import Embedder
+    from imgsearch.quantize import quantize
+    from imgsearch.runtime import RuntimeUnavailable
+
+    if settings.runtime == "tensorflow":
+        raise RuntimeUnavailable("int8 models run on OpenVINO only, but "
+                                 "IMGSEARCH_RUNTIME=tensorflow")
+    source = Embedder(settings)
+    name = Path(settings.model).name if settings.model else "base"
+    out = args.out or settings.model_store / f"{name}-int8-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    result = quantize(source, args.folder, out, samples=args.samples, seed=args.seed,
+                      force=args.force)
     for path, reason in result.skipped[:MAX_LISTED]:
         print(f"  skipped {path}: {reason}", file=sys.stderr)
     q = result.card["quantization"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-from imgsearch.filters import FilterError, Filters
+from imgsearch.filters import Filters
 from imgsearch.settings import Settings
+
+from . import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,40 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from imgsearch.images import ImageError
+    cli.set_up_logging(logging.WARNING)
+    return cli.run(lambda settings: search_command(args, settings))
 
-    from .index import quiet_transport_logs
 
-    quiet_transport_logs()
-    from imgsearch.runtime import RuntimeUnavailable
-    from imgsearch.search import QueryError, SearchService
+def search_command(args: argparse.Namespace, settings: Settings) -> int:
+    from imgsearch.search import SearchService
     from imgsearch.serving import initial_model
-    from imgsearch.store import ImageStore, StoreError
-    from imgsearch.weights import WeightsError
+    from imgsearch.store import ImageStore
 
     try:
         data = args.image.read_bytes()
-        filters = Filters.from_params({"label": args.label, "folder": args.folder})
-        settings = Settings.from_env()
-        store = ImageStore.from_settings(settings)
-        # The model that built the index (from the model store), else the configured one.
-        service = SearchService(settings, store, initial_model(settings, store))
-        result = service.search_image(
-            data, k=args.k, num_candidates=args.num_candidates, filters=filters
-        )
     except OSError as exc:
-        print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
-        return 2
-    except (ImageError, QueryError, FilterError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (StoreError, WeightsError, RuntimeUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise cli.UsageError(f"cannot read {args.image}: {exc.strerror}") from exc
+    filters = Filters.from_params({"label": args.label, "folder": args.folder})
+    store = ImageStore.from_settings(settings)
+    # The model that built the index (from the model store), else the configured one.
+    service = SearchService(settings, store, initial_model(settings, store))
+    result = service.search_image(
+        data, k=args.k, num_candidates=args.num_candidates, filters=filters
+    )
     for rank, hit in enumerate(result.hits, 1):
         label = hit.source.get("label") or "-"
         print(f"{rank:3d}  {hit.cosine:.4f}  {label:12s}  {hit.source.get('path')}")
     t = result.timings_ms
     print(f"({len(result.hits)} results; decode {t['decode']} ms, embed {t['embed']} ms, "
           f"search {t['search']} ms)", file=sys.stderr)
-    return 0
+    return cli.EXIT_OK

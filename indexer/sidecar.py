@@ -10,10 +10,12 @@ import csv
 import json
 from pathlib import Path, PurePosixPath
 
+from imgsearch.errors import BadInput
+
 KEY_COLUMNS = ("path", "rel_path", "file")
 
 
-class SidecarError(ValueError):
+class SidecarError(BadInput):
     pass
 
 

@@ -1,17 +1,18 @@
 """Every failure becomes a clear answer: JSON ``{"error": {"code", "message"}}`` for the API,
-an HTML page for people, and never a stack trace (exceptions go to the server log)."""
+an HTML page for people, and never a stack trace (exceptions go to the server log).
+
+The product's errors are mapped by their base (imgsearch/errors.py): bad input 400, conflict
+409, unavailable 503, each with the error's own ``code``; the store's kinds get messages that
+name the fix."""
 
 from __future__ import annotations
 
 from flask import current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from imgsearch.explain import ExplainUnavailable
-from imgsearch.filters import FilterError
+from imgsearch.errors import BadInput, Conflict, ReasonedError, Unavailable
 from imgsearch.images import ImageError
-from imgsearch.regions import BoxError
-from imgsearch.search import QueryError, RegionsMissing, UnknownId
-from imgsearch.store import IndexMissing, StoreError, StoreRefused, StoreUnavailable
+from imgsearch.store import IndexMissing, StoreRefused, StoreUnavailable
 
 HOW_TO_INDEX = "make index IMAGES=<dir>"
 
@@ -65,22 +66,12 @@ def _on_problem(exc: Problem):
     return respond(exc)
 
 
-def _on_bad_input(exc: Exception):
-    if isinstance(exc, ImageError):
-        # ``reason`` (e.g. "corrupt", "too_many_pixels") lets a client tell the cases apart.
-        message = f"The upload is not an image we can use: {exc}."
-        return respond(Problem(400, "invalid_image", message, reason=exc.reason))
-    if isinstance(exc, RegionsMissing):
-        code = "no_regions"
-    elif isinstance(exc, UnknownId):
-        code = "unknown_id"
-    elif isinstance(exc, BoxError):
-        code = "invalid_box"
-    elif isinstance(exc, FilterError):
-        code = "invalid_filter"
-    else:
-        code = "invalid_parameter"
-    return respond(Problem(400, code, str(exc)))
+def _on_bad_input(exc: BadInput):
+    # ``reason`` (e.g. "corrupt", "too_many_pixels") lets a client tell the cases apart.
+    details = {"reason": exc.reason} if isinstance(exc, ReasonedError) else {}
+    message = f"The upload is not an image we can use: {exc}." if isinstance(exc, ImageError) \
+        else str(exc)
+    return respond(Problem(400, exc.code, message, **details))
 
 
 def _on_http(exc: HTTPException):
@@ -106,7 +97,7 @@ def _on_http(exc: HTTPException):
     return response
 
 
-def _on_explain_unavailable(exc: ExplainUnavailable):
+def _on_conflict(exc: Conflict):
     return respond(Problem(409, exc.code, exc.message))
 
 
@@ -131,9 +122,9 @@ def _on_store_unavailable(exc: StoreUnavailable):
     return respond(es_unavailable(_settings().es_url))
 
 
-def _on_store_error(exc: StoreError):
-    current_app.logger.error("index problem: %s", exc)
-    return respond(Problem(503, "index_problem", str(exc)))
+def _on_unavailable(exc: Unavailable):
+    current_app.logger.error("unavailable (%s): %s", exc.code, exc)
+    return respond(Problem(503, exc.code, str(exc)))
 
 
 def _on_unexpected(exc: Exception):
@@ -146,15 +137,16 @@ def _on_unexpected(exc: Exception):
 
 
 def register(app) -> None:
+    # Flask picks the handler of the nearest class in an exception's MRO: the store's kinds
+    # before Unavailable, every other error of the product by its base.
     app.register_error_handler(Problem, _on_problem)
-    for cls in (ImageError, FilterError, QueryError, BoxError):
-        app.register_error_handler(cls, _on_bad_input)
-    app.register_error_handler(HTTPException, _on_http)
-    app.register_error_handler(ExplainUnavailable, _on_explain_unavailable)
+    app.register_error_handler(BadInput, _on_bad_input)
+    app.register_error_handler(Conflict, _on_conflict)
     app.register_error_handler(IndexMissing, _on_index_missing)
     app.register_error_handler(StoreRefused, _on_store_refused)
     app.register_error_handler(StoreUnavailable, _on_store_unavailable)
-    app.register_error_handler(StoreError, _on_store_error)
+    app.register_error_handler(Unavailable, _on_unavailable)
+    app.register_error_handler(HTTPException, _on_http)
     app.register_error_handler(Exception, _on_unexpected)
 
 

@@ -88,7 +88,8 @@ def test_a_worker_node_removed_mid_job_loses_nothing(ray_cluster, photos, test_s
 def test_the_cli_runs_on_ray_with_the_local_summary_and_exit_status(ray_cluster, photos,
                                                                     test_settings, store,
                                                                     monkeypatch, capsys):
-    from indexer.index import EXIT_OK, main
+    from indexer.cli import EXIT_OK
+    from indexer.index import main
 
     cluster, _ = ray_cluster
     for name, value in (("ES_URL", test_settings.es_url), ("ES_INDEX", store.alias),

@@ -17,8 +17,8 @@ import pytest
 from imgsearch.embedder import Embedder
 from imgsearch.modelstore import load_model_dir, read_card
 from imgsearch.settings import PROJECT_ROOT
+from indexer.cli import EXIT_ABORTED, EXIT_USAGE
 from indexer.finetune import main as finetune_main
-from indexer.index import EXIT_ABORTED, EXIT_USAGE
 from indexer.index import main as index_main
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from imgsearch.search import SearchService
 from imgsearch.store import ModelVersionMismatch
-from indexer.index import EXIT_ABORTED, EXIT_PARTIAL, index_folder
+from indexer.cli import EXIT_ABORTED, EXIT_PARTIAL
+from indexer.index import index_folder
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ from imgsearch.modelstore import ModelStore, read_card
 from imgsearch.quantize import IR_DIR, MIN_CALIBRATION
 from imgsearch.runtime import RuntimeUnavailable
 from imgsearch.weights import WeightsError
-from indexer.index import EXIT_ABORTED, EXIT_PARTIAL, EXIT_USAGE
+from indexer.cli import EXIT_ABORTED, EXIT_PARTIAL, EXIT_USAGE
 from indexer.quantize import main as quantize_main
 
 pytest.importorskip("nncf")

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgsearch.images import content_hash
-from indexer.index import EXIT_PARTIAL, index_folder
+from indexer.cli import EXIT_PARTIAL
+from indexer.index import index_folder
 from indexer.sidecar import load_sidecar
 from tests.support import build_app
 

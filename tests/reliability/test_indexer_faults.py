@@ -20,7 +20,8 @@ from elasticsearch import NotFoundError
 from imgsearch.images import content_hash
 from imgsearch.settings import Settings, retry_window
 from imgsearch.store import ImageStore, StoreError
-from indexer.index import EXIT_ABORTED, EXIT_OK, index_folder
+from indexer.cli import EXIT_ABORTED, EXIT_OK
+from indexer.index import index_folder
 
 from .conftest import all_ids
 
