@@ -2,9 +2,9 @@
 it sends on the way.
 
     python -m bench.giveup --images ../shared/datasets/clothing-small/images/test \\
-        [--photos 24] [--batch-size 8] [--json]
+        [--photos 24] [--batch-size 8] [--only hung,overloaded] [--json]
 
-Three dead nodes, with the retry policy of the environment (``IMGSEARCH_BULK_RETRIES``,
+Dead and sick nodes, with the retry policy of the environment (``IMGSEARCH_BULK_RETRIES``,
 ``IMGSEARCH_BULK_BACKOFF``, ``IMGSEARCH_BULK_MAX_BACKOFF``; 6, 1 s and 30 s by default):
 
 1. **stopped mid-run**: a throwaway node (its own port and directory) is stopped, as
@@ -16,7 +16,11 @@ Three dead nodes, with the retry policy of the environment (``IMGSEARCH_BULK_RET
 3. **a search** (what the web app sends) against that port;
 4. **overloaded**: a stand-in server that answers every request with 429 (Elasticsearch's
    ``es_rejected_execution_exception``); one batch written with a short policy of its own
-   (2 retries from 0.1 s), to count how the layers multiply.
+   (2 retries from 0.1 s), to count how the layers multiply;
+5. **hung**: a stand-in server that accepts every request and never answers; one batch with
+   that short policy and a 1 s request timeout (``ES_REQUEST_TIMEOUT``, 30 s by default).
+
+``--only`` runs some of them (4 and 5 need neither Elasticsearch nor the model).
 
 Every HTTP request the client sends is counted, with its endpoint, by wrapping the
 transport's node class, so that the retries of every layer show. Needs the ES zip and a JDK
@@ -158,6 +162,10 @@ def search_unused_port(settings: Settings, requests: RequestLog) -> dict:
             "requests": dict(requests.since(started)), "error": error}
 
 
+SCENARIOS = ("stopped_mid_run", "unused_port", "search_unused_port", "overloaded", "hung")
+QUICK = {"retries": 2, "backoff": 0.1, "max_backoff": 1.0}
+
+
 class _Overloaded(BaseHTTPRequestHandler):
     BODY = json.dumps({"error": {"type": "es_rejected_execution_exception",
                                  "reason": "rejected (a stand-in for an overloaded node)"},
@@ -178,9 +186,16 @@ class _Overloaded(BaseHTTPRequestHandler):
         pass
 
 
-def overloaded(settings: Settings, requests: RequestLog) -> dict:
-    """One batch written to a server that answers 429 to everything."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Overloaded)
+class _Hung(_Overloaded):
+    def _reject(self) -> None:
+        time.sleep(5)  # longer than the client waits
+
+    do_GET = do_PUT = do_POST = do_HEAD = _reject
+
+
+def one_batch_against(handler, settings: Settings, requests: RequestLog) -> dict:
+    """One batch of 8 documents written, with the QUICK policy, to a stand-in server."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         store = ImageStore.from_settings(
@@ -189,12 +204,13 @@ def overloaded(settings: Settings, requests: RequestLog) -> dict:
         started = time.monotonic()
         outcome = None
         try:
-            written = store.bulk_index(docs, "bench-overloaded", max_retries=2,
-                                       initial_backoff=0.1, max_backoff=1.0)
+            written = store.bulk_index(docs, "bench-giveup", max_retries=QUICK["retries"],
+                                       initial_backoff=QUICK["backoff"],
+                                       max_backoff=QUICK["max_backoff"])
             outcome = f"{written.indexed} indexed, {len(written.failed)} failed"
         except StoreError as exc:
             outcome = f"{type(exc).__name__}: {str(exc)[:100]}"
-        return {"policy": {"retries": 2, "backoff": 0.1, "max_backoff": 1.0},
+        return {"policy": QUICK, "request_timeout": settings.es_request_timeout,
                 "seconds": round(time.monotonic() - started, 2),
                 "requests": dict(requests.since(started)), "outcome": outcome}
     finally:
@@ -207,12 +223,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=Path, required=True, help="a folder of label folders")
     p.add_argument("--photos", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--only", default=",".join(SCENARIOS),
+                   help=f"comma-separated, of {', '.join(SCENARIOS)}")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
+    only = [name for name in args.only.split(",") if name]
+    if set(only) - set(SCENARIOS):
+        p.error(f"--only takes {', '.join(SCENARIOS)}")
 
     settings = Settings.from_env(batch_size=args.batch_size)
-    embedder = Embedder(settings)
-    embedder.warm_up()
+    embedder = None
+    if {"stopped_mid_run", "unused_port"} & set(only):
+        embedder = Embedder(settings)
+        embedder.warm_up()
     out: dict = {
         "cpu": cpu_line(),
         "date": datetime.now(UTC).date().isoformat(),
@@ -224,15 +247,22 @@ def main(argv: list[str] | None = None) -> None:
     }
     with tempfile.TemporaryDirectory() as tmp, RequestLog() as requests:
         folder = some_photos(args.images, args.photos, Path(tmp))
-        out["stopped_mid_run"] = stopped_mid_run(settings, embedder, folder, requests)
-        out["unused_port"] = unused_port(settings, embedder, folder, requests)
-        out["search_unused_port"] = search_unused_port(settings, requests)
-        out["overloaded"] = overloaded(settings, requests)
+        if "stopped_mid_run" in only:
+            out["stopped_mid_run"] = stopped_mid_run(settings, embedder, folder, requests)
+        if "unused_port" in only:
+            out["unused_port"] = unused_port(settings, embedder, folder, requests)
+        if "search_unused_port" in only:
+            out["search_unused_port"] = search_unused_port(settings, requests)
+        if "overloaded" in only:
+            out["overloaded"] = one_batch_against(_Overloaded, settings, requests)
+        if "hung" in only:
+            out["hung"] = one_batch_against(_Hung, settings.with_(es_request_timeout=1.0),
+                                            requests)
     if args.json:
         print(json.dumps(out, indent=2))
         return
     print(f"CPU: {out['cpu']}; {out['date']}; policy {out['policy']}")
-    for name in ("stopped_mid_run", "unused_port", "search_unused_port", "overloaded"):
+    for name in only:
         print(f"{name}: {json.dumps(out[name])}")
 
 
