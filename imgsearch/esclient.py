@@ -92,20 +92,36 @@ SERIALIZERS = {
 
 
 def connect(settings: Settings) -> Elasticsearch:
-    """An Elasticsearch client for the settings (credentials and CA only when given)."""
+    """An Elasticsearch client for the settings (credentials and CA only when given).
+
+    The client fails over but does not retry: a request that finds a node unreachable, timed
+    out or answering 429/502/503/504 moves on to each other listed node once, without waiting
+    (``max_retries`` = nodes − 1), and then fails; with one node, one request. Reads (the web
+    app's searches) so fail fast. Waiting for Elasticsearch to come back is the indexer's
+    alone: :class:`imgsearch.store.ImageStore` retries its writes and existence checks with
+    backoff, one request an attempt (``IMGSEARCH_BULK_*``)."""
+    hosts = [url.strip() for url in settings.es_url.split(",") if url.strip()]
     kwargs: dict[str, Any] = {
         "request_timeout": settings.es_request_timeout,
         "retry_on_status": RETRY_STATUSES,
         "retry_on_timeout": True,
-        "max_retries": 3,
+        "max_retries": max(len(hosts) - 1, 0),
         "serializers": SERIALIZERS,
     }
     if settings.es_username:
         kwargs["basic_auth"] = (settings.es_username, settings.es_password or "")
     if settings.es_ca_certs:
         kwargs["ca_certs"] = settings.es_ca_certs
-    hosts = [url.strip() for url in settings.es_url.split(",") if url.strip()]
     return Elasticsearch(hosts, **kwargs)
+
+
+def with_cause(exc: Exception) -> Exception:
+    """``exc``, saying why a request got no answer: elastic_transport replaces the errors of a
+    request's last failure with those of its earlier attempts, so that with no retries a
+    refused connection reads only "Connection error"; the node's own error is put back."""
+    if isinstance(exc, TransportError) and not exc.errors and exc.__cause__ is not None:
+        exc.errors = (exc.__cause__,)
+    return exc
 
 
 def translated(method):
@@ -113,6 +129,7 @@ def translated(method):
     store's own errors, and never import the client's."""
 
     def translate(exc: Exception) -> StoreError:
+        with_cause(exc)
         if isinstance(exc, ApiError):
             if exc.error == "index_not_found_exception":
                 return IndexMissing(f"no such index: {exc}")

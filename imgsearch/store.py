@@ -1,7 +1,9 @@
 """The document store: the image index's documents behind the alias (bulk, kNN, reads, facets).
 
-Writes retry what failed with backoff (the indexer's policy from settings); every public
-method raises the store's errors (:mod:`imgsearch.esclient`), never the client's. The index
+Writes and existence checks retry what failed with backoff (the indexer's policy from
+settings, :class:`RetryPolicy`): the one retry layer of the product, since the client itself
+only fails over from node to node (:func:`imgsearch.esclient.connect`). Every public method
+raises the store's errors (:mod:`imgsearch.esclient`), never the client's. The index
 lifecycle (creating, checking and swapping concrete indices) is :attr:`ImageStore.indices`
 (:class:`imgsearch.indices.IndexManager`) on the same connection.
 """
@@ -10,11 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
+from elasticsearch import (
+    ApiError,
+    Elasticsearch,
+    NotFoundError,
+    SerializationError,
+    TransportError,
+    helpers,
+)
 
 from .esclient import (
     RETRY_STATUSES,
@@ -24,6 +33,7 @@ from .esclient import (
     StoreUnavailable,
     connect,
     translated,
+    with_cause,
 )
 from .indices import (
     REGIONS_FIELD,
@@ -33,7 +43,7 @@ from .indices import (
     ModelVersionMismatch,
     index_body,
 )
-from .settings import Settings
+from .settings import Settings, retry_window
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ NOT_RETURNED = [VECTOR_FIELD, REGIONS_FIELD]
 
 __all__ = [
     "AliasMoved", "BulkResult", "ImageStore", "IndexMissing", "ModelVersionMismatch",
-    "StoreError", "StoreRefused", "StoreUnavailable", "connect", "index_body",
+    "RetryPolicy", "StoreError", "StoreRefused", "StoreUnavailable", "connect", "index_body",
 ]
 
 
@@ -50,6 +60,45 @@ __all__ = [
 class BulkResult:
     indexed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the store's writes and existence checks wait for Elasticsearch: ``retries`` more
+    attempts after the first, one request each, after delays doubling from ``backoff``
+    seconds and capped at ``max_backoff``. An attempt that fails as a whole (node unreachable,
+    timeout, 429/502/503/504) is made again; of a bulk request, only the documents refused
+    with those statuses are sent again. So one batch costs at most ``1 + retries`` requests
+    and :attr:`window` seconds of waiting (plus each request's own time, up to
+    ``ES_REQUEST_TIMEOUT`` against a node that accepts but does not answer)."""
+
+    retries: int = 6
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+
+    def delays(self) -> list[float]:
+        """The wait before each retry."""
+        return [min(self.backoff * 2**i, self.max_backoff) for i in range(self.retries)]
+
+    @property
+    def window(self) -> float:
+        return retry_window(self.retries, self.backoff, self.max_backoff)
+
+
+@dataclass(frozen=True)
+class Again:
+    """An attempt's answer that part of it is to be sent again (documents refused with 429/
+    502/503/504), and why."""
+
+    why: str
+
+
+def _retryable(exc: TransportError | ApiError) -> bool:
+    """Whether another attempt could succeed: no answer (refused, reset, timed out), or an
+    answer saying "later" (429/502/503/504); not a request refused for what it is."""
+    if isinstance(exc, ApiError):
+        return exc.status_code in RETRY_STATUSES
+    return not isinstance(exc, SerializationError)
 
 
 class ImageStore:
@@ -69,10 +118,11 @@ class ImageStore:
         self.es = es
         self.alias = alias
         self.indices = IndexManager(es, alias)
-        # Retry policy of the indexer's writes and existence checks (settings.bulk_*).
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        # Retry policy of the indexer's writes and existence checks (settings.bulk_*), and the
+        # client they go through: one request an attempt, the node that failed marked dead in
+        # the shared pool, so that the next attempt goes to another node.
+        self.retry = RetryPolicy(retries, backoff, max_backoff)
+        self._once = es.options(max_retries=0)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageStore:
@@ -84,37 +134,33 @@ class ImageStore:
             max_backoff=settings.bulk_max_backoff,
         )
 
-    def _retrying(
-        self,
-        what: str,
-        call,
-        *,
-        max_retries: int | None = None,
-        initial_backoff: float | None = None,
-        max_backoff: float | None = None,
-    ):
-        """``call()``, retried with exponential backoff when the request as a whole fails
-        (node unreachable, timeout, 429/5xx); finally a StoreError that says what to do."""
-        retries = self.retries if max_retries is None else max_retries
-        delay = self.backoff if initial_backoff is None else initial_backoff
-        cap = self.max_backoff if max_backoff is None else max_backoff
-        for attempt in range(retries + 1):
+    def _policy(self, retries: int | None, backoff: float | None,
+                cap: float | None) -> RetryPolicy:
+        """The store's policy, with whatever a caller gives instead."""
+        p = self.retry
+        return RetryPolicy(p.retries if retries is None else retries,
+                           p.backoff if backoff is None else backoff,
+                           p.max_backoff if cap is None else cap)
+
+    def _retrying(self, what: str, attempt: Callable[[bool], Any],
+                  policy: RetryPolicy | None = None) -> Any:
+        """What ``attempt(last)`` (one request) returns, attempting again after each delay of
+        ``policy`` while it fails as a whole and could succeed later, or returns
+        :class:`Again` (part of it to send again); finally a StoreError that says what to do."""
+        policy = policy or self.retry
+        for attempts, delay in enumerate([*policy.delays(), None], 1):
             try:
-                return call()
+                outcome = attempt(delay is None)
             except (TransportError, ApiError) as exc:
-                status = getattr(exc, "status_code", None) or getattr(
-                    getattr(exc, "meta", None), "status", None
-                )
-                retryable = not isinstance(exc, ApiError) or status in RETRY_STATUSES
-                if not retryable or attempt == retries:
-                    raise StoreError(
-                        f"Elasticsearch {what} failed after {attempt + 1} attempt(s): {exc}. "
-                        "Check that Elasticsearch is up (`make es-status`), then run the same "
-                        "command again: nothing already stored is embedded twice."
-                    ) from exc
+                with_cause(exc)
+                if delay is None or not _retryable(exc):
+                    raise _gave_up(what, attempts, exc) from exc
                 log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, cap)
+            else:
+                if not isinstance(outcome, Again):
+                    return outcome
+                log.warning("%s: %s; sending them again in %.1fs", what, outcome.why, delay)
+            time.sleep(delay)
         raise AssertionError("unreachable")
 
     @translated
@@ -136,7 +182,7 @@ class ImageStore:
             return set()
         resp = self._retrying(
             "existence check",
-            lambda: self.es.mget(index=index or self.alias, ids=ids, source=False),
+            lambda last: self._once.mget(index=index or self.alias, ids=ids, source=False),
         )
         return {d["_id"] for d in resp.body["docs"] if d.get("found")}
 
@@ -150,46 +196,46 @@ class ImageStore:
         initial_backoff: float | None = None,
         max_backoff: float | None = None,
     ) -> BulkResult:
-        """Write documents (each with ``content_hash``) with one bulk request.
-
-        Item-level 429s are retried by the helper; whole-request failures (node down, 5xx)
-        are retried here with exponential backoff (the store's policy unless given) and
-        finally re-raised as StoreError. Documents are keyed by content hash, so a retried
-        request can never duplicate a document.
-        """
+        """Write documents (each with ``content_hash``) with one bulk request, retried as the
+        streaming bulk helper of elasticsearch-py retries: documents refused with 429/502/503/
+        504 are sent again (only they), and a request that fails as a whole is made again,
+        both after the same doubling delays (the store's :class:`RetryPolicy` unless given).
+        Documents still refused at the end are in :attr:`BulkResult.failed`; a request still
+        failing is a StoreError. Documents are keyed by content hash, so sending one again can
+        never duplicate it."""
         target = index or self.alias
-        actions = [
-            {"_op_type": "index", "_index": target, "_id": d["content_hash"], "_source": d}
-            for d in docs
-        ]
-        if not actions:
-            return BulkResult()
-        item_retries = self.retries if max_retries is None else max_retries
-        item_backoff = self.backoff if initial_backoff is None else initial_backoff
-        item_cap = self.max_backoff if max_backoff is None else max_backoff
+        waiting = list(docs)
+        result = BulkResult()
 
-        def attempt() -> BulkResult:
-            result = BulkResult()
-            for ok, item in helpers.streaming_bulk(
-                self.es,
-                actions,
-                chunk_size=len(actions),
-                max_retries=item_retries,
-                initial_backoff=max(item_backoff, 0.1),
-                max_backoff=max(item_cap, 0.1),
-                raise_on_error=False,
-            ):
+        def send(last: bool) -> BulkResult | Again:
+            nonlocal waiting
+            operations: list[dict] = []
+            for d in waiting:
+                operations += [{"index": {"_index": target, "_id": d["content_hash"]}}, d]
+            items = self._once.bulk(operations=operations).body["items"]
+            refused: list[dict] = []
+            statuses: set[int] = set()
+            for d, item in zip(waiting, items, strict=True):
                 info = item.get("index", {})
-                if ok:
+                status = info.get("status", 0)
+                if 200 <= status < 300:
                     result.indexed += 1
+                elif status in RETRY_STATUSES and not last:
+                    refused.append(d)
+                    statuses.add(status)
                 else:
-                    result.failed.append((info.get("_id", "?"), _reason(info)))
-            return result
+                    result.failed.append((info.get("_id", d["content_hash"]), _reason(info)))
+            if not refused:
+                return result
+            why = (f"{len(refused)} of {len(waiting)} documents refused (status "
+                   f"{'/'.join(map(str, sorted(statuses)))})")
+            waiting = refused
+            return Again(why)
 
-        return self._retrying(
-            "bulk write", attempt, max_retries=max_retries, initial_backoff=initial_backoff,
-            max_backoff=max_backoff,
-        )
+        if not waiting:
+            return result
+        return self._retrying("bulk write", send,
+                              self._policy(max_retries, initial_backoff, max_backoff))
 
     @translated
     def ids_under_root(self, root: str, index: str | None = None) -> Iterator[str]:
@@ -409,7 +455,7 @@ class ImageStore:
                 out["documents"] = probe.count(index)
                 out["model_version"] = probe.indices.index_model_version(index)
         except TransportError as exc:
-            out["error"] = str(exc)
+            out["error"] = str(with_cause(exc))
         except (ApiError, StoreError) as exc:  # it answered, but not as hoped
             out["reachable"], out["error"] = True, str(exc)
         return out
@@ -435,6 +481,14 @@ def _hit(h: dict) -> dict:
         # its box is taken.
         hit["region"] = {"box": [float(v) for v in inner[0]["_source"]["box"]]}
     return hit
+
+
+def _gave_up(what: str, attempts: int, exc: Exception) -> StoreError:
+    return StoreError(
+        f"Elasticsearch {what} failed after {attempts} attempt(s): {exc}. Check that "
+        "Elasticsearch is up (`make es-status`), then run the same command again: nothing "
+        "already stored is embedded twice."
+    )
 
 
 def _reason(info: dict) -> str:

@@ -1,7 +1,9 @@
 """The parts of an indexing run, each with one job.
 
     prepare (target index: created or checked, its region mode)
-      -> run_partition, once per partition of the files (read, skip known, decode, embed, bulk)
+      -> run_partition, once per partition of the files:
+           embedded_batches (read, skip known, decode, embed)
+           -> NearDuplicateFilter (with --skip-near-duplicates) -> documents -> BulkWriter
       -> finish (sync, alias swap, refresh)
 
 The local indexer runs one partition holding every file (:func:`indexer.index.index_folder`);
@@ -16,8 +18,8 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,12 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.model import ImageModel
-from imgsearch.regions import REGION_MODES, RegionMode
+from imgsearch.regions import REGION_MODES, RegionMode, Regions
 from imgsearch.settings import Settings
-from imgsearch.store import ImageStore, StoreError, StoreUnavailable
+from imgsearch.store import BulkResult, ImageStore, StoreError, StoreUnavailable
 from imgsearch.thumbnails import ThumbnailStore
 
 from .pipeline import (
+    Decoded,
     Failure,
     RunStats,
     batches,
@@ -48,6 +51,8 @@ log = logging.getLogger("indexer")
 # to be searchable, then the run waits for its writes and refreshes the index (8 MB of vectors;
 # a refresh every 1,024 images rather than a wait for each batch's write and a refresh).
 MAX_UNSEARCHABLE = 1024
+# Bulk writes in flight: two keep Elasticsearch busy without holding many vectors in memory.
+MAX_IN_FLIGHT = 2
 
 UNREACHABLE = ("Elasticsearch became unreachable ({}); start it again and re-run the same "
                "command (nothing already stored is embedded twice)")
@@ -111,6 +116,129 @@ def region_mode(store: ImageStore, index: str, settings: Settings,
     return mode
 
 
+# A batch of decoded images, their vectors, and their regions when the index has them.
+Embedded = tuple[list[Decoded], np.ndarray, list[Regions] | None]
+
+
+class BulkWriter:
+    """The writer stage: each batch's documents written by one bulk request on a thread of
+    its own, at most :data:`MAX_IN_FLIGHT` in flight, and their outcomes counted into
+    ``stats`` (documents refused are failures of their files).
+
+    Its give-up rule: once one write has given up, the writes still queued give up at once
+    instead of each waiting out its own retry window (the run is over, and a re-run finishes
+    it); :meth:`give_up` stops the rest the same way, and still counts the writes that
+    succeeded, so that the summary says what is really stored."""
+
+    def __init__(self, store: ImageStore, index: str, stats: RunStats):
+        self._store = store
+        self._index = index
+        self._stats = stats
+        self._thread = ThreadPoolExecutor(1, "bulk")
+        self._pending: deque[tuple[Future[BulkResult], list[Decoded]]] = deque()
+        self._gave_up = threading.Event()
+
+    def __enter__(self) -> BulkWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._thread.shutdown(wait=True)  # the writes already queued are made (or give up)
+
+    def write(self, docs: list[dict], group: list[Decoded]) -> None:
+        """Queue ``docs`` (made from ``group``); wait for the oldest writes beyond
+        :data:`MAX_IN_FLIGHT`, raising the StoreError of one that failed."""
+        self._pending.append((self._thread.submit(self._bulk, docs), group))
+        while len(self._pending) > MAX_IN_FLIGHT:
+            self._collect(*self._pending.popleft())
+
+    @property
+    def in_flight(self) -> int:
+        """Images whose write is queued or running."""
+        return sum(len(group) for _, group in self._pending)
+
+    def drain(self) -> None:
+        """Wait for every queued write (all of this run's writes are then stored)."""
+        while self._pending:
+            self._collect(*self._pending.popleft())
+
+    def give_up(self) -> None:
+        """The run stops: queued writes not yet begun give up at once; those that finished
+        are counted."""
+        self._gave_up.set()
+        while self._pending:
+            future, group = self._pending.popleft()
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._collect(future, group)
+
+    def _bulk(self, docs: list[dict]) -> BulkResult:
+        if self._gave_up.is_set():
+            raise StoreError("an earlier bulk write failed; this one was not attempted")
+        try:
+            return self._store.bulk_index(docs, self._index)
+        except Exception:
+            self._gave_up.set()
+            raise
+
+    def _collect(self, future: Future[BulkResult], group: list[Decoded]) -> None:
+        written = future.result()
+        self._stats.indexed += written.indexed
+        by_id = {d.candidate.content_hash: d.candidate.rel_path for d in group}
+        for doc_id, reason in written.failed:
+            self._stats.failed.append(Failure(by_id.get(doc_id, doc_id), "rejected", reason))
+
+
+class NearDuplicateFilter:
+    """The ``--skip-near-duplicates`` stage: of each batch, keeps the images with no image at
+    ``threshold`` or closer among the indexed ones, this run's earlier ones and the batch's
+    own (:func:`near_duplicates`).
+
+    It owns the list of this run's kept images that may not be searchable yet (a write in
+    flight, or before Elasticsearch's next refresh), which it checks in memory; its refresh
+    rule: once :data:`MAX_UNSEARCHABLE` are waiting, it waits for the run's writes
+    (``wait_for_writes``) and refreshes the index, so that the kNN check covers them."""
+
+    def __init__(self, store: ImageStore, index: str, threshold: float, stats: RunStats,
+                 wait_for_writes: Callable[[], None]):
+        self._store = store
+        self._index = index
+        self._threshold = threshold
+        self._stats = stats
+        self._wait_for_writes = wait_for_writes
+        self._unsearchable: list[tuple[str, np.ndarray]] = []
+
+    def __call__(self, batch: Embedded) -> Embedded:
+        group, vectors, regions = batch
+        if len(self._unsearchable) >= MAX_UNSEARCHABLE:
+            self._wait_for_writes()
+            self._store.refresh(self._index)
+            self._unsearchable.clear()
+        keep = near_duplicates(self._store, self._index, group, vectors, self._threshold,
+                               self._stats, self._unsearchable)
+        group = [group[i] for i in keep]
+        vectors = vectors[keep]
+        regions = [regions[i] for i in keep] if regions else None
+        self._unsearchable.extend(
+            (d.candidate.content_hash, v) for d, v in zip(group, vectors, strict=True))
+        return group, vectors, regions
+
+
+def embedded_batches(paths: list[Path], root: Path, target: Target, *, settings: Settings,
+                     embedder: ImageModel, store: ImageStore, stats: RunStats, pool: Executor,
+                     window: int) -> Iterator[Embedded]:
+    """The reader and mapper stages: ``paths`` read and hashed, those already indexed (or met
+    earlier) dropped, decoded with their thumbnails (on ``pool``, ``window`` in flight),
+    batched and embedded; every file that fails is counted in ``stats`` on the way."""
+    read = ordered_map(partial(read_file, root=root), paths, pool, window)
+    fresh = skip_known(read, partial(store.existing_ids, index=target.index), stats)
+    decoder = make_decoder(embedder, ThumbnailStore(settings.thumbnail_dir),
+                           settings.thumbnail_size, settings.max_image_pixels, target.regions)
+    decoded = ordered_map(decoder, fresh, pool, window)
+    return embed_batches(
+        batches(decoded, settings.batch_size, stats), embedder.embed,
+        partial(embedder.region_vectors, mode=target.regions) if target.regions else None,
+    )
+
+
 def run_partition(
     paths: list[Path],
     root: Path,
@@ -127,104 +255,51 @@ def run_partition(
 ) -> PartitionResult:
     """Read, skip known, decode, embed and write ``paths`` (files below ``root``); with
     ``skip_near`` (a cosine), leave out each image that close to one already indexed or to an
-    earlier one of this run (:func:`near_duplicates`).
+    earlier one of this run (:class:`NearDuplicateFilter`).
 
     Reading and decoding run in a thread pool (Pillow releases the GIL) while this thread runs
-    inference, and bulk writes go to a writer thread, so the model never waits on disk or on
-    Elasticsearch. ``progress`` hears how many files are done or in flight.
+    inference, and bulk writes go to a writer thread (:class:`BulkWriter`), so the model never
+    waits on disk or on Elasticsearch. ``progress`` hears how many files are done or in flight.
     """
     stats = RunStats(seen=len(paths))
     result = PartitionResult(stats)
     workers = workers or min(4, len(os.sched_getaffinity(0)) + 1)
     window = max(2 * settings.batch_size, 4 * workers)
-    thumbnails = ThumbnailStore(settings.thumbnail_dir)
-    index = target.index
-
-    # Once a write has given up, the requests still queued give up at once instead of each
-    # waiting out its own retry window: the run is over, and a re-run finishes it.
-    gave_up = threading.Event()
-
-    def write(docs: list[dict]):
-        if gave_up.is_set():
-            raise StoreError("an earlier bulk write failed; this one was not attempted")
-        try:
-            return store.bulk_index(docs, index)
-        except Exception:
-            gave_up.set()
-            raise
-
-    def collect(future, group) -> None:
-        written = future.result()
-        stats.indexed += written.indexed
-        by_id = {d.candidate.content_hash: d.candidate.rel_path for d in group}
-        for doc_id, reason in written.failed:
-            stats.failed.append(Failure(by_id.get(doc_id, doc_id), "rejected", reason))
-
-    def collect_finished() -> None:
-        # After an abort, the writes that still succeeded count too, so that the summary
-        # says what is really stored.
-        while pending:
-            future, group = pending.popleft()
-            if future.done() and not future.cancelled() and future.exception() is None:
-                collect(future, group)
-
-    pending: deque = deque()
-    # With skip_near: (id, vector) of the images this run kept that may not be searchable yet
-    # (a bulk write in flight, or before ES's next refresh); checked in memory.
-    unsearchable: list[tuple[str, np.ndarray]] = []
+    writer = BulkWriter(store, target.index, stats)
+    unique = (NearDuplicateFilter(store, target.index, skip_near, stats, writer.drain)
+              if skip_near is not None else None)
     try:
-        with ThreadPoolExecutor(workers, "decode") as pool, ThreadPoolExecutor(1, "bulk") as bulk:
-            read = ordered_map(partial(read_file, root=root), paths, pool, window)
-            fresh = skip_known(read, partial(store.existing_ids, index=index), stats)
-            decoder = make_decoder(embedder, thumbnails, settings.thumbnail_size,
-                                   settings.max_image_pixels, target.regions)
-            decoded = ordered_map(decoder, fresh, pool, window)
-            for group, vectors, group_regions in embed_batches(
-                batches(decoded, settings.batch_size, stats), embedder.embed,
-                partial(embedder.region_vectors, mode=target.regions) if target.regions
-                else None,
-            ):
-                result.embedded += len(group)
-                if skip_near is not None:
-                    if len(unsearchable) >= MAX_UNSEARCHABLE:
-                        # Make this run's writes searchable, so that they need no more
-                        # checking in memory.
-                        while pending:
-                            collect(*pending.popleft())
-                        store.refresh(index)
-                        unsearchable.clear()
-                    keep = near_duplicates(store, index, group, vectors, skip_near, stats,
-                                           unsearchable)
-                    group = [group[i] for i in keep]
-                    vectors = vectors[keep]
-                    group_regions = [group_regions[i] for i in keep] if group_regions else None
-                    unsearchable.extend(
-                        (d.candidate.content_hash, v) for d, v in zip(group, vectors, strict=True))
-                    if not group:
-                        continue
-                docs = [
-                    to_document(
-                        d, v, root=root, sidecar=sidecar or {},
-                        model_version=embedder.version, indexed_at=indexed_at,
-                        regions=group_regions[i] if group_regions else None,
-                    )
-                    for i, (d, v) in enumerate(zip(group, vectors, strict=True))
-                ]
-                pending.append((bulk.submit(write, docs), group))
-                # Two requests in flight keep ES busy without holding many vectors in memory.
-                while len(pending) > 2:
-                    collect(*pending.popleft())
+        with ThreadPoolExecutor(workers, "decode") as pool, writer:
+            for batch in embedded_batches(paths, root, target, settings=settings,
+                                          embedder=embedder, store=store, stats=stats,
+                                          pool=pool, window=window):
+                result.embedded += len(batch[0])
+                group, vectors, regions = unique(batch) if unique else batch
+                if not group:
+                    continue
+                writer.write(documents(group, vectors, regions, root=root, sidecar=sidecar or {},
+                                       model_version=embedder.version, indexed_at=indexed_at),
+                             group)
                 if progress:
-                    progress(stats.done + sum(len(g) for _, g in pending))
-            while pending:
-                collect(*pending.popleft())
+                    progress(stats.done + writer.in_flight)
+            writer.drain()
             if progress:
                 progress(stats.done)
     except (StoreError, KeyboardInterrupt) as exc:
-        gave_up.set()
-        collect_finished()
+        writer.give_up()
         result.aborted = aborted_because(exc)
     return result
+
+
+def documents(group: list[Decoded], vectors: np.ndarray, regions: list[Regions] | None, *,
+              root: Path, sidecar: dict[str, dict], model_version: str,
+              indexed_at: str) -> list[dict]:
+    """The Elasticsearch documents of an embedded batch."""
+    return [
+        to_document(d, v, root=root, sidecar=sidecar, model_version=model_version,
+                    indexed_at=indexed_at, regions=regions[i] if regions else None)
+        for i, (d, v) in enumerate(zip(group, vectors, strict=True))
+    ]
 
 
 def near_duplicates(store: ImageStore, index: str, group: list, vectors: np.ndarray,
