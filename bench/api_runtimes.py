@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from bench.child import run_child
 from bench.machine import cpu_line
 from imgsearch.embedder import Embedder
 from imgsearch.localnode import free_port
@@ -56,12 +57,12 @@ def serve_and_measure(env: dict, images: Path, n: int, log: Path) -> dict:
                     time.sleep(1)
             results = {}
             for concurrency in (1, 4):
-                out_json = subprocess.run(
+                out_json = run_child(
                     [sys.executable, "-m", "bench.api_latency", str(images), "--url",
                      f"http://127.0.0.1:{port}", "-n", str(n), "-c", str(concurrency),
                      "--warmup", "8", "--json"],
-                    cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True,
-                ).stdout
+                    cwd=PROJECT_ROOT, env=env,
+                )
                 results[concurrency] = json.loads(out_json)
             return results
         finally:
