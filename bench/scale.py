@@ -303,7 +303,7 @@ def report(results: list[Result]) -> None:
                   f"{s['client_p50_ms']:10.1f} {s['client_p95_ms']:6.1f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path,
                    default=Settings.from_env().datasets_dir / "clothing-small")
@@ -321,7 +321,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="append results as JSON lines here")
     p.add_argument("--keep", action="store_true", help="keep the indices")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     settings = Settings.from_env()
     base, labels = base_vectors(settings, args.dataset)
