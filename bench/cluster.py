@@ -31,7 +31,15 @@ from collections import Counter
 from pathlib import Path
 
 from bench.machine import cpu_line
-from bench.scale import Collection, base_vectors, exact_neighbours, ingest, knn_run, sizes
+from bench.scale import (
+    Collection,
+    base_vectors,
+    digest_of,
+    exact_neighbours,
+    ingest,
+    knn_run,
+    sizes,
+)
 from bench.scale import index_body as scale_index_body
 from imgsearch.localcluster import throwaway_cluster
 from imgsearch.settings import Settings
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     collection = Collection(base, args.vectors, SIGMA)
     queries = collection.queries(args.queries)
     truth = exact_neighbours(collection, queries, 10, settings.cache_dir / "bench" /
-                             f"cluster-truth-{args.vectors}-{args.queries}.npy")
+                             f"cluster-truth-{args.vectors}-{args.queries}-{digest_of(base)}.npy")
     out: dict = {"cpu": cpu_line(), "vectors": args.vectors}
     started = time.perf_counter()
     with throwaway_cluster(3, heap="512m") as cluster:
