@@ -76,7 +76,8 @@ def measure(images: Path, runtime: str, int8: Path | None, regions: str = "off")
     return {"runtime": runtime + (" int8" if int8 else ""), "regions": regions,
             "precision": embedder.precision,
             "version": embedder.version, "images": report.embedded,
-            "seconds": round(report.seconds, 1), "es_cpu_seconds": round(es_cpu, 1),
+            # Milliseconds kept: the parent's rate must not come from a rounded short run.
+            "seconds": round(report.seconds, 3), "es_cpu_seconds": round(es_cpu, 1),
             "forward_before": round(before, 1),
             "forward_after": round(after, 1)}
 
