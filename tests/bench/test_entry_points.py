@@ -332,9 +332,10 @@ def test_scale(dataset, private_cache, tmp_path, capsys):
 
 def test_cluster_on_the_session_node(dataset, private_cache, es_node, capsys):
     """bench-cluster without its first part: ``--es-url`` measures on the session's node, since
-    forming a throwaway 3-node cluster and killing one of its nodes takes about a minute here
-    (tests/imgsearch/test_localcluster.py does that); 1 vs 3 shards, bytes per vector and the
-    Ray indexer (one worker node, of the benchmark's 1 and 2) run end to end."""
+    forming a throwaway 3-node cluster, killing one of its nodes and waiting for green again
+    takes 30-90 s on this machine (tests/imgsearch/test_localcluster.py forms and breaks one);
+    1 vs 3 shards, bytes per vector and the Ray indexer (one worker node, of the benchmark's 1
+    and 2) run end to end."""
     from bench.cluster import main
 
     main(["--dataset", str(dataset), "--vectors", "300", "--queries", "10", "--candidates",
