@@ -1,12 +1,13 @@
 """``POST /api/search`` latency per runtime: the product's gunicorn server, one runtime at a time.
 
     python -m bench.api_runtimes --images ../shared/datasets/clothing-small/images/test \
-        [--int8 var/models/base-int8] [-n 120]
+        [--int8 var/models/base-int8] [-n 120] [--runtimes tensorflow,openvino]
 
 Indexes the photos into a throwaway alias (and, with ``--int8``, into a second one with the int8
 model, whose vectors are another model version), then for each runtime starts
 ``gunicorn webapp:create_app()`` with the product's configuration (2 workers x 4 threads) and
-``IMGSEARCH_RUNTIME`` set, and runs bench/api_latency.py against it at concurrency 1 and 4.
+``IMGSEARCH_RUNTIME`` set (each of ``--runtimes``), and runs bench/api_latency.py against it at
+concurrency 1 and 4.
 Needs Elasticsearch at ES_URL (``make es-up``); deletes its indices afterwards.
 """
 
@@ -23,12 +24,15 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from bench.child import run_child
 from bench.machine import cpu_line
 from imgsearch.embedder import Embedder
 from imgsearch.localnode import free_port
 from imgsearch.settings import PROJECT_ROOT, Settings
 from imgsearch.store import ImageStore
 from indexer.index import index_folder
+
+RUNTIMES = ("tensorflow", "openvino")
 
 
 def build_index(images: Path, settings: Settings, model_dir: Path | None) -> None:
@@ -56,12 +60,12 @@ def serve_and_measure(env: dict, images: Path, n: int, log: Path) -> dict:
                     time.sleep(1)
             results = {}
             for concurrency in (1, 4):
-                out_json = subprocess.run(
+                out_json = run_child(
                     [sys.executable, "-m", "bench.api_latency", str(images), "--url",
                      f"http://127.0.0.1:{port}", "-n", str(n), "-c", str(concurrency),
                      "--warmup", "8", "--json"],
-                    cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True,
-                ).stdout
+                    cwd=PROJECT_ROOT, env=env,
+                )
                 results[concurrency] = json.loads(out_json)
             return results
         finally:
@@ -74,10 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--int8", type=Path, help="also an int8 model directory (OpenVINO)")
     p.add_argument("-n", type=int, default=120, help="measured requests per concurrency")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES),
+                   help="comma-separated fp32 runtimes, each a server of its own")
     args = p.parse_args(argv)
     alias = f"bench-api-{uuid.uuid4().hex[:8]}"
     settings = Settings.from_env(es_index=alias)
-    runs = [("tensorflow", alias, None), ("openvino", alias, None)]
+    runtimes = [name for name in args.runtimes.split(",") if name]
+    if set(runtimes) - set(RUNTIMES):
+        p.error(f"--runtimes takes {', '.join(RUNTIMES)}, not {args.runtimes!r}")
+    runs = [(name, alias, None) for name in runtimes]
     if args.int8:
         runs.append(("openvino int8", alias + "-int8", args.int8))
     store = ImageStore.from_settings(settings)

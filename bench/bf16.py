@@ -1,9 +1,9 @@
 """bf16 inference against fp32: speed, and how far the vectors and the neighbours move.
 
-    python -m bench.bf16 --dataset ../shared/datasets/clothing-small [--split test]
+    python -m bench.bf16 --dataset ../shared/datasets/clothing-small [--split test] [--seconds 8]
 
 Each variant runs in a fresh process (oneDNN fixes its maths mode once per process) over the
-same photos, and reports images/s at batch 32 and batch 1:
+same photos, and reports images/s at batch 32 and batch 1 (each rate timed over ``--seconds``):
 
 - ``fp32``: strict fp32 (``IMGSEARCH_PRECISION=fp32``);
 - ``bf16``: the product's bf16 setting (``IMGSEARCH_PRECISION=bf16``): oneDNN's bf16 maths
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.child import run_child
 
 VARIANTS = ("fp32", "bf16", "keras-mixed-bf16", "tf-auto-mixed")
 
@@ -35,11 +36,11 @@ def rate(fn, pixels: np.ndarray, batch: int, seconds: float = 8.0) -> float:
     started, done = time.perf_counter(), 0
     while time.perf_counter() - started < seconds:
         fn(pixels[:batch])
-        done += batch
+        done += len(pixels[:batch])  # fewer than ``batch`` when the split is smaller
     return done / (time.perf_counter() - started)
 
 
-def worker(variant: str, images: list[Path], out: Path) -> None:
+def worker(variant: str, images: list[Path], out: Path, seconds: float) -> None:
     """Embed ``images`` one way; save the vectors and the two rates to ``out``."""
     os.environ["IMGSEARCH_PRECISION"] = "bf16" if variant == "bf16" else "fp32"
     import keras
@@ -70,8 +71,8 @@ def worker(variant: str, images: list[Path], out: Path) -> None:
 
     pixels = np.stack([embedder.decode(p.read_bytes()).pixels for p in images])
     vectors = np.concatenate([embed(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
-    np.savez(out, vectors=vectors, batch32=rate(embed, pixels, 32),
-             batch1=rate(embed, pixels, 1))
+    np.savez(out, vectors=vectors, batch32=rate(embed, pixels, 32, seconds),
+             batch1=rate(embed, pixels, 1, seconds))
 
 
 def top10(vectors: np.ndarray) -> np.ndarray:
@@ -80,17 +81,19 @@ def top10(vectors: np.ndarray) -> np.ndarray:
     return np.argsort(-sims, axis=1)[:, :10]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--seconds", type=float, default=8.0,
+                   help="how long each rate is timed (default 8)")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     images = sorted((args.dataset / "images" / args.split).rglob("*.jpg"))
     if args.worker:
-        worker(args.worker, images, args.out)
+        worker(args.worker, images, args.out, args.seconds)
         return
 
     from imgsearch.embedder import cpu_flags
@@ -102,9 +105,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in ["fp32"] + [v for v in args.variants if v != "fp32"]:
             out = Path(tmp) / f"{variant}.npz"
-            subprocess.run([sys.executable, "-m", "bench.bf16", "--dataset", str(args.dataset),
-                            "--split", args.split, "--worker", variant, "--out", str(out)],
-                           check=True, stderr=subprocess.DEVNULL)
+            run_child([sys.executable, "-m", "bench.bf16", "--dataset", str(args.dataset),
+                       "--split", args.split, "--seconds", str(args.seconds), "--worker",
+                       variant, "--out", str(out)])
             results[variant] = dict(np.load(out))
     ref = results["fp32"]
     ref_top = top10(ref["vectors"])

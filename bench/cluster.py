@@ -1,7 +1,8 @@
 """Beyond one machine: a 3-node cluster on loopback and the Ray indexer, measured.
 
     python -m bench.cluster --dataset ../shared/datasets/clothing-small \\
-        [--vectors 20000] [--queries 200] [--candidates 50 100 200] [--skip-ray]
+        [--vectors 20000] [--queries 200] [--candidates 50 100 200] [--skip-ray] \\
+        [--ray-workers 1 2] [--es-url URL]
 
 1. **Formation and recovery** (:func:`imgsearch.localcluster.throwaway_cluster`, 3 nodes of
    512 MiB heap): seconds from launch to green; with an index of 3 shards x 1 replica holding
@@ -13,16 +14,21 @@
 3. **Bytes per vector** of ``hnsw``, ``int8_hnsw`` and ``bbq_hnsw`` (3 shards, force-merged),
    from ``_stats``: what a search keeps hot and the whole store.
 4. **Ray** (unless ``--skip-ray``): the clothing test split indexed by the local indexer, and
-   by the Ray engine on a local Ray cluster with 1 and with 2 one-CPU worker nodes (each run a
-   fresh index; model loading of the actors included, as a job pays it).
+   by the Ray engine on a local Ray cluster with 1 and with 2 (``--ray-workers``) one-CPU
+   worker nodes (each run a fresh index; model loading of the actors included, as a job pays it).
 
 Needs the ES zip and a JDK (``make es-fetch``); the single node of ``make es-up`` is not used
 (the Ray part indexes into it if ES_URL points there, so start it for part 4).
+
+``--es-url`` measures on a running node or cluster instead of starting the throwaway one: parts
+2-4 only (part 1 times a cluster's formation and kills one of its nodes, which only the
+benchmark's own cluster allows), and the Ray part indexes there too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -31,7 +37,15 @@ from collections import Counter
 from pathlib import Path
 
 from bench.machine import cpu_line
-from bench.scale import Collection, base_vectors, exact_neighbours, ingest, knn_run, sizes
+from bench.scale import (
+    Collection,
+    base_vectors,
+    digest_of,
+    exact_neighbours,
+    ingest,
+    knn_run,
+    sizes,
+)
 from bench.scale import index_body as scale_index_body
 from imgsearch.localcluster import throwaway_cluster
 from imgsearch.settings import Settings
@@ -105,8 +119,9 @@ def bytes_per_vector(es, collection, labels) -> list[dict]:
     return rows
 
 
-def ray_rates(images: Path) -> list[dict]:
-    """Images/s of the local indexer and of the Ray engine with 1 and 2 worker nodes."""
+def ray_rates(images: Path, worker_counts: list[int], es_url: str | None = None) -> list[dict]:
+    """Images/s of the local indexer and of the Ray engine with each of ``worker_counts``
+    worker nodes, indexing into ``es_url`` (default: ES_URL)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -118,6 +133,8 @@ def ray_rates(images: Path) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as thumbs:
         base = Settings.from_env(thumbnail_dir=Path(thumbs))
+        if es_url:
+            base = base.with_(es_url=es_url)
         embedder = Embedder(base)
 
         def fresh() -> tuple[Settings, ImageStore]:
@@ -129,8 +146,8 @@ def ray_rates(images: Path) -> list[dict]:
                               progress=False)
         store.es.indices.delete(index=f"{settings.es_index}-*")
         rows.append({"engine": "local", "workers": None, "images": report.embedded,
-                     "seconds": round(report.seconds, 1)})
-        for workers in (1, 2):
+                     "seconds": report.seconds})
+        for workers in worker_counts:
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
             for _ in range(workers):
                 cluster.add_node(num_cpus=1)
@@ -145,9 +162,11 @@ def ray_rates(images: Path) -> list[dict]:
                 ray.shutdown()
                 cluster.shutdown()
             rows.append({"engine": "ray", "workers": workers, "images": report.embedded,
-                         "seconds": round(report.seconds, 1)})
+                         "seconds": report.seconds})
+    # The rate from the unrounded time: a short run's rounding would skew it.
     for row in rows:
         row["images_per_second"] = round(row["images"] / row["seconds"], 2)
+        row["seconds"] = round(row["seconds"], 1)
     return rows
 
 
@@ -158,24 +177,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--candidates", type=int, nargs="+", default=[50, 100, 200])
     p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--ray-workers", type=int, nargs="+", default=[1, 2],
+                   help="worker nodes of each Ray run (default 1 2)")
+    p.add_argument("--es-url", help="a running Elasticsearch to measure on instead of a "
+                   "throwaway 3-node cluster (no formation and recovery part)")
     args = p.parse_args(argv)
     settings = Settings.from_env()
     base, labels = base_vectors(settings, args.dataset)
     collection = Collection(base, args.vectors, SIGMA)
     queries = collection.queries(args.queries)
     truth = exact_neighbours(collection, queries, 10, settings.cache_dir / "bench" /
-                             f"cluster-truth-{args.vectors}-{args.queries}.npy")
+                             f"cluster-truth-{args.vectors}-{args.queries}-{digest_of(base)}.npy")
     out: dict = {"cpu": cpu_line(), "vectors": args.vectors}
-    started = time.perf_counter()
-    with throwaway_cluster(3, heap="512m") as cluster:
-        out["formation_s"] = round(time.perf_counter() - started, 1)
-        es = connect(settings.with_(es_url=cluster.es_url, es_request_timeout=120))
-        out["recovery"] = formation_and_recovery(cluster, es, collection, labels)
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if not args.es_url:
+            started = time.perf_counter()
+            cluster = stack.enter_context(throwaway_cluster(3, heap="512m"))
+            out["formation_s"] = round(time.perf_counter() - started, 1)
+        es = connect(settings.with_(es_url=args.es_url or cluster.es_url,
+                                    es_request_timeout=120))
+        if cluster is not None:
+            out["recovery"] = formation_and_recovery(cluster, es, collection, labels)
         out["shards"] = shards_and_candidates(es, collection, labels, queries, truth,
                                               args.candidates)
         out["bytes"] = bytes_per_vector(es, collection, labels)
     if not args.skip_ray:
-        out["ray"] = ray_rates(args.dataset / "images" / "test")
+        out["ray"] = ray_rates(args.dataset / "images" / "test", args.ray_workers, args.es_url)
     print(json.dumps(out, indent=2))
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.child import run_child
 from bench.machine import cpu_line
 from imgsearch.embedder import Embedder, cpu_flags
 from imgsearch.settings import Settings
@@ -104,7 +104,8 @@ def pipeline(embedder: Embedder, settings: Settings, paths: list[Path], root: Pa
     with ThreadPoolExecutor(3) as pool:
         read = ordered_map(lambda p: read_file(p, root), paths, pool, 64)
         decoded = ordered_map(decode, read, pool, 64)
-        count = sum(len(group) for group, _ in embed_batches(
+        # Each batch comes with its vectors and its region vectors (none here).
+        count = sum(len(group) for group, _, _ in embed_batches(
             batches(decoded, settings.batch_size, RunStats()), embedder.embed))
     return count / (time.perf_counter() - started)
 
@@ -171,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     # shared a process (which the product never does).
     for _ in range(args.rounds):
         for name in names:
-            out = subprocess.run(child + ["--measure", name], capture_output=True, text=True,
-                                 check=True).stdout
+            out = run_child(child + ["--measure", name])
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
     peak, how = peak_gflops()
     gflops = gemm_gflops()

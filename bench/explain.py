@@ -42,13 +42,13 @@ def percentiles(values) -> str:
     return f"p50 {np.percentile(values, 50):.0f} ms, p95 {np.percentile(values, 95):.0f} ms"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path,
                    default=Settings.from_env().datasets_dir / "clothing-small")
     p.add_argument("--split", default="test")
     p.add_argument("--pairs", type=int, default=60)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     settings = Settings.from_env()
     embedder = Embedder(settings)

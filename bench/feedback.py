@@ -93,7 +93,7 @@ HEADER = ("| weights q / like / unlike | P@10 before | P@10 after | P@10 unseen 
           "ranks 11-20, no marks | better / same / worse |\n|---|---|---|---|---|---|")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path,
                    default=Settings.from_env().datasets_dir / "clothing-small")
@@ -102,7 +102,7 @@ def main() -> None:
                    help="pick the weights on the validation split first (a grid)")
     p.add_argument("--weights", default=",".join(f"{w:g}" for w in FEEDBACK_WEIGHTS),
                    help="alpha,beta,gamma when not --choose (default: the product's)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     settings = Settings.from_env()
     embedder = Embedder(settings)

@@ -30,7 +30,7 @@ from imgsearch.settings import Settings
 from indexer.sidecar import load_sidecar
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path,
                    default=Settings.from_env().datasets_dir / "clothing-small")
@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=Recipe.lr_schedule)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="append the figures as a JSON line to this file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     settings = Settings.from_env()
     flags = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"})

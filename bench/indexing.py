@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.child import run_child
 from bench.machine import cpu_line
 from imgsearch.embedder import Embedder
 from imgsearch.settings import Settings
@@ -76,7 +76,8 @@ def measure(images: Path, runtime: str, int8: Path | None, regions: str = "off")
     return {"runtime": runtime + (" int8" if int8 else ""), "regions": regions,
             "precision": embedder.precision,
             "version": embedder.version, "images": report.embedded,
-            "seconds": round(report.seconds, 1), "es_cpu_seconds": round(es_cpu, 1),
+            # Milliseconds kept: the parent's rate must not come from a rounded short run.
+            "seconds": round(report.seconds, 3), "es_cpu_seconds": round(es_cpu, 1),
             "forward_before": round(before, 1),
             "forward_after": round(after, 1)}
 
@@ -107,10 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         for mode in modes:
             if mode != "off" and ":" in job:
                 continue  # int8 models have no region vectors
-            out = subprocess.run([sys.executable, "-m", "bench.indexing", "--images",
-                                  str(args.images), "--measure", f"{job.partition(':')[0]}:"
-                                  f"{job.partition(':')[2]}@{mode}"],
-                                 capture_output=True, text=True, check=True).stdout
+            out = run_child([sys.executable, "-m", "bench.indexing", "--images",
+                             str(args.images), "--measure", f"{job.partition(':')[0]}:"
+                             f"{job.partition(':')[2]}@{mode}"])
             r = json.loads(out.strip().splitlines()[-1])
             ceiling = (r["forward_before"] + r["forward_after"]) / 2
             rate = r["images"] / r["seconds"]

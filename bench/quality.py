@@ -70,13 +70,13 @@ def measure(root: Path, settings: Settings, embedder: Embedder,
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path,
                    default=Settings.from_env().datasets_dir / "clothing-small")
     p.add_argument("--split", default="test", help="a split of labels.csv, or 'all'")
     p.add_argument("--num-candidates", type=int, default=100)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     images = args.dataset / "images"
     root = images / args.split if args.split != "all" else images

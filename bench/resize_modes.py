@@ -42,12 +42,12 @@ def embed_all(embedder: Embedder, paths: list[Path], batch: int = 32) -> np.ndar
     return np.concatenate(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path, default=Settings.from_env().datasets_dir
                    / "clothing-small")
     p.add_argument("--split", default=None, help="train, validation or test (default: all)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     items = load_labels(args.dataset, args.split)
     paths = [p for p, _ in items]
     labels = np.array([label for _, label in items])

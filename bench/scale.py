@@ -23,6 +23,7 @@ unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import threading
 import time
@@ -46,7 +47,8 @@ K = 10
 
 
 def base_vectors(settings: Settings, dataset: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Unit ResNet50 vectors and labels of every photo in ``dataset`` (cached by model)."""
+    """Unit ResNet50 vectors and labels of every photo in ``dataset`` (cached by model and by
+    the content of labels.csv: another set in a folder of the same name is another cache)."""
     import csv
 
     from imgsearch.embedder import Embedder
@@ -55,7 +57,8 @@ def base_vectors(settings: Settings, dataset: Path) -> tuple[np.ndarray, np.ndar
         rows = sorted(csv.DictReader(f), key=lambda r: r["path"])
     embedder = Embedder(settings)
     tag = embedder.version.replace("/", "_").replace("=", "-")
-    cache = settings.cache_dir / "bench" / f"{dataset.name}-{tag}.npz"
+    listed = hashlib.sha256((dataset / "labels.csv").read_bytes()).hexdigest()[:12]
+    cache = settings.cache_dir / "bench" / f"{dataset.name}-{listed}-{tag}.npz"
     if cache.exists():
         saved = np.load(cache)
         return saved["vectors"], saved["labels"]
@@ -70,6 +73,12 @@ def base_vectors(settings: Settings, dataset: Path) -> tuple[np.ndarray, np.ndar
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, vectors=vectors, labels=labels)
     return vectors, labels
+
+
+def digest_of(vectors: np.ndarray) -> str:
+    """A short digest of an array's values. The exact neighbours' caches are named by their
+    collection's base vectors: those of another dataset or model must never be read back."""
+    return hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).hexdigest()[:12]
 
 
 def perturb(base: np.ndarray, rows: np.ndarray, sigma: float, rng: np.random.Generator):
@@ -303,7 +312,7 @@ def report(results: list[Result]) -> None:
                   f"{s['client_p50_ms']:10.1f} {s['client_p95_ms']:6.1f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path,
                    default=Settings.from_env().datasets_dir / "clothing-small")
@@ -321,7 +330,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="append results as JSON lines here")
     p.add_argument("--keep", action="store_true", help="keep the indices")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     settings = Settings.from_env()
     base, labels = base_vectors(settings, args.dataset)
@@ -332,7 +341,8 @@ def main() -> None:
         queries = collection.queries(args.queries)
         truth = exact_neighbours(
             collection, queries, K,
-            settings.cache_dir / "bench" / f"exact-{size}-s{args.sigma}-q{args.queries}.npy")
+            settings.cache_dir / "bench"
+            / f"exact-{size}-s{args.sigma}-q{args.queries}-{digest_of(base)}.npy")
         nn = (queries @ collection.chunk(0)[: min(size, CHUNK)].T).max(axis=1)
         print(f"{size} vectors (sigma {args.sigma}): median best cosine of a query "
               f"in the first chunk {np.median(nn):.3f}", flush=True)

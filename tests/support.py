@@ -1,10 +1,25 @@
-"""Helpers shared by the web app and reliability tests (fixtures stay in the conftests)."""
+"""Helpers shared by the web app, reliability and benchmark tests (fixtures stay in the
+conftests)."""
 
 from __future__ import annotations
 
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from flask.testing import FlaskClient
 
+from imgsearch.localnode import free_port
+from imgsearch.settings import Settings
 from webapp import create_app
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 class CheckedClient(FlaskClient):
@@ -22,3 +37,50 @@ def build_app(settings, embedder, store=None, **options):
     app.config.update(TESTING=True)
     app.test_client_class = CheckedClient
     return app
+
+
+def wait_healthy(port: int, deadline: float) -> None:
+    """Until ``GET /healthz`` on 127.0.0.1:``port`` answers 200 (AssertionError at
+    ``deadline``, a ``time.monotonic()``)."""
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.5)
+    raise AssertionError("gunicorn did not become healthy in time")
+
+
+@contextmanager
+def gunicorn_server(settings: Settings, log: Path, **env: str) -> Iterator[
+        tuple[subprocess.Popen, int]]:
+    """The product's server (``gunicorn --config webapp/gunicorn.conf.py``) on ``settings``'
+    node, alias and thumbnails, on a free port of 127.0.0.1, once it answers ``/healthz``:
+    ``(process, port)``. ``env`` adds to its environment (``WEBAPP_WORKERS="2"``, ...); its
+    output goes to ``log``. Stopped with SIGTERM afterwards."""
+    port = free_port()
+    environment = dict(
+        os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
+        IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
+        **env,
+    )
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "webapp/gunicorn.conf.py",
+             "webapp:create_app()"],
+            cwd=PROJECT, env=environment, stdout=out, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_healthy(port, time.monotonic() + 240)
+            yield proc, port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()

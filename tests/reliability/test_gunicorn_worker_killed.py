@@ -7,16 +7,13 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from imgsearch.localnode import free_port
+from tests.support import gunicorn_server
 
-PROJECT = Path(__file__).resolve().parents[2]
 DURATION_S = 20
 
 
@@ -34,46 +31,16 @@ def _get(port: int, path: str, timeout: float = 30) -> int:
         conn.close()
 
 
-def _wait_healthy(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            if _get(port, "/healthz", timeout=5) == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("gunicorn did not become healthy in time")
-
-
 @pytest.fixture
 def gunicorn(clothing_index, tmp_path):
     settings, _, _ = clothing_index
-    port = free_port()
-    env = dict(
-        os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
-        IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
-        WEBAPP_WORKERS="2", WEBAPP_THREADS="2",
-    )
-    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "webapp/gunicorn.conf.py",
-         "webapp:create_app()"],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_healthy(port, time.monotonic() + 240)
+    with gunicorn_server(settings, tmp_path / "gunicorn.log", WEBAPP_WORKERS="2",
+                         WEBAPP_THREADS="2") as (proc, port):
         # Both workers must have loaded the model before the test starts killing one.
         deadline = time.monotonic() + 240
         while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         yield proc, port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_killed_worker_does_not_stop_the_service(gunicorn, clothing_index):
