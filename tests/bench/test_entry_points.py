@@ -110,7 +110,7 @@ def private_cache(monkeypatch, settings, tmp_path) -> Path:
 def int8_model(dataset, tmp_path_factory) -> Path:
     """The base model quantised to int8 by the product's CLI (make quantize-bench), calibrated on
     20 of the 36 photos (the fewest it accepts)."""
-    from indexer.index import EXIT_OK
+    from indexer.cli import EXIT_OK
     from indexer.quantize import main as quantize_main
 
     out = tmp_path_factory.mktemp("int8") / "base-int8"
