@@ -8,6 +8,7 @@ from pathlib import PurePath
 
 from flask import abort, current_app, url_for
 
+from imgsearch import telemetry
 from imgsearch.explain import Explainer
 from imgsearch.filters import Filters
 from imgsearch.search import Feedback, SearchResult, SearchService
@@ -141,6 +142,7 @@ def reader_path(source: dict) -> str | None:
 
 
 def result_json(result: SearchResult, filters: Filters) -> dict:
+    telemetry.observe_stages(result.timings_ms)
     if not result.hits and result.query.get("offset", 0) == 0:
         _check_not_empty()
     return {

@@ -192,3 +192,33 @@ def test_an_unreachable_node_says_why_in_words_to_anonymous_clients(make_client)
     body = health.get_json()
     assert body["reason"] == "the search engine is not reachable"
     assert "127.0.0.1:9" not in health.get_data(as_text=True)
+
+
+def test_metrics_are_prometheus_text_for_admin_only(keyed, shoe):
+    make, keys, _ = keyed
+    client = make(public_read=True)
+    error_of(client.get("/metrics"), 401, "key_required")
+    error_of(client.get("/metrics", headers=bearer(keys["read"])), 403, "insufficient_scope")
+    client.post("/api/search", data={"image": (__import__("io").BytesIO(shoe[1]), "s.jpg")})
+    client.get("/api/facets", headers=bearer("isk_" + "x" * 43))  # a 401, counted too
+    response = client.get("/metrics", headers=bearer(keys["admin"]))
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = response.get_data(as_text=True)
+    for line in (
+        'imgsearch_http_requests_total{endpoint="/api/search",method="POST",status="200"}',
+        'imgsearch_http_requests_total{endpoint="/api/facets",method="GET",status="401"}',
+        'imgsearch_http_request_duration_seconds_bucket{endpoint="/api/search",le="30.0",'
+        'status="200"}',
+        'imgsearch_search_stage_seconds_count{stage="embed"}',
+        'imgsearch_search_stage_seconds_count{stage="decode"}',
+        'imgsearch_search_stage_seconds_count{stage="search"}',
+        'imgsearch_index_documents{alias="clothing-test"} 372.0',
+        "imgsearch_model_info{model_version=",
+        "imgsearch_up 1.0",
+        "imgsearch_admission_refusals_total 0.0",
+        "imgsearch_rate_limit_refusals_total 0.0",
+        "# TYPE imgsearch_elasticsearch_errors_total counter",
+    ):
+        assert line in text, line
+    assert keys["admin"] not in text
