@@ -80,8 +80,10 @@ search: venv
 	@test -n "$(IMAGE)" || (echo "usage: make search IMAGE=<file>"; exit 2)
 	$(PY) -m indexer search "$(IMAGE)" -k 10
 
+# Loopback only (webapp/gunicorn.conf.py binds 127.0.0.1), so reads are public by default;
+# IMGSEARCH_PUBLIC_READ=0 make serve requires keys (README, "Keys").
 serve: venv
-	$(VENV)/bin/gunicorn --config webapp/gunicorn.conf.py "webapp:create_app()"
+	IMGSEARCH_PUBLIC_READ=$${IMGSEARCH_PUBLIC_READ:-1} $(VENV)/bin/gunicorn --config webapp/gunicorn.conf.py "webapp:create_app()"
 
 demo: setup es-up
 	@test -n "$(IMAGES)" || (echo "usage: make demo IMAGES=<dir> [METADATA=<file>]"; exit 2)

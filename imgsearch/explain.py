@@ -23,6 +23,7 @@ import base64
 import io
 import time
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import numpy as np
 
@@ -181,10 +182,13 @@ class Explainer:
 
     def _indexed_file(self, doc_id: str, source: dict) -> bytes:
         """The indexed file's bytes, only while they still hash to the id."""
-        path = source.get("path")
         try:
-            return read_indexed(doc_id, path)
+            return read_indexed(doc_id, source.get("path"))
         except ImageError as exc:
+            # Said to readers of the web app: the path below the indexed folder, never where
+            # that folder is on the server.
+            root, rel = source.get("root"), source.get("rel_path")
+            path = f"{PurePath(root).name}/{rel}" if root and rel else source.get("file_name")
             if exc.reason == "changed":
                 raise ExplainUnavailable(
                     "file_unavailable",

@@ -90,6 +90,15 @@ def _number(raw: str) -> float:
         raise ValueError("must be a number") from None
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0 (true or false)")
+
+
 def _host_list(raw: str) -> tuple[str, ...]:
     return tuple(h.strip() for h in raw.split(",") if h.strip())
 
@@ -230,6 +239,18 @@ class Settings:
                     f"must be a cosine from {DUPLICATE_THRESHOLDS[0]} to "
                     f"{DUPLICATE_THRESHOLDS[1]}, not {{value}}"))
 
+    # Access (imgsearch/keys.py, webapp/auth.py): with public_read, anonymous clients may search
+    # and view (``make serve`` and ``make demo`` turn it on: they listen on loopback); without
+    # it every read needs a key of scope read. Keys live in ``keys_index`` (empty: the alias
+    # followed by "-keys", which the compose stack's Elasticsearch role already covers).
+    public_read: bool = setting(False, env="IMGSEARCH_PUBLIC_READ", parse=_flag)
+    keys_index: str = setting("", env="IMGSEARCH_KEYS_INDEX")
+    # How long a page's sign-in lasts: a working day, so that a browser left signed in on a
+    # shared screen does not stay so for good (signing out, or revoking the key, ends it now).
+    session_hours: float = setting(
+        12.0, env="IMGSEARCH_SESSION_HOURS", parse=_number,
+        check=_rule(lambda v: 0 < v <= 24 * 30, "must be more than 0 and at most 720 hours"))
+
     datasets_dir: Path = setting(PROJECT_ROOT.parent / "shared" / "datasets",
                                  env="IMGSEARCH_DATASETS_DIR", parse=Path)
 
@@ -275,6 +296,11 @@ class Settings:
             complaint = check(getattr(self, f.name)) if check else None
             if complaint:
                 raise ValueError(f"{f.metadata['env']} {complaint}")
+
+    @property
+    def api_keys_index(self) -> str:
+        """The index of the API keys (imgsearch/keys.py)."""
+        return self.keys_index or f"{self.es_index}-keys"
 
     @property
     def bulk_retry_window(self) -> float:

@@ -56,7 +56,23 @@ def settings(es_node, tmp_path_factory) -> Settings:
         es_url=es_node.url,
         es_index="test-images",
         thumbnail_dir=tmp_path_factory.mktemp("thumbnails"),
+        # As `make serve` runs it: anonymous reads (tests/webapp/test_auth.py tests both ways),
+        # and one keys index for every app of the session, whatever its alias.
+        public_read=True,
+        keys_index="test-keys",
     )
+
+
+@pytest.fixture(scope="session")
+def admin_headers(settings) -> dict[str, str]:
+    """Request headers with an ``admin`` key of the session's keys index (what /healthz's
+    details and full paths need)."""
+    from imgsearch.esclient import connect
+    from imgsearch.keys import KeyStore
+
+    key, _ = KeyStore(connect(settings), settings.api_keys_index).create(
+        f"admin-{uuid.uuid4().hex[:8]}", "admin")
+    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="session")

@@ -658,7 +658,9 @@ def test_thumbnail_url_template_resolves_through_the_web_app(saved_objects, tmp_
     class Model:
         version = "test"
 
-    settings = Settings(thumbnail_dir=tmp_path)
+    # Thumbnails need read (or public reads): Kibana's browser tab shows them when it is
+    # signed in on the web app (docs/DOCKER.md, "API keys").
+    settings = Settings(thumbnail_dir=tmp_path, public_read=True)
     es_store = ImageStore(Elasticsearch("http://127.0.0.1:9"), settings.es_index)
     app = create_app(settings, embedder=Model(), store=es_store)
     client = app.test_client()
@@ -760,3 +762,14 @@ def test_docker_docs_give_the_commands():
                     '"exclude_vectors": false', '"knn"', "http://localhost:8000",
                     "http://localhost:5601"):
         assert command in text, command
+
+
+def test_the_stack_starts_with_keys_required(env_example):
+    """Compose publishes the web app beyond `make serve`'s loopback: reads need a key, and
+    docs/DOCKER.md says how to make the first admin key."""
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    assert services["webapp"]["environment"]["IMGSEARCH_PUBLIC_READ"] == (
+        "${IMGSEARCH_PUBLIC_READ:-0}")
+    assert env_example["IMGSEARCH_PUBLIC_READ"] == "0"
+    docs = (ROOT / "docs" / "DOCKER.md").read_text()
+    assert "run --rm indexer keys create --name admin --scope admin" in docs

@@ -63,11 +63,16 @@ def create_app(
     # Near-duplicate groups, computed once per index, document count and threshold.
     app.extensions["imgsearch.duplicates"] = DuplicateFinder(store, settings.duplicate_threshold)
 
-    from . import api, duplicates, errors, pages
+    from imgsearch.keys import KeyStore
 
+    from . import api, auth, duplicates, errors, metrics, pages
+
+    # Keys (and the session secret) in the same cluster as the images: imgsearch/keys.py.
+    auth.register(app, KeyStore(store.es, settings.api_keys_index))
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(duplicates.bp)
+    metrics.register(app)
     errors.register(app)
     app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)
@@ -76,9 +81,9 @@ def create_app(
 
 
 def _refuse_cross_site_posts():
-    """No endpoint changes anything and there are no cookies or sessions, so CSRF cannot
-    do harm here; still, no other site's page may make a visitor's browser post uploads to
-    this server (it would only spend its CPU). Browsers say where a request comes from in
+    """No other site's page may make a visitor's browser post to this server: uploads would
+    spend its CPU, and the sign-in cookie (SameSite=Strict, webapp/auth.py) must never carry
+    another site's request to the key endpoints. Browsers say where a request comes from in
     ``Sec-Fetch-Site`` and ``Origin``; clients that send neither (curl, scripts) are served."""
     from flask import request
 

@@ -12,6 +12,7 @@ from imgsearch.images import ImageError
 from imgsearch.regions import parse_box
 from imgsearch.search import check_limits
 
+from .auth import is_admin, public
 from .common import (
     DOC_ID,
     check_id,
@@ -192,11 +193,42 @@ def facets():
 
 
 @bp.get("/healthz")
+@public
 def healthz():
+    """Anyone learns whether the service is fine and, if not, why in words; the details
+    (Elasticsearch's address, index names, the model's runtime) are for ``admin`` keys."""
     report = service().health()
-    return jsonify({"model_version": report["serving"]["model_version"], **report}), (
-        200 if report["ok"] else 503
-    )
+    status = 200 if report["ok"] else 503
+    if is_admin():
+        return jsonify({"model_version": report["serving"]["model_version"], **report}), status
+    return jsonify(public_health(report)), status
+
+
+def public_health(report: dict) -> dict:
+    """What /healthz tells anonymous and read clients: ok, the reason without addresses or
+    names, and the three facts a container's health check needs."""
+    es, index, model = report["elasticsearch"], report["index"], report["model"]
+    problems = []
+    if not model["loaded"]:
+        problems.append("the model is not loaded")
+    if not es["reachable"]:
+        problems.append("the search engine is not reachable")
+    elif es["status"] == "red":
+        problems.append("the search engine is missing some data")
+    elif not index["present"]:
+        problems.append("nothing is indexed yet")
+    elif not report["ok"]:
+        problems.append("the index's model is not ready")
+    if not report["ok"] and not problems:
+        problems.append("the search engine reported an error")
+    return {
+        "ok": report["ok"],
+        "reason": "; ".join(problems) or None,
+        "model_version": report["serving"]["model_version"],
+        "model": {"loaded": model["loaded"]},
+        "elasticsearch": {"reachable": es["reachable"]},
+        "index": {"present": index["present"]},
+    }
 
 
 def _unknown(doc_id: str) -> Problem:

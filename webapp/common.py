@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
+from pathlib import PurePath
 
 from flask import abort, current_app, url_for
 
+from imgsearch import telemetry
 from imgsearch.explain import Explainer
 from imgsearch.filters import Filters
 from imgsearch.search import Feedback, SearchResult, SearchService
 from imgsearch.thumbnails import ThumbnailStore
 
+from .auth import is_admin
 from .errors import Problem, index_missing
 
 DOC_ID = re.compile(r"^[0-9a-f]{64}$")
 # Source fields that are not metadata: they are the hit's own top-level keys, or internal.
 NOT_METADATA = {"path", "file_name", "thumbnail", "content_hash", "vector"}
+# Where a file is on the server: only ``admin`` keys see these (webapp/auth.py).
+SERVER_PATHS = {"root"}
 KEY_METADATA = (
     "label", "folder", "width", "height", "format", "byte_size", "exif_datetime", "camera",
     "tags", "extra",
@@ -108,13 +113,17 @@ def whole_number(params, name: str, default):
 
 
 def doc_json(doc_id: str, source: dict, **scores) -> dict:
-    """One image as the API shows it: scores first, links, then every metadata field."""
+    """One image as the API shows it: scores first, links, then every metadata field. Only
+    ``admin`` keys see where the file is on the server; everyone else gets its path below
+    the indexed folder, that folder's own name first (:func:`reader_path`)."""
+    admin = is_admin()
     metadata = {name: source.get(name) for name in KEY_METADATA}
-    metadata.update((k, v) for k, v in source.items() if k not in NOT_METADATA)
+    metadata.update((k, v) for k, v in source.items()
+                    if k not in NOT_METADATA and (admin or k not in SERVER_PATHS))
     return {
         "id": doc_id,
         **scores,
-        "path": source.get("path"),
+        "path": source.get("path") if admin else reader_path(source),
         "file_name": source.get("file_name"),
         "thumbnail_url": url_for("pages.thumbnail", name=f"{doc_id}.webp"),
         "detail_url": url_for("pages.detail", doc_id=doc_id),
@@ -123,7 +132,17 @@ def doc_json(doc_id: str, source: dict, **scores) -> dict:
     }
 
 
+def reader_path(source: dict) -> str | None:
+    """``<indexed folder's name>/<path below it>``: what a reader may know of where a photo
+    is (``clothing/test/shoes/1.jpg``), never the server's directories above it."""
+    root, rel = source.get("root"), source.get("rel_path")
+    if root and rel:
+        return f"{PurePath(root).name}/{rel}"
+    return source.get("file_name")
+
+
 def result_json(result: SearchResult, filters: Filters) -> dict:
+    telemetry.observe_stages(result.timings_ms)
     if not result.hits and result.query.get("offset", 0) == 0:
         _check_not_empty()
     return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from imgsearch import telemetry
 from imgsearch.errors import BadInput, Conflict, ReasonedError, Unavailable
 from imgsearch.images import ImageError
 from imgsearch.store import IndexMissing, StoreRefused, StoreUnavailable
@@ -47,7 +48,8 @@ def es_unavailable(url: str) -> Problem:
 
 
 def wants_json() -> bool:
-    return request.blueprint == "api" or request.path.startswith("/api/")
+    return (request.blueprint == "api" or request.path.startswith("/api/")
+            or request.path == "/metrics")  # a machine's endpoint too (Prometheus)
 
 
 def respond(problem: Problem):
@@ -106,6 +108,7 @@ def _on_index_missing(exc: IndexMissing):
 
 
 def _on_store_refused(exc: StoreRefused):
+    telemetry.ES_ERRORS.labels("refused").inc()
     current_app.logger.error("Elasticsearch refused a request: %s", exc)
     return respond(
         Problem(
@@ -118,6 +121,7 @@ def _on_store_refused(exc: StoreRefused):
 
 
 def _on_store_unavailable(exc: StoreUnavailable):
+    telemetry.ES_ERRORS.labels("unavailable").inc()
     current_app.logger.warning("Elasticsearch unreachable: %s", exc)
     return respond(es_unavailable(_settings().es_url))
 

@@ -30,3 +30,25 @@ errorlog = "-"
 loglevel = os.environ.get("WEBAPP_LOG_LEVEL", "info")
 # Keeps the access log short: method, path, status, size, milliseconds.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+# Prometheus multiprocess mode (imgsearch/telemetry.py): every worker writes its metrics to
+# files in one directory, which a scrape of any worker sums. Set before any worker starts (they
+# inherit it), emptied at each start (old workers' counts are not this server's), and a dead
+# worker's live gauges are dropped.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imgsearch-metrics-")
+
+
+def on_starting(server):
+    from pathlib import Path
+
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

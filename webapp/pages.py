@@ -12,6 +12,7 @@ from markupsafe import Markup, escape
 from imgsearch.images import ImageError, read_indexed
 from imgsearch.store import IndexMissing
 
+from .auth import public
 from .common import check_id, doc_json, service, thumbnails
 from .errors import human_size, index_missing
 
@@ -96,6 +97,7 @@ def thumbnail(name: str):
 
 
 @bp.get("/openapi.yaml")
+@public
 def openapi():
     path = Path(current_app.root_path) / "openapi.yaml"
     return send_file(path, mimetype="application/yaml", max_age=300)

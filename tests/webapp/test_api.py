@@ -147,14 +147,17 @@ def test_similar_paging(client, shoe):
     assert len(set(ids)) == 10 and doc_id not in ids
 
 
-def test_image_by_id(client, shoe):
+def test_image_by_id(client, shoe, admin_headers):
     path, data, doc_id = shoe
     response = client.get(f"/api/images/{doc_id}")
     assert response.status_code == 200
     image = response.get_json()
     assert image["id"] == doc_id
     assert image["file_name"] == path.name
-    assert image["path"] == str(path.absolute())
+    # Readers see the path below the indexed folder (test/), admin keys the server's.
+    assert image["path"] == f"test/shoes/{path.name}"
+    full = client.get(f"/api/images/{doc_id}", headers=admin_headers).get_json()
+    assert full["path"] == str(path.absolute())
     assert image["metadata"]["label"] == "shoes"
     assert image["metadata"]["byte_size"] == len(data)
     assert "vector" not in image["metadata"] and "score" not in image
@@ -173,8 +176,8 @@ def test_facet_counts_cover_the_whole_index(client):
     assert facets["ranges"]["exif_datetime"] == {"min": None, "max": None}
 
 
-def test_healthz_when_all_is_well(client, embedder):
-    response = client.get("/healthz")
+def test_healthz_when_all_is_well(client, embedder, admin_headers):
+    response = client.get("/healthz", headers=admin_headers)
     assert response.status_code == 200, response.get_json()
     health = response.get_json()
     assert health["ok"] is True and health["reason"] is None
@@ -291,7 +294,7 @@ def test_wrong_method_is_json_405(client):
 # -- an empty index, Elasticsearch down -------------------------------------------------
 
 
-def test_missing_index_says_how_to_index(missing_alias_client, shoe):
+def test_missing_index_says_how_to_index(missing_alias_client, shoe, admin_headers):
     response = upload(missing_alias_client, shoe[1])
     assert response.status_code == 503
     error = error_of(response)
@@ -301,18 +304,21 @@ def test_missing_index_says_how_to_index(missing_alias_client, shoe):
     assert missing_alias_client.get(f"/api/images/{shoe[2]}").status_code == 404
     health = missing_alias_client.get("/healthz")
     assert health.status_code == 503
+    assert health.get_json()["reason"] == "nothing is indexed yet"
+    health = missing_alias_client.get("/healthz", headers=admin_headers)
     assert "no index behind the alias" in health.get_json()["reason"]
     assert health.get_json()["index"]["present"] is False
 
 
-def test_empty_index_says_how_to_index(make_client, store, settings, embedder, shoe):
+def test_empty_index_says_how_to_index(make_client, store, settings, embedder, shoe,
+                                       admin_headers):
     store.indices.ensure_index(embedder.version, settings)
     client = make_client(es_index=store.alias)
     response = upload(client, shoe[1])
     assert response.status_code == 503
     assert "make index IMAGES=<dir>" in error_of(response)["message"]
     # An index that exists but is empty is healthy: there is simply nothing in it yet.
-    health = client.get("/healthz").get_json()
+    health = client.get("/healthz", headers=admin_headers).get_json()
     assert health["ok"] is True and health["index"]["documents"] == 0
 
 

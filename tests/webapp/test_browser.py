@@ -535,3 +535,50 @@ def test_the_detail_page_shows_why_a_result_matched(server, browser, photos, tmp
     browser.get(f"{server}/images/{cards[2]['id']}")
     assert not browser.find_element(By.ID, "explain").is_displayed()
     assert severe_logs(browser) == []
+
+
+# -- signing in with a key ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_server(clothing_index, embedder):
+    """The app with keys required, and a read key: ``(url, key)``."""
+    import uuid
+
+    from imgsearch.esclient import connect
+    from imgsearch.keys import KeyStore
+
+    settings, store, _ = clothing_index
+    local = settings.with_(public_read=False, keys_index=f"t-keys-{uuid.uuid4().hex[:12]}")
+    keys = KeyStore(connect(local), local.api_keys_index)
+    key, _ = keys.create("browser", "read")
+    for url in serve(local, embedder, store):
+        yield url, key
+    keys.es.indices.delete(index=keys.index, ignore_unavailable=True)
+
+
+def test_signing_in_with_a_key_searching_and_signing_out(private_server, browser, photos):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, key = private_server
+    browser.get(f"{url}/")
+    assert "needs an API key" in browser.find_element(By.CSS_SELECTOR, ".error-message").text
+    browser.find_element(By.ID, "signin-key").send_keys(key)
+    browser.find_element(By.ID, "signin").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "signed-in-as"))
+    assert browser.find_element(By.ID, "signed-in-as").text == "browser (read)"
+    cookie = browser.get_cookie("imgsearch_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert browser.execute_script("return document.cookie") == ""  # out of scripts' reach
+    severe_logs(browser)
+
+    browser.find_element(By.ID, "file-input").send_keys(str(photos["hat"][0]))
+    cards = wait_for_cards(browser)
+    assert len(cards) == 24 and cards[0]["id"] == content_hash(photos["hat"][0].read_bytes())
+    assert severe_logs(browser) == []
+
+    browser.find_element(By.ID, "signout").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "signin-key"))
+    assert browser.get_cookie("imgsearch_session") is None
+    assert "needs an API key" in browser.find_element(By.CSS_SELECTOR, ".error-message").text

@@ -17,7 +17,7 @@ def _search(client, data: bytes):
 
 
 def test_the_app_follows_a_new_index_swap_to_the_tuned_model(
-    tuned_model, test_settings, store, embedder, photo_dir
+    tuned_model, test_settings, store, embedder, photo_dir, admin_headers
 ):
     model_dir, result = tuned_model
     settings = test_settings.with_(model_store=model_dir.parent)
@@ -81,7 +81,7 @@ def test_the_app_follows_a_new_index_swap_to_the_tuned_model(
         assert set(seen_by_one[:switch]) == {embedder.version}
         assert set(seen_by_one[switch:]) == {tuned.version}
 
-    health = app.test_client().get("/healthz").get_json()
+    health = app.test_client().get("/healthz", headers=admin_headers).get_json()
     assert health["ok"] and health["model_version"] == tuned.version
     assert health["serving"] == {"model_version": tuned.version, "index": new_run.index}
     assert health["switching"] is None
@@ -91,7 +91,7 @@ def test_the_app_follows_a_new_index_swap_to_the_tuned_model(
 
 
 def test_a_model_missing_from_the_store_keeps_the_old_pair_serving(
-    test_settings, store, embedder, photo_dir, tmp_path
+    test_settings, store, embedder, photo_dir, tmp_path, admin_headers
 ):
     run = index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
                        progress=False)
@@ -105,7 +105,7 @@ def test_a_model_missing_from_the_store_keeps_the_old_pair_serving(
     assert body["index"] == run.index and body["model_version"] == embedder.version
     deadline = time.monotonic() + 60
     while True:
-        health = client.get("/healthz").get_json()
+        health = client.get("/healthz", headers=admin_headers).get_json()
         if health["switching"] and health["switching"]["error"]:
             break
         assert time.monotonic() < deadline, health
