@@ -75,17 +75,31 @@ def create_app(
     return app
 
 
+# GET endpoints that cost inference or more (feature maps and a heat map, a kNN search, the
+# near-duplicate groups: one kNN query per document): another site's page must not make a
+# visitor's browser spend them either, as an <img> or a fetch would.
+COSTLY_GETS = frozenset({"api.explain", "api.similar", "duplicates.api", "duplicates.page"})
+
+
 def _refuse_cross_site_posts():
     """No endpoint changes anything and there are no cookies or sessions, so CSRF cannot
     do harm here; still, no other site's page may make a visitor's browser post uploads to
-    this server (it would only spend its CPU). Browsers say where a request comes from in
-    ``Sec-Fetch-Site`` and ``Origin``; clients that send neither (curl, scripts) are served."""
+    this server, or load its costly GETs (COSTLY_GETS), which would only spend its CPU.
+    Browsers say where a request comes from in ``Sec-Fetch-Site`` and ``Origin``; clients that
+    send neither (curl, scripts) are served. A person who follows a link to a costly page
+    (a top-level navigation the user started, ``Sec-Fetch-User: ?1``) is served too."""
     from flask import request
 
     from .errors import Problem, respond
 
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    if request.method in ("OPTIONS",):
         return None
+    if request.method in ("GET", "HEAD"):
+        if request.endpoint not in COSTLY_GETS:
+            return None
+        if (request.headers.get("Sec-Fetch-Mode") == "navigate"
+                and request.headers.get("Sec-Fetch-User") == "?1"):
+            return None
     site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
     cross = site is not None and site not in ("same-origin", "none")
@@ -94,8 +108,9 @@ def _refuse_cross_site_posts():
     if cross:
         return respond(Problem(
             403, "cross_site_request",
-            "This server only accepts uploads from its own pages (or from clients that are "
-            "not browsers).",
+            "This server only accepts uploads and costly requests (explanations, similar "
+            "images, near-duplicates) from its own pages (or from clients that are not "
+            "browsers).",
         ))
     return None
 

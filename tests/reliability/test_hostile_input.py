@@ -454,6 +454,34 @@ def test_cross_site_posts_are_refused(client, jpeg):
     assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
 
 
+def test_costly_gets_from_other_sites_are_refused(client, jpeg):
+    """Explanations (their heat-map PNGs too), similar images and near-duplicates cost
+    inference or more: another site's page may not make a browser load them (an <img>, a
+    fetch), though a person who follows a link is served (Sec-Fetch-User)."""
+    doc_id = content_hash(jpeg)
+    costly = [f"/api/images/{doc_id}/explain?query={doc_id}&format=png",
+              f"/api/images/{doc_id}/explain?query={doc_id}", f"/api/images/{doc_id}/similar",
+              "/api/duplicates", "/duplicates"]
+    for url in costly:
+        for headers in ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "image"},
+                        {"Sec-Fetch-Site": "same-site"}, {"Origin": "http://evil.example"}):
+            response = client.get(url, headers=headers)
+            assert response.status_code == 403, (url, headers)
+            if url.startswith("/api/"):
+                assert response.get_json()["error"]["code"] == "cross_site_request"
+            else:
+                assert "costly requests" in response.get_data(as_text=True)
+    for url in costly[:3]:  # the page's own requests, and clients that are not browsers
+        assert client.get(url, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert client.get(url).status_code == 200
+    navigate = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                "Sec-Fetch-User": "?1"}
+    assert client.get(costly[2], headers=navigate).status_code == 200
+    # Cheap reads stay open to links and embeds from anywhere.
+    for url in ("/", f"/api/images/{doc_id}", f"/images/{doc_id}", "/healthz"):
+        assert client.get(url, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
 def test_no_endpoint_writes(app):
     """The app has no write endpoint: every route is GET/HEAD/OPTIONS except the two that
     take a query photo and only read: the search upload and the explanation of a match
