@@ -166,6 +166,25 @@ def test_pixel_limit_is_checked_from_the_header(clothing_index, embedder, jpeg):
     assert error["reason"] == "too_many_pixels"
 
 
+def test_decodes_are_bounded_per_worker(clothing_index, embedder, jpeg, shoe_id):
+    """With every decode slot of the worker taken, a search and an explanation heat map are
+    answered 503 busy with Retry-After after the short wait, instead of queueing; the other
+    endpoints, and the same requests once a slot is free, are served."""
+    settings, store, _ = clothing_index
+    app = build_app(settings.with_(decode_slots=1, decode_wait=0.1), embedder, store)
+    client = app.test_client()
+    heat = f"/api/images/{shoe_id}/explain?query={shoe_id}&format=png"
+    with app.extensions["imgsearch"].decodes.hold():
+        for response in (_post(client, jpeg), client.get(heat)):
+            error = _error(response, 503, "busy")
+            assert response.headers["Retry-After"] == "1" and error["retry_after"] == 1
+            assert "1 at once per worker" in error["message"]
+        assert client.get(f"/api/images/{shoe_id}/similar").status_code == 200
+        assert client.get("/healthz").status_code == 200
+    assert _post(client, jpeg).status_code == 200
+    assert client.get(heat).status_code == 200
+
+
 def test_malformed_requests(client, jpeg):
     _error(client.post("/api/search"), 400, "missing_image")  # no body at all
     _error(client.post("/api/search", data=jpeg, content_type="image/jpeg"), 400,
