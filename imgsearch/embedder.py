@@ -255,14 +255,15 @@ class Embedder:
         return self.region_vectors([self.region_input(data, mode)], mode)[0]
 
     def box_input(self, data: bytes, box: tuple[float, float, float, float],
-                  mode: RegionMode) -> np.ndarray:
+                  mode: RegionMode, max_pixels: int | None = None) -> np.ndarray:
         """The part ``box`` (fractions ``x0, y0, x1, y1``) of a photo as the network's input,
         at the scale of ``mode``'s indexed regions: resized by the factor its whole photo gets
         in the region pass. ImageError for bad bytes, BoxError for a box outside the photo or
-        under one map cell a side at that scale (:func:`imgsearch.regions.check_box`)."""
+        under one map cell a side at that scale (:func:`imgsearch.regions.check_box`);
+        ``max_pixels`` as :meth:`decode`'s."""
         from PIL import Image
 
-        rgb = self._decode_whole(data)
+        rgb = self._decode_whole(data, max_pixels)
         pixels = self.region_pixels(mode)
         check_box(box, rgb.width, rgb.height, pixels)
         x0, y0, x1, y1 = box
@@ -284,12 +285,13 @@ class Embedder:
         """Pixels of ``mode``'s region pass for this model."""
         return mode.area * self.input_size**2
 
-    def _decode_whole(self, data: bytes):
+    def _decode_whole(self, data: bytes, max_pixels: int | None = None):
         from .images import decode_rgb
 
         # Twice the input size on the shorter side is more than any region pass needs.
         return decode_rgb(data, short_side=2 * self.input_size,
-                          max_pixels=self.settings.max_image_pixels)
+                          max_pixels=self.settings.max_image_pixels if max_pixels is None
+                          else max_pixels)
 
     def _feature_maps(self, pixels: np.ndarray) -> np.ndarray:
         """``uint8 [N, H, W, 3]`` -> ``float32 [N, H/32, W/32, 2048]``."""

@@ -161,7 +161,7 @@ class Explainer:
             query_map = self._cached_map(model, query_id, query_bytes)
         else:
             query_bytes = query_data
-            query_map = self._map(model, query_data)
+            query_map = self._map(model, query_data, self.service.settings.query_pixel_cap)
         result_bytes = self._indexed_file(doc_id, source)
         result_map = self._cached_map(model, doc_id, result_bytes)
         t1 = time.perf_counter()
@@ -207,8 +207,11 @@ class Explainer:
             self.maps.put(key, cell_map)
         return cell_map
 
-    def _map(self, model: ImageModel, data: bytes) -> CellMap:
-        image = model.decode(data)
+    def _map(self, model: ImageModel, data: bytes, max_pixels: int | None = None) -> CellMap:
+        """The feature map of ``data``; a query photo's (``max_pixels``: the query cap) or an
+        indexed file's (the indexer's cap). The decode holds one of the service's slots."""
+        with self.service.decodes.hold():
+            image = model.decode(data, max_pixels=max_pixels)
         return CellMap(model.feature_map(image.pixels), image.width, image.height,
                        model.input_frame(image.width, image.height))
 

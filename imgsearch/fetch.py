@@ -39,6 +39,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from .errors import ReasonedError
 from .images import sniff_format
+from .limits import Slots
+from .settings import split_host_port
 
 MAX_URL_CHARS = 2000
 MAX_REDIRECTS = 3
@@ -60,7 +62,62 @@ METADATA_ADDRESSES = frozenset(ip_address(a) for a in (
     "100.100.100.200",  # Alibaba Cloud
 ))
 NAT64 = ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
-IPV4_COMPATIBLE = ip_network("::/96")  # deprecated ::a.b.c.d
+
+# Every block of IANA's IPv4 and IPv6 Special-Purpose Address Registries
+# (https://www.iana.org/assignments/iana-ipv4-special-registry/,
+# https://www.iana.org/assignments/iana-ipv6-special-registry/; the IPv6 one last updated
+# 2025-10-09), transcribed 2026-12-01, with the blocks outside them that are no destination on
+# the internet either (multicast, IPv6 site-local, everything outside 2000::/3). None is
+# fetched from: an image host is a unicast server on a global address, and a block a registry
+# marks "globally reachable" (AS112, AMT, anycast relays) serves DNS or tunnels, never images.
+# The three blocks that carry an IPv4 address (IPv4-mapped, NAT64 and 6to4) are judged as the
+# IPv4 address they carry instead, which is where the packets go: a DNS64 network hands out
+# NAT64 addresses for every public IPv4 site.
+SPECIAL_PURPOSE = tuple((ip_network(block), name) for block, name in (
+    ("0.0.0.0/8", "a 'this network' address (RFC 791)"),
+    ("10.0.0.0/8", "a private address (RFC 1918)"),
+    ("100.64.0.0/10", "a shared (carrier-grade NAT) address (RFC 6598)"),
+    ("127.0.0.0/8", "a loopback address (RFC 1122)"),
+    ("169.254.0.0/16", "a link-local address (RFC 3927)"),
+    ("172.16.0.0/12", "a private address (RFC 1918)"),
+    ("192.0.0.0/24", "an IETF protocol assignment (RFC 6890)"),  # holds /29, .8, .9, .10, .170
+    ("192.0.2.0/24", "a documentation address (RFC 5737)"),
+    ("192.31.196.0/24", "an AS112 DNS address (RFC 7535)"),
+    ("192.52.193.0/24", "an AMT relay address (RFC 7450)"),
+    ("192.88.99.0/24", "a 6to4 relay anycast address (RFC 7526)"),
+    ("192.168.0.0/16", "a private address (RFC 1918)"),
+    ("192.175.48.0/24", "an AS112 DNS address (RFC 7534)"),
+    ("198.18.0.0/15", "a benchmarking address (RFC 2544)"),
+    ("198.51.100.0/24", "a documentation address (RFC 5737)"),
+    ("203.0.113.0/24", "a documentation address (RFC 5737)"),
+    ("224.0.0.0/4", "a multicast address (RFC 5771)"),
+    ("240.0.0.0/4", "a reserved address (RFC 1112)"),  # 255.255.255.255 (broadcast) included
+    ("::/128", "the unspecified address (RFC 4291)"),
+    ("::1/128", "a loopback address (RFC 4291)"),
+    ("64:ff9b:1::/48", "a local-use IPv4/IPv6 translation address (RFC 8215)"),
+    ("100::/64", "a discard-only address (RFC 6666)"),
+    ("100:0:0:1::/64", "a dummy IPv6 prefix address (RFC 9780)"),
+    ("2001::/23", "an IETF protocol assignment (RFC 2928)"),  # TEREDO, PCP, TURN, ORCHID ...
+    ("2001:db8::/32", "a documentation address (RFC 3849)"),
+    ("2620:4f:8000::/48", "an AS112 DNS address (RFC 7534)"),
+    ("3fff::/20", "a documentation address (RFC 9637)"),
+    ("5f00::/16", "a segment routing (SRv6) identifier (RFC 9602)"),
+    ("fc00::/7", "a private (unique local) address (RFC 4193)"),
+    ("fe80::/10", "a link-local address (RFC 4291)"),
+    ("fec0::/10", "a site-local address (deprecated, RFC 3879)"),
+    ("ff00::/8", "a multicast address (RFC 4291)"),
+))
+# Blocks of the registries that lie inside a wider one above, listed so that the test of each
+# block keeps the table honest (each must be refused as its wider block is).
+SPECIAL_PURPOSE_INSIDE = (
+    "0.0.0.0/32", "192.0.0.0/29", "192.0.0.8/32", "192.0.0.9/32", "192.0.0.10/32",
+    "192.0.0.170/32", "192.0.0.171/32", "192.88.99.2/32", "255.255.255.255/32",
+    "2001::/32", "2001:1::1/128", "2001:1::2/128", "2001:1::3/128", "2001:2::/48",
+    "2001:3::/32", "2001:4:112::/48", "2001:10::/28", "2001:20::/28", "2001:30::/28",
+)
+# The blocks judged by the IPv4 address they carry (see above), and where it sits.
+CARRIES_IPV4 = ("::ffff:0:0/96", "64:ff9b::/96", "2002::/16")
+GLOBAL_UNICAST = ip_network("2000::/3")  # RFC 4291: all IPv6 unicast space IANA assigns
 
 # Characters left as they are in a request target; anything else (spaces, non-ASCII) is
 # percent-encoded, and "%" stays so that an already-encoded URL is not encoded twice.
@@ -73,7 +130,13 @@ _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 class FetchError(ReasonedError):
     """A URL that was refused or whose fetch failed; ``reason`` is a short stable code:
     invalid_url, unsupported_scheme, forbidden_address, unreachable, bad_response,
-    too_many_redirects, too_slow, too_large, http_status or not_an_image."""
+    too_many_redirects, too_slow, too_large, http_status, not_an_image, or failed (a fetch
+    from a private address of an allowed host failed: what answered there is not told).
+
+    ``withheld`` is the ``(reason, message)`` that ``failed`` replaces, for the server's log
+    and for tests; None otherwise."""
+
+    withheld: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +237,19 @@ def _host_name(host: str) -> str:
     return ascii_host
 
 
+def allowed_ports(entries: Iterable[str]) -> frozenset[tuple[str, int]]:
+    """Allow-list entries (``host``, ``host:port``, ``[v6]:port``) as the ``(host key, port)``
+    pairs they admit: an entry without a port admits 80 and 443 only. ValueError for an entry
+    that is neither (Settings checks them first)."""
+    pairs = set()
+    for entry in entries:
+        if not entry.strip():
+            continue
+        host, port = split_host_port(entry)
+        pairs.update((host_key(host), p) for p in ((port,) if port else (80, 443)))
+    return frozenset(pairs)
+
+
 def host_key(host: str) -> str:
     """The form in which hosts are compared with the allow list: lower case, no trailing dot,
     no brackets, addresses in their canonical form (``::FFFF:7f00:1`` is ``::ffff:7f00:1``)."""
@@ -184,39 +260,29 @@ def host_key(host: str) -> str:
 
 def refusal(ip: IPv4Address | IPv6Address) -> str | None:
     """What kind of address ``ip`` is when the server must not connect to it (for a message:
-    "a loopback address"), or None for a public address."""
+    "a loopback address (RFC 1122)"), or None for a public address: the metadata addresses,
+    then SPECIAL_PURPOSE; IPv6 outside 2000::/3 is refused too."""
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if isinstance(ip, IPv6Address):
-        if ip.is_loopback or ip.is_unspecified:
-            return "a loopback address" if ip.is_loopback else "the unspecified address"
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             return refusal(embedded)  # the IPv4 address is where the packets end up
-    if ip.is_unspecified:
-        return "the unspecified address"
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_reserved:
-        return "a reserved or shared address"  # 240/4, most of ::/8
-    if ip.is_private:
-        return "a private address"  # 10/8, 172.16/12, 192.168/16, fc00::/7, 2001:db8::/32 ...
-    if not ip.is_global:
-        return "a reserved or shared address"  # 100.64/10 (carrier-grade NAT), 192.0.0/24
+    for block, name in SPECIAL_PURPOSE:
+        if ip.version == block.version and ip in block:
+            return name
+    if isinstance(ip, IPv6Address) and ip not in GLOBAL_UNICAST:
+        return "a reserved address (outside 2000::/3, RFC 4291)"
     return None
 
 
 def _embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:
-    """The IPv4 address that an IPv4-mapped, 6to4, NAT64 or IPv4-compatible address reaches."""
+    """The IPv4 address that an IPv4-mapped, NAT64 or 6to4 address reaches."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
-    if ip in NAT64 or ip in IPV4_COMPATIBLE:
+    if ip in NAT64:
         return IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
@@ -235,54 +301,84 @@ class UrlFetcher:
         max_bytes: int = 20 * 1024 * 1024,
         resolve: Resolver = system_resolve,
         ssl_context: ssl.SSLContext | None = None,
+        max_concurrent: int = 2,
     ):
-        self.allow_hosts = frozenset(host_key(h) for h in allow_hosts if h.strip())
+        self.allow_hosts = allowed_ports(allow_hosts)
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.resolve = resolve
         self.ssl_context = ssl_context or ssl.create_default_context()
+        # Fetches at once; one more is refused at once (Busy, 503): a fetch may hold its
+        # thread for the whole deadline, and a slow remote server must not hold them all.
+        self.slots = Slots("fetches of images by URL", max_concurrent, wait=0.0,
+                           retry_after=2.0)
 
     @classmethod
     def from_settings(cls, settings, **options) -> UrlFetcher:
         return cls(
             allow_hosts=settings.url_allow_hosts, timeout=settings.url_timeout,
-            max_bytes=settings.max_upload_bytes, **options,
+            max_bytes=settings.max_upload_bytes, max_concurrent=settings.url_fetch_slots,
+            **options,
         )
 
     def fetch(self, url: str) -> FetchedImage:
-        """The image at ``url`` (following at most MAX_REDIRECTS redirects), or FetchError."""
-        deadline = _Deadline(self.timeout)
-        try:
-            target = parse_url(url)
-            addresses = self.check_addresses(target, self._lookup(target, deadline))
-            redirects = 0
-            while True:
-                data, location = self._get(target, addresses, deadline)
-                if location is None:
-                    return FetchedImage(data, target.url, sniff_format(data), redirects)
-                if redirects == MAX_REDIRECTS:
-                    raise FetchError(
-                        "too_many_redirects",
-                        f"the URL redirects more than {MAX_REDIRECTS} times; link to the "
-                        "image itself",
-                    )
-                redirects += 1
-                # Each redirect is a new URL, checked as the first one was.
-                try:
-                    target = parse_url(urljoin(target.url, location))
-                    addresses = self.check_addresses(target, self._lookup(target, deadline))
-                except FetchError as exc:
-                    if exc.reason not in REFUSALS:
-                        raise
-                    raise FetchError(exc.reason, f"it redirects to a URL that is refused: "
-                                                 f"{exc.message}") from None
-        finally:
-            deadline.cancel()
+        """The image at ``url`` (following at most MAX_REDIRECTS redirects), or FetchError;
+        Busy when max_concurrent fetches are running already."""
+        target = parse_url(url)  # a malformed URL costs no slot
+        with self.slots.hold():
+            deadline = _Deadline(self.timeout)
+            private = [False]  # set once a hop goes to an allowed host's private address
+            try:
+                return self._fetch(target, deadline, private)
+            except FetchError as exc:
+                if not private[0]:
+                    raise
+                # Whatever answered on a private address (a closed port, another service, an
+                # error page, a redirect) is not the client's to learn: the allow list is no
+                # port probe. (Refusals before any connection are told as they are.)
+                hidden = FetchError(
+                    "failed", f"no image could be fetched from {target.host} (what happened on "
+                              "a private address is in the server's log, not told here)")
+                hidden.withheld = (exc.reason, exc.message)
+                raise hidden from None
+            finally:
+                deadline.cancel()
+
+    def _fetch(self, target: Target, deadline: _Deadline, private: list[bool]) -> FetchedImage:
+        addresses = self._checked(target, deadline, private)
+        redirects = 0
+        while True:
+            data, location = self._get(target, addresses, deadline)
+            if location is None:
+                return FetchedImage(data, target.url, sniff_format(data), redirects)
+            if redirects == MAX_REDIRECTS:
+                raise FetchError(
+                    "too_many_redirects",
+                    f"the URL redirects more than {MAX_REDIRECTS} times; link to the "
+                    "image itself",
+                )
+            redirects += 1
+            # Each redirect is a new URL, checked as the first one was.
+            try:
+                target = parse_url(urljoin(target.url, location))
+                addresses = self._checked(target, deadline, private)
+            except FetchError as exc:
+                if exc.reason not in REFUSALS:
+                    raise
+                raise FetchError(exc.reason, f"it redirects to a URL that is refused: "
+                                             f"{exc.message}") from None
+
+    def _checked(self, target: Target, deadline: _Deadline, private: list[bool]) -> list[str]:
+        addresses = self.check_addresses(target, self._lookup(target, deadline))
+        if any(refusal(ip_address(a)) is not None for a in addresses):
+            private[0] = True
+        return addresses
 
     def check_addresses(self, target: Target, addresses: Iterable[str]) -> list[str]:
         """``addresses`` (of ``target.host``) when every one of them may be connected to;
-        FetchError (forbidden_address) as soon as one may not."""
-        allowed = host_key(target.host) in self.allow_hosts
+        FetchError (forbidden_address) as soon as one may not. A private address may be
+        connected to only for an allowed host and port."""
+        allowed = (host_key(target.host), target.port) in self.allow_hosts
         checked = []
         for address in addresses:
             try:
@@ -293,13 +389,14 @@ class UrlFetcher:
                 ) from None
             why = refusal(ip)
             if why is not None and (not allowed or ip in METADATA_ADDRESSES):
-                # The kind of address, never the address itself: a name's private address
+                # For an address typed in the URL, the kind of address; for a name, only
+                # that it is not public: which private block an intranet name resolves to
                 # is the intranet's business.
-                where = "is" if target.ip is not None else "resolves to"
-                raise FetchError(
-                    "forbidden_address",
-                    f"{target.host} {where} {why}; only public addresses are fetched",
-                )
+                if target.ip is not None:
+                    said = f"{target.host} is {why}"
+                else:
+                    said = f"{target.host} resolves to an address that is not public"
+                raise FetchError("forbidden_address", f"{said}; only public addresses are fetched")
             checked.append(str(ip))
         if not checked:
             raise FetchError("unreachable", f"the host {target.host} has no address")

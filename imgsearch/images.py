@@ -12,14 +12,14 @@ import hashlib
 import stat
 import threading
 import warnings
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from imgsearch.errors import ReasonedError
 from imgsearch.settings import RESIZE_MODES
@@ -31,6 +31,18 @@ THUMBNAIL_QUALITY = 80
 THUMBNAIL_METHOD = 2
 
 _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_TRANSPOSE = {  # EXIF orientation -> the turn that makes the image upright (ImageOps' table)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+# Modes whose channels Pillow averages as they are: a box reduce of them is already the cheap
+# small image. Palette, bilevel and alpha modes are not (Pillow resizes P and 1 by nearest
+# neighbour, and LA/RGBA through a full-size premultiplied copy), so they are converted a band
+# of rows at a time instead.
+_REDUCIBLE_MODES = ("L", "I", "F", "CMYK", "YCbCr", "LAB", "HSV")
+# Pixels of one band converted at once: 1 Mpx is 4 MB as RGBA.
+_BAND_PIXELS = 1_000_000
 _EXIF_DATE_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y:%m:%dT%H:%M:%S")
 # BMP headers begin with a DIB header whose size names its version; checking it keeps text that
 # happens to start with "BM" from passing for a bitmap.
@@ -123,9 +135,8 @@ def decode_image(
     if orientation in _ROTATED_ORIENTATIONS:
         raw_width, raw_height = raw_height, raw_width
     with _pil_errors(fmt, data):
-        if orientation not in (None, 1):
-            _exif_transpose(img)
-        rgb = to_rgb(img)
+        rgb = _oriented(to_rgb(img, reduce=_reduction(img.size, target, resize_mode,
+                                                      thumbnail_size)), orientation)
         pixels = model_input(rgb, target, resize_mode)
         thumbnail = thumbnail_webp(rgb, thumbnail_size) if thumbnail_size else b""
 
@@ -156,9 +167,8 @@ def decode_rgb(data: bytes, *, short_side: int, max_pixels: int = 50_000_000) ->
     exif = _exif(img)
     orientation = exif.get(ExifTags.Base.Orientation) if exif is not None else None
     with _pil_errors(fmt, data):
-        if orientation not in (None, 1):
-            _exif_transpose(img)
-        rgb = to_rgb(img)
+        rgb = _oriented(to_rgb(img, reduce=_reduction(img.size, short_side, "crop", 0)),
+                        orientation)
         width, height = rgb.size
         scale = short_side / min(width, height)
         if scale < 1:
@@ -266,10 +276,23 @@ def _draft(img: Image.Image, target: int, resize_mode: str, thumbnail_size: int)
         img.draft("RGB", (width // scale, height // scale))
 
 
-def _exif_transpose(img: Image.Image) -> None:
-    # A malformed EXIF block must not cost us the image.
-    with suppress(Exception):
-        ImageOps.exif_transpose(img, in_place=True)
+def _reduction(size: tuple[int, int], target: int, resize_mode: str, thumbnail_size: int) -> int:
+    """The whole factor by which an image of ``size`` may shrink before it is converted to RGB
+    and still be at least twice what the model input (and the thumbnail) need: the final
+    bilinear resize then starts from 2x or more, as it does from a JPEG draft."""
+    width, height = size
+    model_side = max(width, height) if resize_mode == "pad" else min(width, height)
+    allowed = model_side / target
+    if thumbnail_size:
+        allowed = min(allowed, max(width, height) / thumbnail_size)
+    return max(1, int(allowed // 2))
+
+
+def _oriented(img: Image.Image, orientation) -> Image.Image:
+    """``img`` turned upright by its EXIF orientation (turned after reducing: a quarter turn of
+    the full-size image would be one more full-size copy)."""
+    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -317,10 +340,17 @@ def _riff_truncated(fmt: str, data: bytes) -> bool:
 # --- pixels ----------------------------------------------------------------------------------
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB; transparency is composited on white."""
+def to_rgb(img: Image.Image, reduce: int = 1) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB; transparency is composited on white.
+
+    ``reduce`` > 1 makes an image that needs converting that many times smaller on each side
+    (a box average) before any full-size conversion: a 7070 x 7070 16-bit PNG went through
+    int32 and float32 copies of itself (+1 GB, 1.8 s); reduced first, the conversion works on
+    a 1/``reduce``**2 of it. Plain RGB needs no conversion and is returned as it is."""
     if img.mode == "RGB" and "transparency" not in img.info:
         return img
+    if reduce > 1:
+        return to_rgb(_reduce(img, reduce))
     if img.mode in ("I", "F") or img.mode.startswith("I;"):
         return _high_depth_to_8bit(img).convert("RGB")
     if img.mode == "CMYK":
@@ -328,6 +358,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info:
         return _on_white(img.convert("RGBA"))
     return img.convert("RGB")
+
+
+def _reduce(img: Image.Image, factor: int) -> Image.Image:
+    """``img`` ``factor`` times smaller on each side (box average), in its own mode where Pillow
+    averages that mode's channels, else as RGB converted one band of rows at a time."""
+    width, height = img.size
+    size = (-(-width // factor), -(-height // factor))
+    if "transparency" not in img.info and (
+            img.mode in _REDUCIBLE_MODES or img.mode.startswith("I;16")):
+        return img.resize(size, Image.Resampling.BOX, reducing_gap=None)
+    out = Image.new("RGB", size)
+    rows = max(1, _BAND_PIXELS // (width * factor)) * factor
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows)))
+        out.paste(to_rgb(band).reduce(factor), (0, top // factor))
+    return out
 
 
 def _on_white(rgba: Image.Image) -> Image.Image:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import BadInput
 from .filters import Filters
+from .limits import Slots
 from .model import ImageModel
 from .regions import RegionMode
 from .serving import ModelFollower, Route
@@ -144,6 +145,9 @@ class SearchService:
         self.settings = settings
         self.store = store
         self.models = ModelFollower(settings, store, model, check_interval=check_interval)
+        # Decodes at once in this process (queries, explanations, heat maps): Busy (503) for a
+        # request that waits longer than decode_wait for one.
+        self.decodes = Slots("image decodes", settings.decode_slots, settings.decode_wait)
         self._region_modes: dict[str, RegionMode | None] = {}
 
     @property
@@ -187,13 +191,16 @@ class SearchService:
         query: dict = {"k": k, "num_candidates": num_candidates, "offset": offset}
         mode = self._box_mode(route) if box is not None else None
         t0 = time.perf_counter()
+        cap = self.settings.query_pixel_cap
         if mode is None:
-            image = model.decode(data, max_pixels=self.settings.max_image_pixels)
+            with self.decodes.hold():
+                image = model.decode(data, max_pixels=cap)
             query.update(width=image.width, height=image.height, format=image.format)
             t1 = time.perf_counter()
             vector = model.embed(image.pixels)[0]
         else:
-            pixels = model.box_input(data, box, mode)
+            with self.decodes.hold():
+                pixels = model.box_input(data, box, mode, max_pixels=cap)
             query.update(box=list(box), regions=mode.name)
             t1 = time.perf_counter()
             vector = model.embed_region(pixels)

@@ -48,6 +48,27 @@ def _is_host(value: str) -> bool:
         return bool(_HOST_NAME.match(value))
 
 
+def split_host_port(entry: str) -> tuple[str, int | None]:
+    """An allow-list entry as ``(host, port)``: ``host``, ``host:port``, ``[v6]:port``, or a bare
+    IPv6 address (``::1``: no port; brackets are needed to give one). ValueError("must be
+    ...") for anything else."""
+    entry = entry.strip()
+    host, port = entry, None
+    if entry.startswith("[") and "]:" in entry:
+        host, _, digits = entry.rpartition(":")
+        port = digits
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    if port is not None:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"must give a port from 1 to 65535 after the host, not {entry[:60]!r}")
+        port = int(port)
+    if not host or not _is_host(host):
+        raise ValueError(f"takes host names or IP addresses, each with an optional :port, "
+                         f"separated by commas, not {entry[:60]!r}")
+    return host, port
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "imgsearch"
@@ -115,9 +136,11 @@ def _rule(test: Callable[[Any], bool], complaint: str) -> Check:
 
 
 def _hosts(hosts: tuple[str, ...]) -> str | None:
-    bad = [h for h in hosts if not _is_host(h)]
-    if bad:
-        return f"takes host names or IP addresses separated by commas, not {bad[0][:60]!r}"
+    for entry in hosts:
+        try:
+            split_host_port(entry)
+        except ValueError as exc:
+            return str(exc)
     return None
 
 
@@ -214,16 +237,37 @@ class Settings:
     max_image_pixels: int = setting(50_000_000, env="IMGSEARCH_MAX_IMAGE_PIXELS", parse=_integer)
     max_upload_bytes: int = setting(20 * 1024 * 1024, env="IMGSEARCH_MAX_UPLOAD_BYTES",
                                     parse=_integer)
+    # Query images (uploads and URLs) have a lower cap than indexed files: 25 Mpx holds a 24 Mpx
+    # camera's 6000 x 4000 and a 12 Mpx phone's photo, and bounds the worst decode to ~0.2 s
+    # and ~+130 MB of a worker (a float TIFF; docs/RELIABILITY.md, "Every request's cost").
+    # The lower of this and max_image_pixels applies.
+    query_max_pixels: int = setting(25_000_000, env="IMGSEARCH_QUERY_MAX_PIXELS",
+                                    parse=_integer, check=_AT_LEAST_1)
+    # Decodes of query images at once in one worker process, and the seconds a request waits
+    # for one before it is answered 503 with Retry-After: decoding is CPU-bound, so more at
+    # once than the worker's share of cores only adds memory (each can hold ~130 MB).
+    decode_slots: int = setting(2, env="IMGSEARCH_DECODE_SLOTS", parse=_integer,
+                                check=_AT_LEAST_1)
+    decode_wait: float = setting(
+        1.0, env="IMGSEARCH_DECODE_WAIT", parse=_number,
+        check=_rule(lambda v: 0 <= v <= 60, "must be from 0 to 60 seconds"))
 
     # Search by URL (imgsearch/fetch.py): hosts whose addresses may be private or loopback
-    # (host names or IP literals, e.g. an intranet's image server, or 127.0.0.1 in tests;
-    # cloud metadata addresses stay refused), and the seconds one fetch may take in all,
+    # (host names or IP literals, e.g. an intranet's image server, or 127.0.0.1:8000 in tests;
+    # each admits the port it names, or only 80 and 443 without one, so that the list cannot
+    # probe every port of a host; cloud metadata addresses stay refused), and the seconds one
+    # fetch may take in all,
     # redirects and a slow body included. Its size cap is max_upload_bytes.
     url_allow_hosts: tuple[str, ...] = setting((), env="IMGSEARCH_URL_ALLOW_HOSTS",
                                                parse=_host_list, check=_hosts)
     url_timeout: float = setting(
         10.0, env="IMGSEARCH_URL_TIMEOUT", parse=_number,
         check=_rule(lambda v: 0 < v <= 300, "must be more than 0 and at most 300 seconds"))
+    # Fetches at once in one worker process; one more is answered 503 with Retry-After at once
+    # rather than wait: a fetch can hold its thread for the whole url_timeout, and a slow
+    # remote server must not take every thread of the worker.
+    url_fetch_slots: int = setting(2, env="IMGSEARCH_URL_FETCH_SLOTS", parse=_integer,
+                                   check=_AT_LEAST_1)
 
     # Two images are near-duplicates when their vectors' cosine is at least this. Measured on
     # 1,080 copies of 120 clothing photos among the 372 (docs/BENCHMARKS.md, "Near-duplicate
@@ -301,6 +345,11 @@ class Settings:
     def api_keys_index(self) -> str:
         """The index of the API keys (imgsearch/keys.py)."""
         return self.keys_index or f"{self.es_index}-keys"
+
+    @property
+    def query_pixel_cap(self) -> int:
+        """The most pixels a query image may have: the lower of the two caps."""
+        return min(self.query_max_pixels, self.max_image_pixels)
 
     @property
     def bulk_retry_window(self) -> float:

@@ -80,17 +80,32 @@ def create_app(
     return app
 
 
+# GET endpoints that cost inference or more (feature maps and a heat map, a kNN search, the
+# near-duplicate groups: one kNN query per document): another site's page must not make a
+# visitor's browser spend them either, as an <img> or a fetch would.
+COSTLY_GETS = frozenset({"api.explain", "api.similar", "duplicates.api", "duplicates.page"})
+
+
 def _refuse_cross_site_posts():
-    """No other site's page may make a visitor's browser post to this server: uploads would
-    spend its CPU, and the sign-in cookie (SameSite=Strict, webapp/auth.py) must never carry
-    another site's request to the key endpoints. Browsers say where a request comes from in
-    ``Sec-Fetch-Site`` and ``Origin``; clients that send neither (curl, scripts) are served."""
+    """No other site's page may make a visitor's browser post to this server, or load its
+    costly GETs (COSTLY_GETS): uploads and inference would spend its CPU, and the sign-in
+    cookie (SameSite=Strict, webapp/auth.py) must never carry another site's request to the
+    key endpoints. Browsers say where a request comes from in ``Sec-Fetch-Site`` and
+    ``Origin``; clients that send neither (curl, scripts) are served. A person who follows a
+    link to a costly page (a top-level navigation the user started, ``Sec-Fetch-User: ?1``) is
+    served too."""
     from flask import request
 
     from .errors import Problem, respond
 
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    if request.method in ("OPTIONS",):
         return None
+    if request.method in ("GET", "HEAD"):
+        if request.endpoint not in COSTLY_GETS:
+            return None
+        if (request.headers.get("Sec-Fetch-Mode") == "navigate"
+                and request.headers.get("Sec-Fetch-User") == "?1"):
+            return None
     site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
     cross = site is not None and site not in ("same-origin", "none")
@@ -99,8 +114,9 @@ def _refuse_cross_site_posts():
     if cross:
         return respond(Problem(
             403, "cross_site_request",
-            "This server only accepts uploads from its own pages (or from clients that are "
-            "not browsers).",
+            "This server only accepts uploads and costly requests (explanations, similar "
+            "images, near-duplicates) from its own pages (or from clients that are not "
+            "browsers).",
         ))
     return None
 

@@ -94,6 +94,9 @@ def _url_problem(exc: FetchError) -> Problem:
     if exc.reason == "forbidden_address":
         # Someone may be probing what the server can reach; the operators should know.
         current_app.logger.warning("search by URL refused: %s", exc.message)
+    if exc.withheld is not None:  # what the client is not told (imgsearch/fetch.py)
+        current_app.logger.info("search by URL failed on a private address: %s (%s)",
+                                exc.withheld[1], exc.withheld[0])
     if exc.reason in REFUSALS:
         return Problem(400, "url_refused", f"That URL is refused: {exc.message}.",
                        reason=exc.reason)
@@ -158,13 +161,16 @@ def explain(doc_id: str):
     if explanation is None:
         raise _unknown(doc_id)
     if fmt == "png":
-        png = heatmap_png(explanation.side(side), *explanation.share_range())
+        with service().decodes.hold():
+            png = heatmap_png(explanation.side(side), *explanation.share_range())
         return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
     body = explanation.to_json()
     if fetched is not None:
         # The page may not show another site's image (its CSP), so the query comes back as a
         # small picture of itself, with the address it came from.
-        body["query"].update(url=fetched.url, thumbnail=explanation.query.thumbnail_data_url())
+        with service().decodes.hold():
+            thumbnail = explanation.query.thumbnail_data_url()
+        body["query"].update(url=fetched.url, thumbnail=thumbnail)
     return jsonify(body)
 
 

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from imgsearch import telemetry
 from imgsearch.errors import BadInput, Conflict, ReasonedError, Unavailable
 from imgsearch.images import ImageError
+from imgsearch.limits import Busy
 from imgsearch.store import IndexMissing, StoreRefused, StoreUnavailable
 
 HOW_TO_INDEX = "make index IMAGES=<dir>"
@@ -131,6 +132,14 @@ def _on_unavailable(exc: Unavailable):
     return respond(Problem(503, exc.code, str(exc)))
 
 
+def _on_busy(exc: Busy):
+    # Not an error of the server: a bound on its work (imgsearch/limits.py) that says when to
+    # come back, so clients and proxies retry instead of queueing.
+    current_app.logger.info("refused (%s): %s", exc.code, exc)
+    body, status = respond(Problem(503, exc.code, str(exc), retry_after=exc.retry_after))
+    return body, status, {"Retry-After": str(exc.retry_after)}
+
+
 def _on_unexpected(exc: Exception):
     if isinstance(exc, HTTPException):
         return _on_http(exc)
@@ -150,6 +159,7 @@ def register(app) -> None:
     app.register_error_handler(StoreRefused, _on_store_refused)
     app.register_error_handler(StoreUnavailable, _on_store_unavailable)
     app.register_error_handler(Unavailable, _on_unavailable)
+    app.register_error_handler(Busy, _on_busy)
     app.register_error_handler(HTTPException, _on_http)
     app.register_error_handler(Exception, _on_unexpected)
 

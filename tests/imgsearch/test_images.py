@@ -563,3 +563,128 @@ def test_damaged_images_only_raise_image_error(sample, draw):
     for _ in range(draw.draw(st.integers(0, 4))):
         data[draw.draw(st.integers(0, len(data) - 1))] = draw.draw(st.integers(0, 255))
     decodes_or_image_error(bytes(data[:cut]))
+
+
+# --- costly query images: reduced before conversion, or refused ------------------------------
+
+# A worker-sized child process decodes each kind of large image at the query cap (25 Mpx) and
+# reports its peak memory above what it held before: reduced before conversion, none may need
+# more than its own decoded pixels (4 bytes a pixel at most in Pillow) plus 64 MB; converted at
+# full size, a 16-bit one took 8x its pixels (+860 MB at 50 Mpx, docs/RELIABILITY.md).
+BOMB_CHILD = r"""
+import io, json, sys
+import numpy as np
+from PIL import Image
+from imgsearch.images import decode_image
+
+SIDE = 5000  # 25 Mpx
+
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+def encode(img, fmt, **kw):
+    out = io.BytesIO()
+    img.save(out, fmt, **kw)
+    return out.getvalue()
+
+def palette():
+    img = Image.new("P", (SIDE, SIDE), 1)
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    return encode(img, "PNG", transparency=0)
+
+kinds = {
+    "I;16": lambda: encode(Image.new("I;16", (SIDE, SIDE), 32768), "PNG"),
+    "F": lambda: encode(Image.new("F", (SIDE, SIDE), 0.5), "TIFF",
+                        compression="tiff_adobe_deflate"),
+    "P": palette,
+    "CMYK": lambda: encode(Image.new("CMYK", (SIDE, SIDE), (0, 255, 255, 0)), "TIFF",
+                           compression="tiff_adobe_deflate"),
+    "RGBA": lambda: encode(Image.new("RGBA", (SIDE, SIDE), (0, 0, 255, 128)), "PNG"),
+    "1": lambda: encode(Image.new("1", (SIDE, SIDE), 1), "PNG"),
+}
+out = {}
+for kind, make in kinds.items():
+    data = make()
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM starts again from VmRSS
+    before = rss_mb()
+    decoded = decode_image(data, target=224, resize_mode="crop", thumbnail_size=0,
+                           max_pixels=25_000_000)
+    out[kind] = {"extra_mb": peak_mb() - before, "mode": decoded.mode,
+                 "size": [decoded.width, decoded.height],
+                 "pixel": decoded.pixels[112, 112].tolist()}
+    del data, decoded
+print(json.dumps(out))
+"""
+BOMB_PIXELS = {  # what the centre of each decodes to
+    "I;16": [128, 128, 128], "F": [128, 128, 128], "P": [0, 0, 255], "CMYK": [255, 0, 0],
+    "RGBA": [127, 127, 255], "1": [255, 255, 255],
+}
+BOMB_BYTES_A_PIXEL = {"I;16": 2, "F": 4, "P": 1, "CMYK": 4, "RGBA": 4, "1": 1}
+
+
+def test_large_query_images_are_reduced_before_any_full_size_conversion():
+    import json
+    import subprocess
+    import sys
+
+    from imgsearch.settings import PROJECT_ROOT
+
+    done = subprocess.run([sys.executable, "-c", BOMB_CHILD], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)
+    for kind, result in results.items():
+        assert result["mode"] == kind and result["size"] == [5000, 5000]
+        assert close(result["pixel"], BOMB_PIXELS[kind], tol=2), (kind, result)
+        limit = 25 * BOMB_BYTES_A_PIXEL[kind] + 64  # MB: its decoded pixels, plus 64
+        assert result["extra_mb"] < limit, (kind, result)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F", "P", "CMYK", "LA", "RGBA"])
+def test_reduced_conversion_matches_the_full_size_one(mode):
+    """Reducing first changes the model input by little more than rounding: compared with
+    converting the whole image and then resizing (what decoding did before)."""
+    from imgsearch.images import model_input, to_rgb
+
+    rng = np.random.default_rng(7)
+    base = Image.fromarray(rng.integers(0, 256, (1800, 2400, 3), dtype=np.uint8)).resize(
+        (2400, 1800), Image.Resampling.BILINEAR).filter(
+        __import__("PIL.ImageFilter", fromlist=["GaussianBlur"]).GaussianBlur(12))
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)
+    elif mode == "F":
+        img = Image.fromarray(np.asarray(base.convert("L"), np.float32) / 255)
+    elif mode == "P":
+        img = base.quantize(64)
+    else:
+        img = base.convert(mode)
+    full = model_input(to_rgb(img), 224, "crop").astype(int)
+    reduced = model_input(to_rgb(img, reduce=4), 224, "crop").astype(int)
+    assert np.abs(full - reduced).mean() < 2.0 and np.abs(full - reduced).max() < 40
+
+
+def test_a_query_over_the_query_cap_is_refused_from_its_header():
+    """A 7070 x 7070 16-bit PNG of 113 KB (the review's bomb) is under the indexer's 50 Mpx
+    but over the query cap: refused before any pixel is decoded."""
+    data = crafted_png(7070, 7070)
+    assert reason_of(data, max_pixels=Settings().query_pixel_cap) == "too_many_pixels"
+    assert Settings().query_pixel_cap == 25_000_000
+    assert Settings(max_image_pixels=10_000).query_pixel_cap == 10_000
+
+
+def test_orientation_is_applied_after_the_reduction():
+    img = Image.new("LA", (2000, 1000), (0, 255))
+    img.paste((255, 255), (0, 0, 1000, 1000))  # left half white
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # turned 90 degrees: the left half goes on top
+    decoded = decode(encode(img, "PNG", exif=exif), resize_mode="squash")
+    assert (decoded.width, decoded.height) == (1000, 2000)
+    assert close(decoded.pixels[20, 112], WHITE) and close(decoded.pixels[200, 112], BLACK)

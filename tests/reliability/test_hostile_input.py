@@ -166,6 +166,25 @@ def test_pixel_limit_is_checked_from_the_header(clothing_index, embedder, jpeg):
     assert error["reason"] == "too_many_pixels"
 
 
+def test_decodes_are_bounded_per_worker(clothing_index, embedder, jpeg, shoe_id):
+    """With every decode slot of the worker taken, a search and an explanation heat map are
+    answered 503 busy with Retry-After after the short wait, instead of queueing; the other
+    endpoints, and the same requests once a slot is free, are served."""
+    settings, store, _ = clothing_index
+    app = build_app(settings.with_(decode_slots=1, decode_wait=0.1), embedder, store)
+    client = app.test_client()
+    heat = f"/api/images/{shoe_id}/explain?query={shoe_id}&format=png"
+    with app.extensions["imgsearch"].decodes.hold():
+        for response in (_post(client, jpeg), client.get(heat)):
+            error = _error(response, 503, "busy")
+            assert response.headers["Retry-After"] == "1" and error["retry_after"] == 1
+            assert "1 at once per worker" in error["message"]
+        assert client.get(f"/api/images/{shoe_id}/similar").status_code == 200
+        assert client.get("/healthz").status_code == 200
+    assert _post(client, jpeg).status_code == 200
+    assert client.get(heat).status_code == 200
+
+
 def test_malformed_requests(client, jpeg):
     _error(client.post("/api/search"), 400, "missing_image")  # no body at all
     _error(client.post("/api/search", data=jpeg, content_type="image/jpeg"), 400,
@@ -452,6 +471,34 @@ def test_cross_site_posts_are_refused(client, jpeg):
     assert post().status_code == 200
     # Reads are never refused: a link from another site to a page works.
     assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_costly_gets_from_other_sites_are_refused(client, jpeg):
+    """Explanations (their heat-map PNGs too), similar images and near-duplicates cost
+    inference or more: another site's page may not make a browser load them (an <img>, a
+    fetch), though a person who follows a link is served (Sec-Fetch-User)."""
+    doc_id = content_hash(jpeg)
+    costly = [f"/api/images/{doc_id}/explain?query={doc_id}&format=png",
+              f"/api/images/{doc_id}/explain?query={doc_id}", f"/api/images/{doc_id}/similar",
+              "/api/duplicates", "/duplicates"]
+    for url in costly:
+        for headers in ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "image"},
+                        {"Sec-Fetch-Site": "same-site"}, {"Origin": "http://evil.example"}):
+            response = client.get(url, headers=headers)
+            assert response.status_code == 403, (url, headers)
+            if url.startswith("/api/"):
+                assert response.get_json()["error"]["code"] == "cross_site_request"
+            else:
+                assert "costly requests" in response.get_data(as_text=True)
+    for url in costly[:3]:  # the page's own requests, and clients that are not browsers
+        assert client.get(url, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert client.get(url).status_code == 200
+    navigate = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                "Sec-Fetch-User": "?1"}
+    assert client.get(costly[2], headers=navigate).status_code == 200
+    # Cheap reads stay open to links and embeds from anywhere.
+    for url in ("/", f"/api/images/{doc_id}", f"/images/{doc_id}", "/healthz"):
+        assert client.get(url, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
 
 
 def test_no_endpoint_writes(app):

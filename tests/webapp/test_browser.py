@@ -196,72 +196,89 @@ document.getElementById("results").dispatchEvent(
 
 
 @pytest.fixture(scope="module")
-def url_server(clothing_index, embedder):
-    """The app on the indexed clothing split, allowed to fetch from 127.0.0.1, where the test's
-    image host listens (refused by default)."""
+def url_host(photos):
+    """The test's image host on 127.0.0.1, serving a dress photo of the indexed split."""
+    from tests.imagehost import ImageHost
+
+    with ImageHost(photos["dress"][5].read_bytes()) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def url_server(clothing_index, embedder, url_host):
+    """The app on the indexed clothing split, allowed to fetch from 127.0.0.1 on the image
+    host's port (refused by default)."""
     settings, store, _ = clothing_index
-    yield from serve(settings.with_(url_allow_hosts=("127.0.0.1",)), embedder, store)
+    yield from serve(settings.with_(url_allow_hosts=(f"127.0.0.1:{url_host.port}",)), embedder,
+                     store)
 
 
-def test_pasting_an_image_url_searches_with_it(url_server, browser, photos):
+def test_pasting_an_image_url_searches_with_it(url_server, url_host, browser, photos):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.imagehost import ImageHost
-
     query = photos["dress"][5]
-    with ImageHost(query.read_bytes()) as host:
-        browser.get(f"{url_server}/")
-        severe_logs(browser)
-        field = browser.find_element(By.ID, "url-input")
-        field.send_keys(host.url("/hops/1"))
-        browser.find_element(By.ID, "url-search").click()
-        cards = wait_for_cards(browser)
-        assert len(cards) == 24
-        assert cards[0]["id"] == content_hash(query.read_bytes())  # the photo itself is indexed
-        caption = browser.find_element(By.ID, "query-caption").text
-        assert host.url("/hops/0") in caption and "JPEG" in caption  # where it came from
-        assert not browser.find_element(By.ID, "query-frame").is_displayed()  # no foreign <img>
-        assert severe_logs(browser) == []  # no CSP violation, no failed request, no JS error
+    host = url_host
+    browser.get(f"{url_server}/")
+    severe_logs(browser)
+    field = browser.find_element(By.ID, "url-input")
+    field.send_keys(host.url("/hops/1"))
+    browser.find_element(By.ID, "url-search").click()
+    cards = wait_for_cards(browser)
+    assert len(cards) == 24
+    assert cards[0]["id"] == content_hash(query.read_bytes())  # the photo itself is indexed
+    caption = browser.find_element(By.ID, "query-caption").text
+    assert host.url("/hops/0") in caption and "JPEG" in caption  # where it came from
+    assert not browser.find_element(By.ID, "query-frame").is_displayed()  # no foreign <img>
+    assert severe_logs(browser) == []  # no CSP violation, no failed request, no JS error
 
-        # A URL the server refuses is explained as a bad upload is, and the results go.
-        field.clear()
-        field.send_keys("http://10.1.2.3/photo.jpg", Keys.ENTER)
-        message = browser.find_element(By.ID, "message")
-        WebDriverWait(browser, 30).until(EC.visibility_of(message))
-        assert "10.1.2.3 is a private address" in message.text
-        assert browser.find_elements(By.CSS_SELECTOR, "#results .card") == []
+    # A URL the server refuses is explained as a bad upload is, and the results go.
+    field.clear()
+    field.send_keys("http://10.1.2.3/photo.jpg", Keys.ENTER)
+    message = browser.find_element(By.ID, "message")
+    WebDriverWait(browser, 30).until(EC.visibility_of(message))
+    assert "10.1.2.3 is a private address" in message.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .card") == []
 
-        # The page stays usable: an address pasted on the page (not in a field) searches too,
-        # then a filter re-runs that search.
-        field.clear()
-        browser.execute_script(PASTE_TEXT, host.url("/photo.jpg"))
-        cards = wait_for_cards(browser)
-        assert cards[0]["id"] == content_hash(query.read_bytes())
-        assert field.get_attribute("value") == host.url("/photo.jpg")
-        assert not message.is_displayed()
-        browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]').click()
-        cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs} == {"pants"})
-        assert len(cards) == 24
+    # The page stays usable: an address pasted on the page (not in a field) searches too,
+    # then a filter re-runs that search.
+    field.clear()
+    browser.execute_script(PASTE_TEXT, host.url("/photo.jpg"))
+    cards = wait_for_cards(browser)
+    assert cards[0]["id"] == content_hash(query.read_bytes())
+    assert field.get_attribute("value") == host.url("/photo.jpg")
+    assert not message.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]').click()
+    cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs} == {"pants"})
+    assert len(cards) == 24
 
-        # The address is kept in the page's: a reload searches with it again.
-        severe_logs(browser)  # leaves out the refused URL's 400 above
-        assert "url=" in browser.current_url
-        browser.refresh()
-        reloaded = wait_for_cards(browser)
-        assert [c["id"] for c in reloaded] == [c["id"] for c in cards]
+    # The address is kept in the page's. A page opened on it (a reload, a link from another
+    # site) shows the address and fetches nothing until the person presses the button.
+    severe_logs(browser)  # leaves out the refused URL's 400 above
+    assert "url=" in browser.current_url
+    fetched = len(host.requests)
+    browser.refresh()
+    confirm = browser.find_element(By.ID, "url-confirm")
+    WebDriverWait(browser, 30).until(EC.visibility_of(confirm))
+    assert browser.find_element(By.ID, "url-confirm-address").text == host.url("/photo.jpg")
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .card") == []
+    assert len(host.requests) == fetched  # the page load made the server fetch nothing
+    browser.find_element(By.ID, "url-confirm-search").click()
+    reloaded = wait_for_cards(browser)
+    assert [c["id"] for c in reloaded] == [c["id"] for c in cards]
+    assert len(host.requests) == fetched + 1 and not confirm.is_displayed()
 
-        # A result opened from it explains its match against the image at the URL.
-        browser.find_elements(By.CSS_SELECTOR, "#results .card .card-image")[0].click()
-        WebDriverWait(browser, 30).until(lambda d: "query=url" in d.current_url)
-        browser.find_element(By.ID, "explain-toggle").click()
-        WebDriverWait(browser, 60).until(
-            lambda d: d.find_element(By.ID, "explain-status").text.startswith("Cosine"))
-        assert WebDriverWait(browser, 30).until(
-            lambda d: d.execute_script(HEAT_PAINTED, "query-heat"))
-        assert severe_logs(browser) == []
+    # A result opened from it explains its match against the image at the URL.
+    browser.find_elements(By.CSS_SELECTOR, "#results .card .card-image")[0].click()
+    WebDriverWait(browser, 30).until(lambda d: "query=url" in d.current_url)
+    browser.find_element(By.ID, "explain-toggle").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.ID, "explain-status").text.startswith("Cosine"))
+    assert WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(HEAT_PAINTED, "query-heat"))
+    assert severe_logs(browser) == []
 
 
 # -- region search: a box drawn on the query photo ------------------------------------------------

@@ -568,7 +568,18 @@
 
   if (state.like) useLike(state.like);
   else if (root.dataset.url) {
-    urlInput.value = root.dataset.url;
-    useUrl(root.dataset.url);
+    // An address in the page's own query string came from a link or a reload: the server
+    // fetches only once the person has seen it and pressed the button (a link from another
+    // site must not make this server fetch for it).
+    const address = root.dataset.url;
+    const confirm = document.getElementById("url-confirm");
+    urlInput.value = address;
+    document.getElementById("url-confirm-address").textContent = address;
+    confirm.hidden = false;
+    document.getElementById("url-confirm-search").addEventListener("click", () => {
+      confirm.hidden = true;
+      useUrl(address);
+    }, { once: true });
+    urlForm.addEventListener("submit", () => { confirm.hidden = true; }, { once: true });
   }
 })();
