@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
                     build_index(args.images, settings.with_(
                         es_index=index, thumbnail_dir=work / index), model_dir)
             for name, index, model_dir in runs:
-                env = {**os.environ, "IMGSEARCH_RUNTIME": name.split()[0], "ES_INDEX": index,
+                # A loopback server with public reads, as `make serve` runs it.
+                env = {"IMGSEARCH_PUBLIC_READ": "1", **os.environ,
+                       "IMGSEARCH_RUNTIME": name.split()[0], "ES_INDEX": index,
                        "IMGSEARCH_THUMBNAIL_DIR": str(work / index)}
                 if model_dir:
                     env["IMGSEARCH_MODEL"] = str(model_dir)

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{platform.node()}: model {embedder.version} ({embedder.runtime})")
     root = args.dataset / "images" / args.split
     with indexed_folder(root, settings, embedder, "explain") as (local, store, _):
-        app = create_app(local, embedder=embedder, store=store)
+        # Anonymous reads, as `make serve` on loopback: the benchmark measures the explainer.
+        app = create_app(local.with_(public_read=True), embedder=embedder, store=store)
         explainer = app.extensions["imgsearch.explainer"]
         client = app.test_client()
         ids = [h["_id"] for h in store.es.search(index=store.alias, size=10_000,

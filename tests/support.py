@@ -67,6 +67,7 @@ def gunicorn_server(settings: Settings, log: Path, **env: str) -> Iterator[
     environment = dict(
         os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
         IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
+        IMGSEARCH_PUBLIC_READ="1" if settings.public_read else "0",
         **env,
     )
     with open(log, "w") as out:

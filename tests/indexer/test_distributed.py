@@ -4,6 +4,7 @@ two one-CPU worker nodes (``ray.cluster_utils.Cluster``), real photos, the sessi
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 import time
 
@@ -22,12 +23,16 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    # ray.init makes SIGTERM exit this process with status 1 and nothing said, and leaves that
+    # handler behind after shutdown: the suite's own SIGTERM handling is put back afterwards.
+    sigterm = signal.getsignal(signal.SIGTERM)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, workers
     ray.shutdown()
     cluster.shutdown()
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 @pytest.fixture
