@@ -12,9 +12,13 @@ document gets, for those classes and every broader WordNet synset above them (sa
 roots in :data:`TOO_GENERAL`):
 
 - ``model_tags`` (keyword): their names (a synset's first lemma), for filters and facets;
-- ``model_synsets`` (rank_features): ``{wordnet id: summed probability}`` of the image's kept
-  classes below each synset, so one ``rank_feature`` query per sense of a word ranks images by
-  how likely they show it ("dog" sums the breeds) without a script or a nested query;
+- ``model_synsets`` (sparse_vector): ``{wordnet id: summed probability}`` of the image's kept
+  classes below each synset, so that a ``sparse_vector`` query whose ``query_vector`` is
+  ``{id: 1}`` for each sense of a word scores each image by how likely it shows the word ("dog"
+  sums the breeds), in one query, without a script or a nested query. (``rank_features``
+  would do the same, but lives in the mapper-extras module, which the local node's
+  distribution lacks; ``sparse_vector`` is in the server. Values are kept to ~9 bits, so a
+  score is its probability to ~0.4 %.)
 - ``model_tagger`` (keyword): :attr:`Tagger.version`, which documents were tagged by which
   tagger: a re-run re-tags documents without it (imgsearch/store.py).
 
@@ -173,7 +177,6 @@ class Tagger:
         names = sorted({self.vocabulary.name(w) for w in concepts})
         return {
             "model_tags": names,
-            # rank_features refuses zero; probabilities kept are >= MIN_PROBABILITY anyway.
             "model_synsets": {w: round(min(p, 1.0), 4) for w, p in sorted(concepts.items())},
             "model_tagger": self.version,
         }
