@@ -67,8 +67,7 @@ def probabilities(embedder, items: list[tuple[Path, str]], batch: int = 32) -> n
     out = []
     for i in range(0, len(items), batch):
         pixels = np.stack([embedder.decode(p.read_bytes()).pixels for p, _ in items[i:i + batch]])
-        vectors, norms = embedder._forward.with_norms(pixels)  # the indexer's one pass
-        out.append(embedder.tagger.probabilities(vectors, norms))
+        out.append(embedder.class_probabilities(pixels)[1])  # the indexer's one pass
     return np.concatenate(out)
 
 
@@ -133,6 +132,31 @@ def quality(embedder, dataset: Path) -> tuple[int, float]:
     return best["count"], best["threshold"]
 
 
+def tagging_cost(embedder, dataset: Path, rounds: int = 10, batch: int = 32) -> None:
+    """Seconds of a batch through :meth:`embed` against :meth:`embed_and_tag` (the same pass
+    plus the head and the fields), alternately, on pre-decoded photos: the model's share of
+    indexing, without the disk, decoding and Elasticsearch noise of whole runs."""
+    items = split_paths(dataset, "test")[:batch]
+    pixels = np.stack([embedder.decode(p.read_bytes()).pixels for p, _ in items])
+    embedder.embed(pixels)
+    embedder.embed_and_tag(pixels)
+    times: dict[str, list[float]] = {"embed": [], "embed_and_tag": []}
+    for _ in range(rounds):
+        for name in times:
+            started = time.perf_counter()
+            getattr(embedder, name)(pixels)
+            times[name].append(time.perf_counter() - started)
+    plain, tagged = (statistics.median(times[k]) for k in times)
+    vectors, norms = embedder.embed_with_norms(pixels)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        embedder.tagger.tag(vectors, norms)
+    head = (time.perf_counter() - started) / rounds
+    print(f"a batch of {batch}: embed {plain * 1000:.0f} ms, embed_and_tag {tagged * 1000:.0f} ms "
+          f"(medians of {rounds}; {tagged / plain:.3f}x); the head and the fields alone "
+          f"{head * 1000:.1f} ms a batch")
+
+
 def indexing(embedder, settings, dataset: Path, rounds: int = 3) -> None:
     from imgsearch.localnode import LocalNode
     from imgsearch.store import ImageStore, connect
@@ -185,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {embedder.version} on {embedder.runtime} ({embedder.precision}); "
           f"date {time.strftime('%Y-%m-%d')}")
     quality(embedder, args.dataset)
+    tagging_cost(embedder, args.dataset)
     if not args.skip_indexing:
         indexing(embedder, settings, args.dataset)
 

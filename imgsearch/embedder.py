@@ -224,9 +224,26 @@ class Embedder:
         tag fields (:meth:`imgsearch.tags.Tagger.tag`), from the same forward pass."""
         if self.tagger is None or len(pixels) == 0:
             return self.embed(pixels), None
+        vectors, norms = self.embed_with_norms(pixels)
+        return vectors, self.tagger.tag(vectors, norms)
+
+    def embed_with_norms(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed`'s vectors and the L2 norms of the pooled features they normalise (what
+        the ImageNet head needs), from one pass; for a model whose graph gives them (a base
+        or tuned fp32 model: not an int8 one quantised from a graph without them)."""
         self.embed(pixels[:0])  # the same checks of the input
         vectors, norms = self._forward.with_norms(pixels)
-        return vectors, self.tagger.tag(vectors, norms)
+        if norms is None:
+            raise ValueError(f"the graph of {self.version} gives no norms")
+        return vectors, norms
+
+    def class_probabilities(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, [N, 1000] ImageNet probabilities)`` of one pass, for a model that tags
+        (what bench/tags.py chooses the tagger's threshold and count from)."""
+        if self.tagger is None:
+            raise ValueError(f"{self.version} does not tag: no ImageNet classifier")
+        vectors, norms = self.embed_with_norms(pixels)
+        return vectors, self.tagger.probabilities(vectors, norms)
 
     def feature_map(self, pixels: np.ndarray) -> np.ndarray:
         """One model input (``uint8 [224, 224, 3]`` from :meth:`decode`) -> its last
