@@ -119,7 +119,8 @@ def test_an_index_made_before_tags_keeps_working_and_a_rerun_adds_them(
     """An index with the mapping of before tags (no tag fields, ``dynamic: strict``),
     filled by a model that does not tag, is searched as before; a run of a tagging model
     adds the fields to its mapping and re-embeds the untagged documents into tagged ones
-    (same ids, same vectors); the run after that embeds nothing."""
+    (same ids, same vectors); the run after that embeds nothing. (The model is the
+    session's real one, its tagger unset for the first run: the indexer as it was.)"""
     body = index_body(embedder.version)
     for field in TAG_FIELDS:
         del body["mappings"]["properties"][field]
@@ -141,10 +142,13 @@ def test_an_index_made_before_tags_keeps_working_and_a_rerun_adds_them(
     assert not set(TAG_FIELDS) & set(mapping)
 
     monkeypatch.setattr(embedder, "tagger", tagger)
+    # With --skip-near-duplicates too: a photo embedded again for its tags is no
+    # near-duplicate of its own untagged document.
     second = index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
-                          progress=False)
+                          progress=False, skip_near_duplicates=True)
     assert second.exit_code == 0, second.to_json()
     assert (second.stats.indexed, second.stats.already_present) == (10, 0)
+    assert second.stats.near_duplicates == 0
     assert store.indices.current_index() == old  # the same index, its mapping extended
     after = _docs(store)
     assert set(after) == set(before)
