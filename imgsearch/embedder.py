@@ -128,13 +128,14 @@ class Embedder:
         apply_precision(requested)
 
         from .modelstore import load_model_dir, resolve_model_dir
-        from .weights import load_resnet50
+        from .weights import load_resnet50_with_head
 
         self.settings = settings
         model_dir = model_dir if model_dir is not None else resolve_model_dir(settings)
+        head = None
         if model_dir is None:
-            self.model, self.weights_digest = load_resnet50(
-                settings.weights, settings.cache_dir, include_top=False, pooling="avg"
+            self.model, self.weights_digest, head = load_resnet50_with_head(
+                settings.weights, settings.cache_dir, pooling="avg"
             )
             self.resize_mode = settings.resize_mode
             self.card: dict | None = None
@@ -173,6 +174,13 @@ class Embedder:
                 log.log(logging.INFO if settings.precision == "auto" else logging.WARNING,
                         "%s computes in %s on this CPU (%s asked for)", self.runtime,
                         self.precision, requested)
+        # Tags come from the base model's own ImageNet head only (imgsearch/tags.py says why
+        # not a tuned or int8 model's); None: this model does not tag.
+        self.tagger = None
+        if head is not None and settings.tags == "on" and self.card is None:
+            from .tags import Tagger
+
+            self.tagger = Tagger(*head)
 
     @property
     def is_base(self) -> bool:
@@ -210,6 +218,32 @@ class Embedder:
         if len(pixels) == 0:
             return np.zeros((0, self.dims), np.float32)
         return self._forward(pixels)
+
+    def embed_and_tag(self, pixels: np.ndarray) -> tuple[np.ndarray, list[dict] | None]:
+        """:meth:`embed`'s vectors and, when the model tags (:attr:`tagger`), each image's
+        tag fields (:meth:`imgsearch.tags.Tagger.tag`), from the same forward pass."""
+        if self.tagger is None or len(pixels) == 0:
+            return self.embed(pixels), None
+        vectors, norms = self.embed_with_norms(pixels)
+        return vectors, self.tagger.tag(vectors, norms)
+
+    def embed_with_norms(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed`'s vectors and the L2 norms of the pooled features they normalise (what
+        the ImageNet head needs), from one pass; for a model whose graph gives them (a base
+        or tuned fp32 model: not an int8 one quantised from a graph without them)."""
+        self.embed(pixels[:0])  # the same checks of the input
+        vectors, norms = self._forward.with_norms(pixels)
+        if norms is None:
+            raise ValueError(f"the graph of {self.version} gives no norms")
+        return vectors, norms
+
+    def class_probabilities(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, [N, 1000] ImageNet probabilities)`` of one pass, for a model that tags
+        (what bench/tags.py chooses the tagger's threshold and count from)."""
+        if self.tagger is None:
+            raise ValueError(f"{self.version} does not tag: no ImageNet classifier")
+        vectors, norms = self.embed_with_norms(pixels)
+        return vectors, self.tagger.probabilities(vectors, norms)
 
     def feature_map(self, pixels: np.ndarray) -> np.ndarray:
         """One model input (``uint8 [224, 224, 3]`` from :meth:`decode`) -> its last

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 MAPPING_FILE = PROJECT_ROOT / "es_mappings" / "images.json"
 VECTOR_FIELD = "vector"
 REGIONS_FIELD = "regions"  # nested: {"vector", "box"} per region (imgsearch/regions.py)
+# The fields of the model's tags (imgsearch/tags.py), which indices made before them lack.
+TAG_FIELDS = ("model_tags", "model_synsets", "model_tagger")
 
 
 class ModelVersionMismatch(StoreError):
@@ -199,6 +201,21 @@ class IndexManager:
             return index
         self.check_model_version(model_version, index)
         return index
+
+    @translated
+    def ensure_tag_fields(self, index: str) -> bool:
+        """Add the tag fields to the mapping of ``index`` when it lacks them (an index made
+        before tags existed: its ``dynamic: strict`` mapping would refuse documents that carry
+        them); new fields are all a put-mapping may add, and all this needs. True if added."""
+        mapping = self.es.indices.get_mapping(index=index).body[index]["mappings"]
+        missing = [f for f in TAG_FIELDS if f not in mapping.get("properties", {})]
+        if not missing:
+            return False
+        properties = json.loads(MAPPING_FILE.read_text())["mappings"]["properties"]
+        self.es.indices.put_mapping(index=index,
+                                    properties={f: properties[f] for f in missing})
+        log.info("index %s: added the tag fields %s to its mapping", index, ", ".join(missing))
+        return True
 
     @translated
     def check_model_version(self, model_version: str, index: str | None = None) -> None:

@@ -40,6 +40,8 @@ class ImageModel(Protocol):
     # The Keras network that defines it (an int8 model's fp32 source): what fine-tuning,
     # quantising and the OpenVINO conversion start from.
     model: Any
+    # The base model's ImageNet tagger (imgsearch/tags.py); None for a model that does not tag.
+    tagger: Any
 
     # -- capabilities -----------------------------------------------------------------------
     @property
@@ -62,6 +64,8 @@ class ImageModel(Protocol):
     def embed(self, pixels: np.ndarray) -> np.ndarray: ...
 
     def embed_bytes(self, data: bytes) -> np.ndarray: ...
+
+    def embed_and_tag(self, pixels: np.ndarray) -> tuple[np.ndarray, list[dict] | None]: ...
 
     def warm_up(self) -> None: ...
 

@@ -75,8 +75,10 @@ def make_forward(
     if runtime == "openvino":
         from .ircache import IRCache
 
+        # The key names the graph's outputs: an IR cached before the norms were an output
+        # (keyed by the bare version) is another graph and is never read back as this one.
         ov_model = IRCache(cache_dir).get_or_convert(
-            version, lambda: convert(model, input_size)
+            f"{version}#vectors+norms", lambda: convert(model, input_size)
         )
         return OpenVINOForward(ov_model, precision, name=version, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}")
@@ -186,10 +188,12 @@ def compile_feature_map(model):
     return forward
 
 
-def compile_forward(model, input_size: int):
+def compile_forward(model, input_size: int, *, with_norms: bool = False):
     """``uint8 [N,224,224,3]`` -> unit vectors: preprocessing, the network and L2
     normalisation in one compiled graph over whole batches (per-image ``predict`` is several
-    times slower on a CPU)."""
+    times slower on a CPU). ``with_norms``: ``(vectors, norms)``, the pooled features' L2
+    norms too, which the ImageNet head needs (:mod:`imgsearch.tags`); the vectors are the
+    same ops on the same tensor, bit for bit (tests/imgsearch/test_tags.py)."""
     import tensorflow as tf
 
     preprocess = preprocess_fn()
@@ -199,8 +203,12 @@ def compile_forward(model, input_size: int):
         reduce_retracing=True,
     )
     def forward(pixels):
-        features = model(preprocess(tf.cast(pixels, tf.float32)), training=False)
-        return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1)
+        features = tf.cast(model(preprocess(tf.cast(pixels, tf.float32)), training=False),
+                           tf.float32)
+        vectors = tf.math.l2_normalize(features, axis=1)
+        if not with_norms:
+            return vectors
+        return vectors, tf.norm(features, axis=1)
 
     return forward
 
@@ -232,9 +240,10 @@ def decline_openvino_telemetry() -> None:
 
 
 def convert(model, input_size: int):
-    """The Keras model's whole forward pass (:func:`compile_forward`) as an OpenVINO model:
-    uint8 pixels in, unit vectors out, so both runtimes compute exactly the same function."""
-    return convert_function(compile_forward(model, input_size))
+    """The Keras model's whole forward pass (:func:`compile_forward` with its norms) as an
+    OpenVINO model: uint8 pixels in, unit vectors (output 0) and the pooled features' norms
+    (output 1) out, so both runtimes compute exactly the same function."""
+    return convert_function(compile_forward(model, input_size, with_norms=True))
 
 
 def convert_function(function):
@@ -251,14 +260,19 @@ class TensorFlowForward:
     runtime = "tensorflow"
 
     def __init__(self, model, input_size: int):
-        self._forward = compile_forward(model, input_size)
+        self._forward = compile_forward(model, input_size, with_norms=True)
         self._lock = threading.Lock()
         self.precision = tensorflow_precision()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.with_norms(pixels)[0]
+
+    def with_norms(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(unit vectors, pooled features' norms)`` of one pass."""
         # TF already spreads one batch over every core; concurrent calls would only thrash.
         with self._lock:
-            return self._forward(pixels).numpy()
+            vectors, norms = self._forward(pixels)
+            return vectors.numpy(), norms.numpy()
 
 
 class OpenVINOForward:
@@ -328,31 +342,46 @@ class OpenVINOForward:
             self._batched = compiled, ov.AsyncInferQueue(compiled, streams), streams
         return compiled
 
+    @property
+    def has_norms(self) -> bool:
+        """The graph's second output is the pooled features' norms (:func:`convert`); an
+        IR converted before that, or an int8 model quantised from one, has only vectors."""
+        return len(self._model.outputs) > 1
+
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.with_norms(pixels)[0]
+
+    def with_norms(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(vectors, norms)`` of one pass; norms None when the graph has no such output."""
         with self._lock:
             if len(pixels) == 1:
                 if self._single is None:
                     self.compile("LATENCY")
-                vectors = self._single[1].infer({0: pixels})[0].copy()
+                outputs = self._single[1].infer({0: pixels})
+                vectors = outputs[0].copy()
+                norms = outputs[1].copy() if self.has_norms else None
             else:
                 if self._batched is None:
                     self.compile("THROUGHPUT")
-                vectors = self._run_split(pixels)
+                vectors, norms = self._run_split(pixels)
         if self._normalize:
             # The graph normalises already; an int8 model's last ops do it only to within ~1 %.
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return vectors
+        return vectors, norms
 
-    def _run_split(self, pixels: np.ndarray) -> np.ndarray:
+    def _run_split(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         _, queue, streams = self._batched
-        parts: dict[int, np.ndarray] = {}
+        parts: dict[int, list[np.ndarray]] = {}
+        outputs = 2 if self.has_norms else 1
 
         def collect(request, start):
-            parts[start] = request.get_output_tensor(0).data.copy()
+            parts[start] = [request.get_output_tensor(i).data.copy() for i in range(outputs)]
 
         queue.set_callback(collect)
         step = -(-len(pixels) // streams)
         for start in range(0, len(pixels), step):
             queue.start_async({0: np.ascontiguousarray(pixels[start : start + step])}, start)
         queue.wait_all()
-        return np.concatenate([parts[start] for start in sorted(parts)])
+        ordered = [parts[start] for start in sorted(parts)]
+        vectors = np.concatenate([p[0] for p in ordered])
+        return vectors, np.concatenate([p[1] for p in ordered]) if outputs > 1 else None

@@ -228,6 +228,10 @@ class Settings:
     regions: str = setting("off", env="IMGSEARCH_REGIONS", check=_one_of(REGION_SETTINGS))
     region_index_type: str = setting("bbq_hnsw", env="IMGSEARCH_REGION_INDEX",
                                      check=_one_of(VECTOR_INDEX_TYPES))
+    # "on": the base model tags each image it indexes from its own ImageNet classifier, on the
+    # same forward pass (imgsearch/tags.py); "off" leaves the tag fields out (bench/tags.py
+    # times indexing both ways).
+    tags: str = setting("on", env="IMGSEARCH_TAGS", check=_one_of(("on", "off")))
 
     thumbnail_dir: Path = setting(PROJECT_ROOT / "var" / "thumbnails",
                                   env="IMGSEARCH_THUMBNAIL_DIR", parse=Path)

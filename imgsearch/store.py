@@ -175,16 +175,21 @@ class ImageStore:
     # -- writes ---------------------------------------------------------------------------
 
     @translated
-    def existing_ids(self, ids: Iterable[str], index: str | None = None) -> set[str]:
-        """Which of ``ids`` already have a document (one round trip, no sources)."""
+    def existing_ids(self, ids: Iterable[str], index: str | None = None, *,
+                     tagged_by: str | None = None) -> set[str]:
+        """Which of ``ids`` already have a document (one round trip, no sources); with
+        ``tagged_by``, only those whose tags that tagger made (``model_tagger``), so that a
+        re-run adds tags to documents indexed without them."""
         ids = list(ids)
         if not ids:
             return set()
+        source = ["model_tagger"] if tagged_by else False
         resp = self._retrying(
             "existence check",
-            lambda last: self._once.mget(index=index or self.alias, ids=ids, source=False),
+            lambda last: self._once.mget(index=index or self.alias, ids=ids, source=source),
         )
-        return {d["_id"] for d in resp.body["docs"] if d.get("found")}
+        return {d["_id"] for d in resp.body["docs"] if d.get("found") and (
+            not tagged_by or (d.get("_source") or {}).get("model_tagger") == tagged_by)}
 
     @translated
     def bulk_index(

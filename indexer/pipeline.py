@@ -59,6 +59,7 @@ class Decoded:
     image: DecodedImage
     thumbnail_ref: str
     region_input: np.ndarray | None = None  # the region pass's input, when indexing regions
+    tags: dict | None = None  # the model's tag fields (imgsearch/tags.py), when it tags
 
 
 @dataclass
@@ -201,14 +202,19 @@ def batches(
 
 def embed_batches(
     groups: Iterable[list[Decoded]],
-    embed: Callable[[np.ndarray], np.ndarray],
+    embed: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, list[dict] | None]],
     embed_regions: Callable[[list[np.ndarray]], list[Regions]] | None = None,
 ) -> Iterator[tuple[list[Decoded], np.ndarray, list[Regions] | None]]:
     """Each batch with its global vectors, and its region vectors when ``embed_regions`` is
-    given (the model's ``region_vectors`` in the index's mode)."""
+    given (the model's ``region_vectors`` in the index's mode). ``embed`` may be the model's
+    ``embed_and_tag``: each image's tag fields then ride on its :class:`Decoded`."""
     for group in groups:
         pixels = np.stack([d.image.pixels for d in group])
         vectors = embed(pixels)
+        if isinstance(vectors, tuple):
+            vectors, tags = vectors
+            for d, fields in zip(group, tags or (), strict=False):
+                d.tags = fields
         regions = embed_regions([d.region_input for d in group]) if embed_regions else None
         yield group, vectors, regions
 
@@ -255,6 +261,7 @@ def to_document(
             for v, box in zip(regions.vectors, regions.boxes, strict=True)
         ] if regions is not None else None,
     }
+    doc.update(item.tags or {})
     return {k: v for k, v in doc.items() if v is not None}
 
 

@@ -69,6 +69,9 @@ class Target:
     regions: RegionMode | None
     new_index: bool = False
     replaces: str | None = None
+    # The version of the tagger whose fields every document gets (imgsearch/tags.py); None
+    # when the model does not tag.
+    tagger: str | None = None
 
 
 @dataclass
@@ -87,7 +90,12 @@ def prepare(store: ImageStore, settings: Settings, embedder: ImageModel, *,
         index = store.indices.create_index(embedder.version, settings)
     else:
         replaces, index = None, store.indices.ensure_index(embedder.version, settings)
-    return Target(index, region_mode(store, index, settings, embedder), new_index, replaces)
+    tagger = getattr(embedder.tagger, "version", None)
+    if tagger:
+        # An index made before tags existed: its strict mapping would refuse the tag fields.
+        store.indices.ensure_tag_fields(index)
+    return Target(index, region_mode(store, index, settings, embedder), new_index, replaces,
+                  tagger)
 
 
 def region_mode(store: ImageStore, index: str, settings: Settings,
@@ -229,12 +237,17 @@ def embedded_batches(paths: list[Path], root: Path, target: Target, *, settings:
     earlier) dropped, decoded with their thumbnails (on ``pool``, ``window`` in flight),
     batched and embedded; every file that fails is counted in ``stats`` on the way."""
     read = ordered_map(partial(read_file, root=root), paths, pool, window)
-    fresh = skip_known(read, partial(store.existing_ids, index=target.index), stats)
+    # A document without this model's tags (indexed before tags, or by another tagger) is
+    # embedded again and overwritten: same id, same vector, now with its tags.
+    tagger = target.tagger
+    fresh = skip_known(read, partial(store.existing_ids, index=target.index, tagged_by=tagger),
+                       stats)
     decoder = make_decoder(embedder, ThumbnailStore(settings.thumbnail_dir),
                            settings.thumbnail_size, settings.max_image_pixels, target.regions)
     decoded = ordered_map(decoder, fresh, pool, window)
     return embed_batches(
-        batches(decoded, settings.batch_size, stats), embedder.embed,
+        batches(decoded, settings.batch_size, stats),
+        embedder.embed_and_tag if tagger else embedder.embed,
         partial(embedder.region_vectors, mode=target.regions) if target.regions else None,
     )
 
@@ -315,7 +328,9 @@ def near_duplicates(store: ImageStore, index: str, group: list, vectors: np.ndar
     within = vectors @ vectors.T
     keep: list[int] = []
     for i, item in enumerate(group):
-        twin = list(nearest[i][:1])  # (id, cosine) of the nearest indexed image that close
+        # (id, cosine) of the nearest indexed image that close; the image itself, indexed
+        # before and embedded again to get its tags, is no twin of its own.
+        twin = [hit for hit in nearest[i][:1] if hit[0] != item.candidate.content_hash]
         if to_earlier is not None:
             j = int(np.argmax(to_earlier[:, i]))
             if to_earlier[j, i] >= threshold:

@@ -78,6 +78,8 @@ def test_a_worker_node_removed_mid_job_loses_nothing(ray_cluster, photos, test_s
     store.refresh()
     assert store.count() == len(ids) == 40
     assert store.existing_ids(ids) == ids
+    # The actors' documents carry the same tags as a local run's.
+    assert store.existing_ids(ids, tagged_by=embedder.tagger.version) == ids
     assert report.stats.seen == 40 and report.stats.failed == []
     assert report.stats.indexed + report.stats.already_present == 40
     print(f"worker node removed with {written_before} of 40 photos written; the job went on")
