@@ -330,17 +330,22 @@ def test_scale(dataset, private_cache, tmp_path, capsys):
     assert len(list((private_cache / "bench").glob("exact-300-s0.5-q10-*.npy"))) == 1
 
 
-def test_cluster_on_the_session_node(dataset, private_cache, es_node, capsys):
+def test_cluster_on_the_session_node(dataset, private_cache, es_node):
     """bench-cluster without its first part: ``--es-url`` measures on the session's node, since
     forming a throwaway 3-node cluster, killing one of its nodes and waiting for green again
     takes 30-90 s on this machine (tests/imgsearch/test_localcluster.py forms and breaks one);
     1 vs 3 shards, bytes per vector and the Ray indexer (one worker node, of the benchmark's 1
-    and 2) run end to end."""
-    from bench.cluster import main
-
-    main(["--dataset", str(dataset), "--vectors", "300", "--queries", "10", "--candidates",
-          "50", "--es-url", es_node.url, "--ray-workers", "1"])
-    out = json.loads(capsys.readouterr().out)
+    and 2) run end to end. In a process of its own: a Ray cluster started and shut down in the
+    suite's process made the next one (tests/indexer/test_distributed.py) end the whole run
+    with status 1 and nothing said."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--dataset", str(dataset), "--vectors", "300",
+         "--queries", "10", "--candidates", "50", "--es-url", es_node.url,
+         "--ray-workers", "1"],
+        cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
     assert out["vectors"] == 300 and "recovery" not in out and "formation_s" not in out
     assert [(r["shards"], r["num_candidates"]) for r in out["shards"]] == [(1, 50), (3, 50)]
     assert all(0.5 <= r["recall@10"] <= 1 and r["p50_ms"] > 0 for r in out["shards"])
