@@ -63,12 +63,13 @@ def create_app(
     # Near-duplicate groups, computed once per index, document count and threshold.
     app.extensions["imgsearch.duplicates"] = DuplicateFinder(store, settings.duplicate_threshold)
 
-    from . import api, duplicates, errors, pages
+    from . import api, duplicates, errors, limits, pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(duplicates.bp)
     errors.register(app)
+    limits.register(app)
     app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)
     app.after_request(_model_version_header)
