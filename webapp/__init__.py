@@ -69,7 +69,7 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(duplicates.bp)
     errors.register(app)
-    limits.register(app)
+    limits.register(app, settings)
     app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)
     app.after_request(_model_version_header)

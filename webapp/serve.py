@@ -34,8 +34,11 @@ PROJECT = HERE.parent
 # WEBAPP_HEADER_TIMEOUT.
 BODY_GAP_S = 30
 HEADER_S = 10
-# Connections one address may hold at once.
+# Connections one address may hold at once (WEBAPP_CONN_PER_ADDRESS).
 CONN_PER_ADDRESS = 64
+# gunicorn's workers and threads (WEBAPP_WORKERS, WEBAPP_THREADS; the same defaults as
+# webapp/gunicorn.conf.py, which a gunicorn run without this launcher reads).
+WORKERS, THREADS = 2, 16
 # Room beyond the upload limit for the multipart framing and the other form fields.
 FORM_SLACK_BYTES = 1024 * 1024
 
@@ -48,16 +51,17 @@ def nginx_listen(bind: str) -> str:
     return f"{host}:{port}"
 
 
-def _seconds(name: str, default: int) -> int:
+def _whole(name: str, default: int) -> int:
+    """The whole number (seconds or a count, at least 1) in variable ``name``."""
     raw = os.environ.get(name, "")
     if not raw:
         return default
     if not raw.isdigit() or int(raw) < 1:
-        raise SystemExit(f"{name} must be a whole number of seconds (at least 1), not {raw!r}")
+        raise SystemExit(f"{name} must be a whole number, at least 1, not {raw!r}")
     return int(raw)
 
 
-def render(bind: str, socket: Path, run: Path, max_upload: int) -> str:
+def render(bind: str, socket: Path, run: Path, max_upload: int, max_conns: int) -> str:
     """webapp/nginx.conf with its {{NAME}}s filled in."""
     user = ""
     if os.geteuid() == 0:
@@ -66,9 +70,9 @@ def render(bind: str, socket: Path, run: Path, max_upload: int) -> str:
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
     values = {
         "USER": user, "RUN": str(run), "SOCKET": str(socket), "LISTEN": nginx_listen(bind),
-        "BODY_GAP": str(_seconds("WEBAPP_BODY_TIMEOUT", BODY_GAP_S)),
-        "HEADER_TIMEOUT": str(_seconds("WEBAPP_HEADER_TIMEOUT", HEADER_S)),
-        "CONN_PER_ADDRESS": str(CONN_PER_ADDRESS),
+        "BODY_GAP": str(_whole("WEBAPP_BODY_TIMEOUT", BODY_GAP_S)), "MAX_CONNS": str(max_conns),
+        "HEADER_TIMEOUT": str(_whole("WEBAPP_HEADER_TIMEOUT", HEADER_S)),
+        "CONN_PER_ADDRESS": str(_whole("WEBAPP_CONN_PER_ADDRESS", CONN_PER_ADDRESS)),
         "MAX_BODY": str(max_upload + FORM_SLACK_BYTES), "MAX_UPLOAD": str(max_upload),
         "MAX_UPLOAD_HUMAN": human_size(max_upload),
     }
@@ -94,8 +98,13 @@ def main() -> int:
     run = Path(tempfile.mkdtemp(prefix="imgsearch-serve-"))
     socket = run / "gunicorn.sock"
     conf = run / "nginx.conf"
-    conf.write_text(render(bind, socket, run, settings.max_upload_bytes))
-    env = dict(os.environ, WEBAPP_BIND=f"unix:{socket}", WEBAPP_BEHIND_PROXY="1")
+    workers = _whole("WEBAPP_WORKERS", WORKERS)
+    threads = _whole("WEBAPP_THREADS", THREADS)
+    conf.write_text(render(bind, socket, run, settings.max_upload_bytes, workers * threads))
+    # The workers share their rate-limit buckets through a file in the run directory.
+    env = dict(os.environ, WEBAPP_BIND=f"unix:{socket}", WEBAPP_BEHIND_PROXY="1",
+               WEBAPP_STATE_DIR=str(run), WEBAPP_WORKERS=str(workers),
+               WEBAPP_THREADS=str(threads))
     env.setdefault("PYTHONPATH", str(PROJECT))
     children = [
         subprocess.Popen([sys.executable, "-m", "gunicorn", "--config",
