@@ -158,11 +158,17 @@ def test_a_body_that_stops_is_cut_off(server):
     (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(40), 400, "bad_request"),
     (b"POST /api/search HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n",
      413, "upload_too_large"),
-], ids=["request-line", "header", "garbage", "content-length", "tls-hello", "huge-body"])
+    (b"TRACE /api/search HTTP/1.1\r\nHost: t\r\n\r\n", 405, "method_not_allowed"),
+    (b"GET /.refused/400 HTTP/1.1\r\nHost: t\r\n\r\n", 404, "not_found"),
+], ids=["request-line", "header", "garbage", "content-length", "tls-hello", "huge-body",
+        "trace", "nginx-internal"])
 def test_refusals_before_the_app_are_json(server, request_bytes, status, code):
-    got, error = _status_and_error(_raw(server, request_bytes))
+    answer = _raw(server, request_bytes)
+    got, error = _status_and_error(answer)
     assert (got, error["code"]) == (status, code)
     assert error["message"]
+    if status == 405:  # what the address does take, as the app's own 405s say
+        assert b"\r\nAllow: OPTIONS, POST\r\n" in answer
 
 
 def test_long_lists_fit_in_a_post_body(server, clothing_index):
