@@ -35,8 +35,10 @@ limit_request_fields = 100
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("WEBAPP_LOG_LEVEL", "info")
-# Keeps the access log short: method, path, status, size, milliseconds.
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# Keeps the access log short: client, method, path, status, size, milliseconds. Behind nginx
+# (webapp/serve.py) the client is the address nginx saw, not the Unix socket's empty one.
+access_log_format = ('%({x-real-ip}i)s' if "WEBAPP_BEHIND_PROXY" in os.environ else '%(h)s') \
+    + ' "%(r)s" %(s)s %(b)s %(M)sms'
 
 # The workers' shared rate-limit buckets (webapp/limits.py): one directory per server, made
 # here in the master before the workers fork, unless webapp/serve.py gave its run directory.

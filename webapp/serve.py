@@ -7,11 +7,13 @@ line 414, headers 431, a body too large 413, too slow 408) in the product's JSON
 the comment at the top of webapp/nginx.conf, and docs/RELIABILITY.md.
 
 Both run as children of this process: SIGTERM or SIGINT stops both gracefully, and when
-either one exits the other is stopped too (exit status 1), so nothing is left behind.
+either one exits the other is stopped too (exit status 1), nginx's workers included, so
+nothing is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -110,8 +112,10 @@ def main() -> int:
         subprocess.Popen([sys.executable, "-m", "gunicorn", "--config",
                           str(HERE / "gunicorn.conf.py"), "webapp:create_app()"],
                          cwd=PROJECT, env=env),
+        # A process group of its own: its workers outlive a master that is killed, and are
+        # ended with the group below.
         subprocess.Popen([nginx, "-p", str(run), "-c", str(conf), "-e", "stderr",
-                          "-g", "daemon off;"], cwd=run),
+                          "-g", "daemon off;"], cwd=run, start_new_session=True),
     ]
     # Graceful stops: gunicorn finishes its requests on SIGTERM, nginx on SIGQUIT.
     stops = (signal.SIGTERM, signal.SIGQUIT)
@@ -140,6 +144,8 @@ def main() -> int:
                 child.kill()
                 child.wait()
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(children[1].pid, signal.SIGKILL)
         shutil.rmtree(run, ignore_errors=True)
     # Stopped by a signal: a clean exit; a child that died by itself: a failure.
     return 0 if stopping and stopping[0] is not None else 1
