@@ -44,6 +44,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     IMGSEARCH_MODEL_STORE=/data/models \
     WEBAPP_BIND=0.0.0.0:8000
 
+# nginx in front of gunicorn (webapp/serve.py starts both, as `make serve` does): it reads
+# every request in full before gunicorn sees it, so slow clients hold no worker thread.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx-light \
+    && rm -rf /var/lib/apt/lists/*
+
 # The app's user, and the thumbnail and model stores it writes (a named volume mounted on
 # /data/thumbnails or /data/models starts out with this directory's owner).
 RUN groupadd --system --gid 10001 imgsearch \
@@ -69,4 +75,4 @@ USER imgsearch
 EXPOSE 8000
 
 # The web app; the indexer service runs `python -m indexer` instead.
-CMD ["gunicorn", "--config", "webapp/gunicorn.conf.py", "webapp:create_app()"]
+CMD ["python", "-m", "webapp.serve"]

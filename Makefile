@@ -28,7 +28,7 @@ help:
 	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
 	@echo "make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]   int8 model (OpenVINO)"
 	@echo "make search IMAGE=<file>        nearest indexed images"
-	@echo "make serve                      web app on http://127.0.0.1:8000 (gunicorn)"
+	@echo "make serve                      web app on http://127.0.0.1:8000 (nginx + gunicorn)"
 	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
@@ -80,10 +80,11 @@ search: venv
 	@test -n "$(IMAGE)" || (echo "usage: make search IMAGE=<file>"; exit 2)
 	$(PY) -m indexer search "$(IMAGE)" -k 10
 
-# Loopback only (webapp/gunicorn.conf.py binds 127.0.0.1), so reads are public by default;
-# IMGSEARCH_PUBLIC_READ=0 make serve requires keys (README, "Keys").
+# nginx in front of gunicorn (webapp/serve.py; README.md, "Limits"): both start and stop here.
+# Loopback only (127.0.0.1), so reads are public by default; IMGSEARCH_PUBLIC_READ=0 make serve
+# requires keys (README, "Keys").
 serve: venv
-	IMGSEARCH_PUBLIC_READ=$${IMGSEARCH_PUBLIC_READ:-1} $(VENV)/bin/gunicorn --config webapp/gunicorn.conf.py "webapp:create_app()"
+	IMGSEARCH_PUBLIC_READ=$${IMGSEARCH_PUBLIC_READ:-1} $(PY) -m webapp.serve
 
 demo: setup es-up
 	@test -n "$(IMAGES)" || (echo "usage: make demo IMAGES=<dir> [METADATA=<file>]"; exit 2)

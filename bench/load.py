@@ -12,6 +12,12 @@ ES_URL, ES_INDEX) runs alongside, to show that searches keep working while the i
 if it has not finished when the load ends it is stopped with SIGTERM (handled like Ctrl-C:
 summary, exit 1; a re-run finishes it). Not SIGINT: a shell's background jobs ignore it.
 
+With ``--rate R`` the load is open-loop instead: R uploads a second arrive on a fixed
+schedule whatever the server does (each on a connection of its own, at most ``--clients``
+outstanding; one that cannot start on time waits client-side, and its latency counts from its
+scheduled arrival), the way overload really arrives. Then it also reports the latency of the
+admitted requests (200) alone and the share refused at once (429/503, with Retry-After).
+
 Reports requests, status counts, 5xx, client-side p50/p95/p99, healthz failures and the
 resident memory (VmRSS) of the gunicorn workers at start and end (``--pids``, else the
 processes ``pgrep -f 'gunicorn.*webapp'`` finds). It stops by itself after ``--seconds``.
@@ -31,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -83,6 +90,10 @@ class Load:
         self.errors: Counter = Counter()
         self.health: Counter = Counter()
         self.health_failures: list[str] = []
+        self.by_status: dict[int, list[float]] = {}
+        self.retry_after = 0
+        self.retry_503 = 0
+        self.codes: Counter = Counter()
 
     def client(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -107,6 +118,48 @@ class Load:
                 self.statuses[status] += 1
                 self.latencies.append(elapsed)
         conn.close()
+
+    def arrival(self, scheduled: float, path: Path) -> None:
+        """One open-loop upload, timed from when it was due (``--rate``)."""
+        body, ctype = multipart(path.read_bytes(), path.name, {"k": str(self.k)})
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        try:
+            conn.request("POST", "/api/search", body, {"Content-Type": ctype})
+            response = conn.getresponse()
+            data = response.read()
+            status, retry_after = response.status, response.getheader("Retry-After")
+            if status != 200:
+                try:
+                    code = json.loads(data)["error"]["code"]
+                except (ValueError, KeyError, TypeError):
+                    code = "not JSON"
+                with self.lock:
+                    self.codes[f"{status} {code}"] += 1
+        except (OSError, http.client.HTTPException) as exc:
+            with self.lock:
+                self.errors[type(exc).__name__] += 1
+            return
+        finally:
+            conn.close()
+        elapsed = time.perf_counter() - scheduled
+        with self.lock:
+            self.statuses[status] += 1
+            self.latencies.append(elapsed)
+            self.by_status.setdefault(status, []).append(elapsed)
+            if status in (429, 503) and retry_after is not None:
+                self.retry_after += 1
+                self.retry_503 += status == 503
+
+    def open_loop(self, rate: float, outstanding: int, seed: int = 0) -> None:
+        rng = random.Random(seed)
+        with ThreadPoolExecutor(max_workers=outstanding) as pool:
+            start = time.perf_counter()
+            n = 0
+            while time.monotonic() < self.deadline:
+                due = start + n / rate
+                time.sleep(max(0.0, due - time.perf_counter()))
+                pool.submit(self.arrival, due, rng.choice(self.images))
+                n += 1
 
     def poll_health(self) -> None:
         while time.monotonic() < self.deadline:
@@ -143,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", type=Path, help="folder of photos to upload (recursive)")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (8)")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="concurrent clients (8); with --rate, the most outstanding")
+    parser.add_argument("--rate", type=float,
+                        help="open-loop: uploads arriving per second, whatever the server does")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration (60)")
     parser.add_argument("-k", type=int, default=10, help="results per search (10)")
     parser.add_argument("--pids", type=int, nargs="*", help="gunicorn worker pids to watch")
@@ -174,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     load = Load(args.url, images, started + args.seconds, args.k)
-    threads = [threading.Thread(target=load.client, args=(i,)) for i in range(args.clients)]
+    if args.rate:
+        threads = [threading.Thread(target=load.open_loop, args=(args.rate, args.clients))]
+    else:
+        threads = [threading.Thread(target=load.client, args=(i,)) for i in range(args.clients)]
     threads.append(threading.Thread(target=load.poll_health))
     for t in threads:
         t.start()
@@ -208,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": {
             f"p{p}": round(percentile(lat, p) * 1000, 1) for p in (50, 95, 99)
         } | {"max": round(max(lat) * 1000, 1)} if lat else {},
+        **({"rate": args.rate, "admitted_latency_ms": _percentiles(load.by_status.get(200, [])),
+            "refused_share": round(sum(load.statuses[s] for s in (429, 503))
+                                   / max(1, sum(load.statuses.values())), 3),
+            "refusals_with_retry_after": load.retry_after,
+            "refusals": dict(load.codes),
+            "refused_latency_ms": _percentiles(load.by_status.get(503, [])
+                                               + load.by_status.get(429, []))}
+           if args.rate else {}),
         "healthz": {"polls": sum(load.health.values()),
                     "failures": sum(n for s, n in load.health.items() if s != 200),
                     "first_failures": load.health_failures[:3]},
@@ -222,8 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:>20}: {value}")
-    healthy = summary["5xx"] == 0 and not load.errors and summary["healthz"]["failures"] == 0
+    # Under --rate, a 503 with Retry-After is a refusal by design, not a failure.
+    server_errors = summary["5xx"] - load.retry_503
+    healthy = server_errors == 0 and not load.errors and summary["healthz"]["failures"] == 0
     return 0 if healthy and lat else 1
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    return {f"p{p}": round(percentile(values, p) * 1000, 1) for p in (50, 95, 99)} | {
+        "max": round(max(values) * 1000, 1), "n": len(values)}
 
 
 def _mib(kib: int | None) -> float | None:

@@ -273,6 +273,21 @@ class Settings:
     url_fetch_slots: int = setting(2, env="IMGSEARCH_URL_FETCH_SLOTS", parse=_integer,
                                    check=_AT_LEAST_1)
 
+    # Per-client rate limit of the web app (imgsearch/ratelimit.py; by API key when a request
+    # has one, else by address), shared by every worker: requests a second on average and at
+    # once (0: no limit). A person's page makes a few a second (thumbnails and static files
+    # are not counted); 10 a second is 20 % of what 2 cores can search (51 a second measured,
+    # docs/BENCHMARKS.md), so five clients at the limit still leave room for everyone else.
+    rate_limit: float = setting(10.0, env="IMGSEARCH_RATE_LIMIT", parse=_number,
+                                check=_NOT_NEGATIVE)
+    rate_burst: int = setting(20, env="IMGSEARCH_RATE_BURST", parse=_integer, check=_AT_LEAST_1)
+    # Admission control (imgsearch/admission.py): an inference request that would wait longer
+    # than this for its worker's model is refused at once (503, Retry-After) instead of
+    # queueing. 1 s: a search answers within about a second or is told at once to come back.
+    admission_max_wait: float = setting(
+        1.0, env="IMGSEARCH_ADMISSION_MAX_WAIT", parse=_number,
+        check=_rule(lambda v: v > 0, "must be more than 0 seconds"))
+
     # Two images are near-duplicates when their vectors' cosine is at least this. Measured on
     # 1,080 copies of 120 clothing photos among the 372 (docs/BENCHMARKS.md, "Near-duplicate
     # groups"): at 0.94 no pair of distinct photos is grouped (pair precision 1.000) and every

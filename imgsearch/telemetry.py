@@ -31,7 +31,7 @@ ES_ERRORS = Counter(
     "imgsearch_elasticsearch_errors_total",
     "Requests that failed on Elasticsearch: unavailable (no answer) or refused (an error)",
     ["kind"])
-# Hooks for the limits (the other parts of the same issue increment them).
+# Refusals of the limits: webapp/limits.py counts them (note_refusal).
 ADMISSION_REFUSALS = Counter(
     "imgsearch_admission_refusals_total",
     "Inference requests refused at once because the queue would make them wait too long")

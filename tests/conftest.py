@@ -25,6 +25,10 @@ DATASET_HINT = (
 )
 
 
+# Tests make requests far faster than a person: no per-client rate limit in their apps and
+# servers (which inherit this), unless a test sets one (tests/reliability/test_rate_limits.py).
+os.environ.setdefault("IMGSEARCH_RATE_LIMIT", "0")
+
 # The short fine-tune of the tests: this many photos per label of each split (train and
 # validation) of the clothing set.
 TUNED_PER_LABEL = 12

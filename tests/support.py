@@ -85,3 +85,29 @@ def gunicorn_server(settings: Settings, log: Path, **env: str) -> Iterator[
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def served(settings: Settings, log: Path, **env: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """The server as ``make serve`` runs it (``python -m webapp.serve``: nginx in front of
+    gunicorn) on ``settings``' node, alias and thumbnails, on a free port of 127.0.0.1, once
+    ``/healthz`` answers 200: ``(process, port)``. ``env`` adds to its environment; its output
+    (both servers') goes to ``log``. Stopped with SIGTERM afterwards, which stops both."""
+    port = free_port()
+    environment = dict(
+        os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
+        IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
+        **env,
+    )
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "webapp.serve"], cwd=PROJECT,
+                                env=environment, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(port, time.monotonic() + 240)
+            yield proc, port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()

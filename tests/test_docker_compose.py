@@ -520,9 +520,11 @@ def test_final_stage_has_the_code_runs_as_a_user_and_serves_with_gunicorn(stages
     users = [args for keyword, args in final if keyword == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0")
     starts = [json.loads(args) for keyword, args in final if keyword in ("CMD", "ENTRYPOINT")]
-    assert starts[-1] == ["gunicorn", "--config", "webapp/gunicorn.conf.py",
-                          "webapp:create_app()"]
+    # As `make serve`: nginx in front of gunicorn (webapp/serve.py), nginx in the image.
+    assert starts[-1] == ["python", "-m", "webapp.serve"]
     assert (ROOT / "webapp" / "gunicorn.conf.py").is_file()
+    runs = " ".join(args for keyword, args in final if keyword == "RUN")
+    assert "install -y --no-install-recommends nginx-light" in runs
 
 
 def test_dockerignore_keeps_local_state_and_secrets_out():

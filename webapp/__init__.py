@@ -65,7 +65,7 @@ def create_app(
 
     from imgsearch.keys import KeyStore
 
-    from . import api, auth, duplicates, errors, metrics, pages
+    from . import api, auth, duplicates, errors, limits, metrics, pages
 
     # Keys (and the session secret) in the same cluster as the images: imgsearch/keys.py.
     auth.register(app, KeyStore(store.es, settings.api_keys_index))
@@ -74,6 +74,7 @@ def create_app(
     app.register_blueprint(duplicates.bp)
     metrics.register(app)
     errors.register(app)
+    limits.register(app, settings)
     app.before_request(_refuse_cross_site_posts)
     app.after_request(_security_headers)
     app.after_request(_model_version_header)

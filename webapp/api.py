@@ -112,10 +112,12 @@ def image(doc_id: str):
     return jsonify({"model_version": service().model.version, **doc_json(doc_id, source)})
 
 
-@bp.get("/api/images/<doc_id>/similar")
+@bp.route("/api/images/<doc_id>/similar", methods=["GET", "POST"])
 def similar(doc_id: str):
-    """"More like this": neighbours by the stored vector, the image itself left out."""
-    options = query_options(request.args)
+    """"More like this": neighbours by the stored vector, the image itself left out. ``POST``
+    takes the same parameters as form fields: the documented lists at their longest (100
+    filter values of 512 characters, 100 ``like`` ids) do not fit an 8 KB request line."""
+    options = query_options(request.values if request.method == "POST" else request.args)
     result = service().similar(check_id(doc_id), **options)
     if result is None:
         raise _unknown(doc_id)

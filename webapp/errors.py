@@ -83,6 +83,15 @@ def _on_http(exc: HTTPException):
         message = "There is nothing at this address."
     elif status == 405:
         message = f"{request.method} is not allowed here."
+    elif status == 413 and _form_limit_hit():
+        parts, size = (current_app.config[n] for n in ("MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE"))
+        message = (
+            f"The form is too large: at most {parts} fields and files, and "
+            f"{human_size(size)} of fields other than the file (a multipart field, or an "
+            "urlencoded body in all). The documented limits of every list fit in that."
+        )
+        return respond(Problem(413, "form_too_large", message, max_form_parts=parts,
+                               max_form_memory_bytes=size))
     elif status == 413:
         limit = current_app.config["MAX_CONTENT_LENGTH"]
         message = (
@@ -98,6 +107,14 @@ def _on_http(exc: HTTPException):
     if status == 405 and exc.valid_methods:
         return (*response, {"Allow": ", ".join(exc.valid_methods)})
     return response
+
+
+def _form_limit_hit() -> bool:
+    """Werkzeug's 413 comes from the body's size (MAX_CONTENT_LENGTH), or, for a body within
+    it, from the form's part count or field memory (MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE):
+    only the first is an image too large."""
+    length = request.content_length
+    return length is not None and length <= current_app.config["MAX_CONTENT_LENGTH"]
 
 
 def _on_conflict(exc: Conflict):
@@ -136,6 +153,9 @@ def _on_busy(exc: Busy):
     # Not an error of the server: a bound on its work (imgsearch/limits.py) that says when to
     # come back, so clients and proxies retry instead of queueing.
     current_app.logger.info("refused (%s): %s", exc.code, exc)
+    from imgsearch.telemetry import ADMISSION_REFUSALS
+
+    ADMISSION_REFUSALS.inc()  # a decode or fetch slot not free in time: work refused at once
     body, status = respond(Problem(503, exc.code, str(exc), retry_after=exc.retry_after))
     return body, status, {"Retry-After": str(exc.retry_after)}
 

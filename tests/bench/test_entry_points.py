@@ -466,3 +466,17 @@ def test_load_script_with_an_indexer_alongside(served, test_split, datasets_dir,
     else:  # stopped with SIGTERM at the end of the load, as load.py documents
         assert indexer["exit_code"] != 0
 
+
+
+def test_load_script_open_loop(served, test_split):
+    """bench/load.py --rate: uploads arrive on a schedule (5 a second for 3 s, well within one
+    worker's capacity), so all are admitted and none refused."""
+    url, _, workers = served
+    done = run_script(["bench/load.py", str(test_split), "--url", url, "--rate", "5",
+                       "--clients", "10", "--seconds", "3", "--pids", *workers, "--json"])
+    summary = json.loads(done.stdout)
+    assert summary["rate"] == 5 and 12 <= summary["requests"] <= 16
+    assert summary["statuses"] == {"200": summary["requests"]}
+    assert summary["refused_share"] == 0 and summary["refusals"] == {}
+    admitted = summary["admitted_latency_ms"]
+    assert admitted["n"] == summary["requests"] and 0 < admitted["p50"] <= admitted["p95"]

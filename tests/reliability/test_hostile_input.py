@@ -502,12 +502,13 @@ def test_costly_gets_from_other_sites_are_refused(client, jpeg):
 
 
 def test_no_endpoint_writes(app):
-    """The app has no write endpoint: every route is GET/HEAD/OPTIONS except the two that
-    take a query photo and only read: the search upload and the explanation of a match
-    against an uploaded photo."""
+    """The app has no write endpoint: every route is GET/HEAD/OPTIONS except those that
+    take a query in a body and only read: the search upload, the explanation of a match
+    against an uploaded photo, and "more like this" with lists too long for a query string."""
     writes = {
         (rule.rule, m) for rule in app.url_map.iter_rules()
         for m in rule.methods - {"GET", "HEAD", "OPTIONS"}
     }
-    assert writes == {("/api/search", "POST"), ("/api/images/<doc_id>/explain", "POST")}
+    assert writes == {("/api/search", "POST"), ("/api/images/<doc_id>/explain", "POST"),
+                      ("/api/images/<doc_id>/similar", "POST")}
 

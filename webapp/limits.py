@@ -1,0 +1,173 @@
+"""What one request may ask of the app: how often (per-client rate limits), how much waiting
+for the model (admission control), and the size and shape of its form.
+
+Rate limits (imgsearch/ratelimit.py, IMGSEARCH_RATE_LIMIT / IMGSEARCH_RATE_BURST): one bucket
+per client, shared by every worker of the server through a file in WEBAPP_STATE_DIR (the run
+directory of ``python -m webapp.serve``, else one made per app). The client is the digest of
+the request's bearer token when it has one (API keys), else its address: behind nginx (
+WEBAPP_BEHIND_PROXY, set by webapp/serve.py) the X-Real-IP nginx sets, which nobody else can
+since only nginx reaches gunicorn's socket. Thumbnails, static files and /healthz are not
+counted: a page of results loads dozens at once, and monitoring must always get through.
+Beyond the limit: 429 ``rate_limited`` with Retry-After, before anything else is done.
+
+Admission (imgsearch/admission.py, IMGSEARCH_ADMISSION_MAX_WAIT): the endpoints that run the
+model (search, explain) are refused at once, 503 ``overloaded`` with Retry-After, when this
+worker's queue for the model would make them wait longer than the bound.
+
+The form limits: fields (not files) in memory and parts. The documented lists at their longest
+(4 filter fields x 100 values x 512 characters, percent-encoded up to 3 bytes a character:
+600 KB; 200 like/unlike ids: 13 KB) fit; Werkzeug's 500 KB default did not. Werkzeug applies
+neither limit to an urlencoded body (it parses the whole body at once, up to the 20 MB upload
+limit: 20 MB of ``a&`` is 10 million fields), so the app checks such a body's length and field
+count itself before anything parses it. Beyond either limit: 413 ``form_too_large``
+(webapp/errors.py).
+
+A multipart part without a name (``Content-Disposition: form-data`` and nothing more) becomes
+a field or file named None, which every view's parameter check tripped over (a 500 on both
+upload endpoints that Schemathesis found): 400 ``invalid_form`` instead, before any view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from flask import Flask, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from imgsearch.admission import Admission
+from imgsearch.ratelimit import RateLimiter
+from imgsearch.settings import Settings
+
+from .errors import Problem, respond
+
+FORM_MEMORY_BYTES = 2 * 1024 * 1024
+FORM_PARTS = 1000
+# Endpoints that run the model: what admission control guards.
+INFERENCE_ENDPOINTS = frozenset({"api.search", "api.explain"})
+UNCOUNTED_PREFIXES = ("/static/", "/thumbnails/")
+UNCOUNTED_PATHS = frozenset({"/healthz"})
+
+
+class RetryLater(Problem):
+    """A refusal that says, in Retry-After, when to come back."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float):
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(status, code, message, retry_after=self.retry_after)
+
+
+def note_refusal(kind: str) -> None:
+    """One refusal of ``kind`` ("rate_limit" or "admission"), counted in the metrics
+    (imgsearch_rate_limit_refusals_total, imgsearch_admission_refusals_total). Refusals the
+    proxy makes itself (its request cap, its connections per address) never reach the app and
+    are not counted here."""
+    from imgsearch.telemetry import ADMISSION_REFUSALS, RATE_LIMIT_REFUSALS
+
+    (RATE_LIMIT_REFUSALS if kind == "rate_limit" else ADMISSION_REFUSALS).inc()
+
+
+def client_id() -> str:
+    """Whom a request's rate limit is counted against: its bearer token's digest (never the
+    token itself), else its address."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:32]
+    address = None
+    if os.environ.get("WEBAPP_BEHIND_PROXY") == "1":
+        address = request.headers.get("X-Real-IP")
+    return "address:" + (address or request.remote_addr or "unknown")
+
+
+def _limit_rate():
+    limiter: RateLimiter | None = current_app.extensions["imgsearch.rate_limiter"]
+    path = request.path
+    if limiter is None or path in UNCOUNTED_PATHS or path.startswith(UNCOUNTED_PREFIXES):
+        return None
+    verdict = limiter.check(client_id())
+    if verdict.allowed:
+        return None
+    note_refusal("rate_limit")
+    raise RetryLater(
+        429, "rate_limited",
+        f"Too many requests: at most {limiter.rate:g} a second on average and {limiter.burst} "
+        "at once from one client (its API key, else its address). Try again after the "
+        "seconds in Retry-After.", verdict.retry_after)
+
+
+def _admit():
+    if request.endpoint not in INFERENCE_ENDPOINTS:
+        return None
+    admission: Admission = current_app.extensions["imgsearch.admission"]
+    ticket = admission.enter()
+    if isinstance(ticket, float):
+        note_refusal("admission")
+        raise RetryLater(
+            503, "overloaded",
+            f"The server is busy: this search would wait about {ticket:.1f} s for the model, "
+            f"more than the {admission.max_wait_s:g} s it allows. Try again after the "
+            "seconds in Retry-After.", ticket)
+    g.admission_ticket = ticket
+    return None
+
+
+def _release(exc=None):
+    ticket = g.pop("admission_ticket", None)
+    if ticket is not None:
+        current_app.extensions["imgsearch.admission"].leave(ticket)
+
+
+def _on_retry_later(exc: RetryLater):
+    body, status = respond(exc)
+    return body, status, {"Retry-After": str(exc.retry_after)}
+
+
+def _bound_urlencoded_form():
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return None
+    length = request.content_length
+    if length is not None and length > FORM_MEMORY_BYTES:
+        raise RequestEntityTooLarge()
+    # Read (and kept for the form parser) only once the length is known to be bounded; a
+    # body without a length (chunked, straight to gunicorn) is bounded by the upload limit.
+    data = request.get_data(cache=True)
+    if len(data) > FORM_MEMORY_BYTES or data.count(b"&") + data.count(b";") >= FORM_PARTS:
+        raise RequestEntityTooLarge()
+    return None
+
+
+def _refuse_nameless_parts():
+    if request.mimetype != "multipart/form-data":
+        return None
+    if any(not isinstance(name, str) for name in (*request.form.keys(), *request.files.keys())):
+        raise Problem(400, "invalid_form",
+                      "A part of the multipart body has no name: each needs "
+                      "'Content-Disposition: form-data; name=\"...\"'.")
+    return None
+
+
+def _state_dir() -> Path:
+    """Where the workers of one server share their buckets: the server's run directory, set
+    by webapp/serve.py or gunicorn.conf.py before the workers fork; else one of this app's."""
+    shared = os.environ.get("WEBAPP_STATE_DIR")
+    return Path(shared) if shared else Path(tempfile.mkdtemp(prefix="imgsearch-limits-"))
+
+
+def register(app: Flask, settings: Settings) -> None:
+    app.config["MAX_FORM_MEMORY_SIZE"] = FORM_MEMORY_BYTES
+    app.config["MAX_FORM_PARTS"] = FORM_PARTS
+    app.extensions["imgsearch.rate_limiter"] = RateLimiter(
+        _state_dir() / "rate-limits.sqlite", settings.rate_limit, settings.rate_burst,
+    ) if settings.rate_limit > 0 else None
+    app.extensions["imgsearch.admission"] = Admission(settings.admission_max_wait)
+    app.register_error_handler(RetryLater, _on_retry_later)
+    # In this order: the cheapest refusal first, the form's before anything parses it, and a
+    # place in the model's queue last, once nothing else will refuse the request.
+    app.before_request(_limit_rate)
+    app.before_request(_bound_urlencoded_form)
+    app.before_request(_refuse_nameless_parts)
+    app.before_request(_admit)
+    app.teardown_request(_release)
