@@ -56,6 +56,18 @@ def wait_healthy(port: int, deadline: float) -> None:
     raise AssertionError("gunicorn did not become healthy in time")
 
 
+def server_environment(settings: Settings, port: int, env: dict[str, str]) -> dict[str, str]:
+    """A server's environment for ``settings``: its node, alias, thumbnails, keys index and
+    whether reads are public, bound to ``port`` of 127.0.0.1; ``env`` wins."""
+    return dict(
+        os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
+        IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
+        IMGSEARCH_PUBLIC_READ="1" if settings.public_read else "0",
+        IMGSEARCH_KEYS_INDEX=settings.api_keys_index,
+        **env,
+    )
+
+
 @contextmanager
 def gunicorn_server(settings: Settings, log: Path, **env: str) -> Iterator[
         tuple[subprocess.Popen, int]]:
@@ -64,12 +76,7 @@ def gunicorn_server(settings: Settings, log: Path, **env: str) -> Iterator[
     ``(process, port)``. ``env`` adds to its environment (``WEBAPP_WORKERS="2"``, ...); its
     output goes to ``log``. Stopped with SIGTERM afterwards."""
     port = free_port()
-    environment = dict(
-        os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
-        IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
-        IMGSEARCH_PUBLIC_READ="1" if settings.public_read else "0",
-        **env,
-    )
+    environment = server_environment(settings, port, env)
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "webapp/gunicorn.conf.py",
@@ -94,11 +101,7 @@ def served(settings: Settings, log: Path, **env: str) -> Iterator[tuple[subproce
     ``/healthz`` answers 200: ``(process, port)``. ``env`` adds to its environment; its output
     (both servers') goes to ``log``. Stopped with SIGTERM afterwards, which stops both."""
     port = free_port()
-    environment = dict(
-        os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
-        IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
-        **env,
-    )
+    environment = server_environment(settings, port, env)
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "webapp.serve"], cwd=PROJECT,
                                 env=environment, stdout=out, stderr=subprocess.STDOUT)

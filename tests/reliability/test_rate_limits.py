@@ -9,6 +9,7 @@ import http.client
 import json
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -17,6 +18,22 @@ from tests.support import served
 
 RATE, BURST = 2, 6
 MAX_WAIT_S = 0.3
+
+
+@pytest.fixture(scope="module")
+def read_key(settings):
+    """Headers with a new real ``read`` key of the session's keys index: only a verified key
+    is a client of its own (made-up tokens count as their address)."""
+    from imgsearch.esclient import connect
+    from imgsearch.keys import KeyStore
+
+    store = KeyStore(connect(settings), settings.api_keys_index)
+
+    def make() -> dict[str, str]:
+        key, _ = store.create(f"limits-{uuid.uuid4().hex[:8]}", "read")
+        return {"Authorization": f"Bearer {key}"}
+
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +58,10 @@ def _request(port, method, path, body=None, headers=None):
         conn.close()
 
 
-def test_one_client_is_limited_across_both_workers_and_told_when_to_return(server):
+def test_one_client_is_limited_across_both_workers_and_told_when_to_return(server, read_key):
     """BURST requests at once pass, whichever worker takes them; the next are 429 with JSON
     and Retry-After; another key has a bucket of its own; /healthz is never counted."""
-    key = {"Authorization": "Bearer client-one"}
+    key = read_key()
     statuses = [_request(server, "GET", "/api/facets", headers=key)[0] for _ in range(BURST)]
     assert statuses == [200] * BURST
     status, headers, body, seconds = _request(server, "GET", "/api/facets", headers=key)
@@ -52,27 +69,28 @@ def test_one_client_is_limited_across_both_workers_and_told_when_to_return(serve
     assert int(headers["Retry-After"]) >= 1
     error = json.loads(body)["error"]
     assert error["code"] == "rate_limited" and error["retry_after"] >= 1
-    assert "client-one" not in body.decode()
-    assert _request(server, "GET", "/api/facets",
-                    headers={"Authorization": "Bearer client-two"})[0] == 200
+    assert key["Authorization"].split()[1] not in body.decode()
+    assert _request(server, "GET", "/api/facets", headers=read_key())[0] == 200
     assert all(_request(server, "GET", "/healthz")[0] == 200 for _ in range(BURST + 2))
     # A token is back after 1 / RATE s.
     time.sleep(1.0 / RATE + 0.2)
     assert _request(server, "GET", "/api/facets", headers=key)[0] == 200
 
 
-def test_searches_beyond_the_wait_bound_are_refused_at_once(server, clothing_test_dir):
+def test_searches_beyond_the_wait_bound_are_refused_at_once(server, clothing_test_dir,
+                                                            read_key):
     """24 searches at once (each under a key of its own, so that no rate limit applies) on
     2 workers of 16 threads (so that nginx passes all 24 on): those that would wait longer
     than the bound for their worker's model get 503 overloaded with Retry-After at once, the
     rest are served; none fails otherwise."""
     photos = sorted((clothing_test_dir / "dress").glob("*.jpg"))[:24]
+    keys = [read_key() for _ in photos]
     results = []
 
     def search(i, photo):
         body, ctype = multipart(photo.read_bytes(), photo.name, {"k": "5"})
         results.append(_request(server, "POST", "/api/search", body, {
-            "Content-Type": ctype, "Authorization": f"Bearer searcher-{i}"}))
+            "Content-Type": ctype, **keys[i]}))
 
     threads = [threading.Thread(target=search, args=(i, p)) for i, p in enumerate(photos)]
     for t in threads:
