@@ -59,13 +59,14 @@ def wait_healthy(port: int, deadline: float) -> None:
 def server_environment(settings: Settings, port: int, env: dict[str, str]) -> dict[str, str]:
     """A server's environment for ``settings``: its node, alias, thumbnails, keys index and
     whether reads are public, bound to ``port`` of 127.0.0.1; ``env`` wins."""
-    return dict(
-        os.environ, PYTHONPATH=str(PROJECT), ES_URL=settings.es_url, ES_INDEX=settings.es_index,
-        IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir), WEBAPP_BIND=f"127.0.0.1:{port}",
-        IMGSEARCH_PUBLIC_READ="1" if settings.public_read else "0",
-        IMGSEARCH_KEYS_INDEX=settings.api_keys_index,
+    return {
+        **os.environ, "PYTHONPATH": str(PROJECT), "ES_URL": settings.es_url,
+        "ES_INDEX": settings.es_index, "IMGSEARCH_THUMBNAIL_DIR": str(settings.thumbnail_dir),
+        "WEBAPP_BIND": f"127.0.0.1:{port}",
+        "IMGSEARCH_PUBLIC_READ": "1" if settings.public_read else "0",
+        "IMGSEARCH_KEYS_INDEX": settings.api_keys_index,
         **env,
-    )
+    }
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from imgsearch.keys import ApiKey, KeyStore
 
+from .accesslog import QUERY_KEY_PARAMS
 from .errors import Problem, respond
 
 bp = Blueprint("auth", __name__)
@@ -31,7 +32,6 @@ bp = Blueprint("auth", __name__)
 SESSION_COOKIE = "imgsearch_session"
 REALM = 'Bearer realm="imgsearch"'
 # Parameter names a client might put a key in; each is refused, and says why.
-QUERY_KEY_PARAMS = ("key", "api_key", "apikey", "access_token", "token", "bearer")
 READ, WRITE, ADMIN = "read", "write", "admin"
 
 

@@ -7,7 +7,7 @@ name the fix."""
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, render_template, request
+from flask import current_app, g, has_request_context, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from imgsearch import telemetry
@@ -31,21 +31,32 @@ class Problem(Exception):
 
 
 def index_missing(alias: str) -> Problem:
+    """Nothing indexed yet; the alias is named to ``admin`` keys only (the deployment's
+    details are theirs, as on /healthz)."""
+    under = f" under {alias!r}" if is_admin() else ""
     return Problem(
         503,
         "index_empty",
-        f"No images are indexed under {alias!r} yet. Index a folder with "
+        f"No images are indexed{under} yet. Index a folder with "
         f"`{HOW_TO_INDEX}` (or `python -m indexer <dir>`), then try again.",
     )
 
 
 def es_unavailable(url: str) -> Problem:
+    """Elasticsearch unreachable; its address is said to ``admin`` keys only."""
+    at = f" at {url}" if is_admin() else ""
     return Problem(
         503,
         "elasticsearch_unavailable",
-        f"The search engine (Elasticsearch at {url}) is not reachable right now. "
+        f"The search engine (Elasticsearch{at}) is not reachable right now. "
         "Start it with `make es-up`, then try again; /healthz says what is wrong.",
     )
+
+
+def is_admin() -> bool:
+    """Whether this request's verified key (webapp/auth.py) has the ``admin`` scope."""
+    principal = g.get("principal") if has_request_context() else None
+    return principal is not None and principal.allows("admin")
 
 
 def wants_json() -> bool:

@@ -37,6 +37,8 @@ errorlog = "-"
 loglevel = os.environ.get("WEBAPP_LOG_LEVEL", "info")
 # Keeps the access log short: client, method, path, status, size, milliseconds. Behind nginx
 # (webapp/serve.py) the client is the address nginx saw, not the Unix socket's empty one.
+# Key-like query parameters' values redacted from the request line (webapp/accesslog.py).
+logger_class = "webapp.accesslog.RedactingLogger"
 access_log_format = ('%({x-real-ip}i)s' if "WEBAPP_BEHIND_PROXY" in os.environ else '%(h)s') \
     + ' "%(r)s" %(s)s %(b)s %(M)sms'
 

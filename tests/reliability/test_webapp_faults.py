@@ -36,6 +36,8 @@ def test_elasticsearch_restart_while_serving(
         down = search()
         assert down.status_code == 503
         assert down.get_json()["error"]["code"] == "elasticsearch_unavailable"
+        # Where Elasticsearch lives is the deployment's detail: admin keys only.
+        assert fault_node.url not in down.get_json()["error"]["message"]
         page = client.get("/")
         assert page.status_code == 503 and b"not reachable" in page.data
         assert client.get("/api/facets").status_code == 503

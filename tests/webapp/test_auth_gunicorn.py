@@ -75,6 +75,9 @@ def test_the_scope_table(server, keyed):
         assert status == 200
         assert (b'"alias"' in body) == (who == "admin")  # details for admin only
     print(mode, table)
+    # A key put in the query string is refused, and its request line logged without it.
+    status, _, body = get(port, f"/api/facets?key={keys['read']}&label=x", None)
+    assert status == 400 and b"key_in_query" in body
     # No key, not even a piece of one, reached the server's log.
     text = log.read_text()
     assert "isk_" not in text and not any(k[4:20] in text for k in keys.values())
