@@ -502,13 +502,18 @@ def test_costly_gets_from_other_sites_are_refused(client, jpeg):
 
 
 def test_no_endpoint_writes(app):
-    """The app has no write endpoint: every route is GET/HEAD/OPTIONS except those that
-    take a query in a body and only read: the search upload, the explanation of a match
-    against an uploaded photo, and "more like this" with lists too long for a query string."""
+    """The app has no endpoint that writes to the collection: every route is GET/HEAD/OPTIONS
+    except those that take a query in a body and only read (the search upload, the
+    explanation of a match against an uploaded photo, "more like this" with lists too long for
+    a query string), the page's sign-in and sign-out (a cookie), and the admin's key
+    management (webapp/auth.py: the keys index, not the images)."""
     writes = {
         (rule.rule, m) for rule in app.url_map.iter_rules()
         for m in rule.methods - {"GET", "HEAD", "OPTIONS"}
     }
-    assert writes == {("/api/search", "POST"), ("/api/images/<doc_id>/explain", "POST"),
-                      ("/api/images/<doc_id>/similar", "POST")}
+    reads = {("/api/search", "POST"), ("/api/images/<doc_id>/explain", "POST"),
+             ("/api/images/<doc_id>/similar", "POST")}
+    keys = {("/signin", "POST"), ("/signout", "POST"), ("/api/keys", "POST"),
+            ("/api/keys/<name>", "DELETE")}
+    assert writes == reads | keys
 
