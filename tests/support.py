@@ -76,23 +76,9 @@ def gunicorn_server(settings: Settings, log: Path, **env: str) -> Iterator[
     node, alias and thumbnails, on a free port of 127.0.0.1, once it answers ``/healthz``:
     ``(process, port)``. ``env`` adds to its environment (``WEBAPP_WORKERS="2"``, ...); its
     output goes to ``log``. Stopped with SIGTERM afterwards."""
-    port = free_port()
-    environment = server_environment(settings, port, env)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "webapp/gunicorn.conf.py",
-             "webapp:create_app()"],
-            cwd=PROJECT, env=environment, stdout=out, stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_healthy(port, time.monotonic() + 240)
-            yield proc, port
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with _running(["-m", "gunicorn", "--config", "webapp/gunicorn.conf.py",
+                   "webapp:create_app()"], settings, log, env, stop_within=60) as running:
+        yield running
 
 
 @contextmanager
@@ -101,17 +87,26 @@ def served(settings: Settings, log: Path, **env: str) -> Iterator[tuple[subproce
     gunicorn) on ``settings``' node, alias and thumbnails, on a free port of 127.0.0.1, once
     ``/healthz`` answers 200: ``(process, port)``. ``env`` adds to its environment; its output
     (both servers') goes to ``log``. Stopped with SIGTERM afterwards, which stops both."""
+    with _running(["-m", "webapp.serve"], settings, log, env, stop_within=90) as running:
+        yield running
+
+
+@contextmanager
+def _running(args: list[str], settings: Settings, log: Path, env: dict[str, str], *,
+             stop_within: float) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``python <args>`` as a server of ``settings`` (server_environment) until it answers
+    ``/healthz``; SIGTERM afterwards, SIGKILL if it is not gone within ``stop_within`` s."""
     port = free_port()
-    environment = server_environment(settings, port, env)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "webapp.serve"], cwd=PROJECT,
-                                env=environment, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, *args], cwd=PROJECT,
+                                env=server_environment(settings, port, env), stdout=out,
+                                stderr=subprocess.STDOUT)
         try:
             wait_healthy(port, time.monotonic() + 240)
             yield proc, port
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=90)
+                proc.wait(timeout=stop_within)
             except subprocess.TimeoutExpired:
                 proc.kill()
