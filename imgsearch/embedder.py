@@ -209,15 +209,21 @@ class Embedder:
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """``uint8 [N, 224, 224, 3]`` RGB (from :meth:`decode`) -> ``float32 [N, 2048]`` unit
         vectors."""
+        pixels = self._batch(pixels)
+        if len(pixels) == 0:
+            return np.zeros((0, self.dims), np.float32)
+        return self._forward(pixels)
+
+    def _batch(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` as a batch of this model's inputs (one image becomes a batch of one);
+        ValueError for anything else."""
         if pixels.ndim == 3:
             pixels = pixels[None]
         size = self.input_size
         if pixels.shape[1:] != (size, size, 3) or pixels.dtype != np.uint8:
             raise ValueError(f"expected uint8 [N,{size},{size},3], got {pixels.dtype} "
                              f"{pixels.shape}")
-        if len(pixels) == 0:
-            return np.zeros((0, self.dims), np.float32)
-        return self._forward(pixels)
+        return pixels
 
     def embed_and_tag(self, pixels: np.ndarray) -> tuple[np.ndarray, list[dict] | None]:
         """:meth:`embed`'s vectors and, when the model tags (:attr:`tagger`), each image's
@@ -231,7 +237,9 @@ class Embedder:
         """:meth:`embed`'s vectors and the L2 norms of the pooled features they normalise (what
         the ImageNet head needs), from one pass; for a model whose graph gives them (a base
         or tuned fp32 model: not an int8 one quantised from a graph without them)."""
-        self.embed(pixels[:0])  # the same checks of the input
+        pixels = self._batch(pixels)
+        if len(pixels) == 0:
+            return np.zeros((0, self.dims), np.float32), np.zeros(0, np.float32)
         vectors, norms = self._forward.with_norms(pixels)
         if norms is None:
             raise ValueError(f"the graph of {self.version} gives no norms")
