@@ -83,9 +83,14 @@ def _default_node_dir() -> Path:
     return Path(base) / "imgsearch" / "nodes" / "demo"
 
 
+def retry_delays(retries: int, backoff: float, max_backoff: float) -> list[float]:
+    """The waits before each of ``retries`` retries: doubling from ``backoff``, capped."""
+    return [min(backoff * 2**i, max_backoff) for i in range(retries)]
+
+
 def retry_window(retries: int, backoff: float, max_backoff: float) -> float:
     """Total sleep of ``retries`` exponential backoffs starting at ``backoff``, capped."""
-    return sum(min(backoff * 2**i, max_backoff) for i in range(retries))
+    return sum(retry_delays(retries, backoff, max_backoff))
 
 
 # --- how a variable is read and checked ---------------------------------------------------------

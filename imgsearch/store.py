@@ -43,7 +43,7 @@ from .indices import (
     ModelVersionMismatch,
     index_body,
 )
-from .settings import Settings, retry_window
+from .settings import Settings, retry_delays
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,11 @@ class RetryPolicy:
 
     def delays(self) -> list[float]:
         """The wait before each retry."""
-        return [min(self.backoff * 2**i, self.max_backoff) for i in range(self.retries)]
+        return retry_delays(self.retries, self.backoff, self.max_backoff)
 
     @property
     def window(self) -> float:
-        return retry_window(self.retries, self.backoff, self.max_backoff)
+        return sum(self.delays())
 
 
 @dataclass(frozen=True)
