@@ -157,7 +157,7 @@ def _is_api() -> bool:
 
 
 def _on_auth_problem(exc: AuthProblem):
-    response = current_app.make_response(respond(exc))
+    response = respond(exc)
     response.headers["WWW-Authenticate"] = exc.challenge
     if exc.clear_session:
         _clear_session(response)

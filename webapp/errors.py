@@ -65,11 +65,18 @@ def wants_json() -> bool:
 
 
 def respond(problem: Problem):
+    """The answer to ``problem``: JSON for the API, a page otherwise. A problem that says when
+    to come back (``retry_after`` among its details: rate limits, admission, busy slots) says
+    it in ``Retry-After`` too, whoever raised it."""
     if wants_json():
         body = {"error": {"code": problem.code, "message": problem.message, **problem.details}}
-        return jsonify(body), problem.status
-    html = render_template("error.html", problem=problem)
-    return html, problem.status
+        response = current_app.make_response((jsonify(body), problem.status))
+    else:
+        response = current_app.make_response(
+            (render_template("error.html", problem=problem), problem.status))
+    if "retry_after" in problem.details:
+        response.headers["Retry-After"] = str(problem.details["retry_after"])
+    return response
 
 
 def _settings():
@@ -116,7 +123,7 @@ def _on_http(exc: HTTPException):
     )
     response = respond(Problem(status, code, message))
     if status == 405 and exc.valid_methods:
-        return (*response, {"Allow": ", ".join(exc.valid_methods)})
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response
 
 
@@ -167,8 +174,7 @@ def _on_busy(exc: Busy):
     from imgsearch.telemetry import ADMISSION_REFUSALS
 
     ADMISSION_REFUSALS.inc()  # a decode or fetch slot not free in time: work refused at once
-    body, status = respond(Problem(503, exc.code, str(exc), retry_after=exc.retry_after))
-    return body, status, {"Retry-After": str(exc.retry_after)}
+    return respond(Problem(503, exc.code, str(exc), retry_after=exc.retry_after))
 
 
 def _on_unexpected(exc: Exception):

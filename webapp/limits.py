@@ -41,7 +41,7 @@ from imgsearch.admission import Admission
 from imgsearch.ratelimit import RateLimiter
 from imgsearch.settings import Settings
 
-from .errors import Problem, respond
+from .errors import Problem
 
 FORM_MEMORY_BYTES = 2 * 1024 * 1024
 FORM_PARTS = 1000
@@ -52,7 +52,7 @@ UNCOUNTED_PATHS = frozenset({"/healthz"})
 
 
 class RetryLater(Problem):
-    """A refusal that says, in Retry-After, when to come back."""
+    """A refusal that says, in Retry-After, when to come back (webapp/errors.py respond)."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: float):
         self.retry_after = max(1, math.ceil(retry_after))
@@ -121,11 +121,6 @@ def _release(exc=None):
         current_app.extensions["imgsearch.admission"].leave(ticket)
 
 
-def _on_retry_later(exc: RetryLater):
-    body, status = respond(exc)
-    return body, status, {"Retry-After": str(exc.retry_after)}
-
-
 def _bound_urlencoded_form():
     if request.mimetype != "application/x-www-form-urlencoded":
         return None
@@ -164,7 +159,6 @@ def register(app: Flask, settings: Settings) -> None:
         _state_dir() / "rate-limits.sqlite", settings.rate_limit, settings.rate_burst,
     ) if settings.rate_limit > 0 else None
     app.extensions["imgsearch.admission"] = Admission(settings.admission_max_wait)
-    app.register_error_handler(RetryLater, _on_retry_later)
     # In this order: the cheapest refusal first, the form's before anything parses it, and a
     # place in the model's queue last, once nothing else will refuse the request.
     app.before_request(_limit_rate)
