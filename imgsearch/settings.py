@@ -313,6 +313,9 @@ class Settings:
     # followed by "-keys", which the compose stack's Elasticsearch role already covers).
     public_read: bool = setting(False, env="IMGSEARCH_PUBLIC_READ", parse=_flag)
     keys_index: str = setting("", env="IMGSEARCH_KEYS_INDEX")
+    # People's decisions about images (imgsearch/decisions.py): empty, the alias followed by
+    # "-decisions" (covered by the same role as the keys).
+    decisions_index: str = setting("", env="IMGSEARCH_DECISIONS_INDEX")
     # How long a page's sign-in lasts: a working day, so that a browser left signed in on a
     # shared screen does not stay so for good (signing out, or revoking the key, ends it now).
     session_hours: float = setting(
@@ -369,6 +372,11 @@ class Settings:
     def api_keys_index(self) -> str:
         """The index of the API keys (imgsearch/keys.py)."""
         return self.keys_index or f"{self.es_index}-keys"
+
+    @property
+    def image_decisions_index(self) -> str:
+        """The index of people's decisions about images (imgsearch/decisions.py)."""
+        return self.decisions_index or f"{self.es_index}-decisions"
 
     @property
     def query_pixel_cap(self) -> int:
