@@ -37,9 +37,16 @@ import numpy as np
 from bench.child import run_child
 from bench.machine import cpu_line
 from imgsearch.embedder import Embedder, cpu_flags
+from imgsearch.pipeline import (
+    RunStats,
+    batches,
+    embed_batches,
+    make_decoder,
+    ordered_map,
+    read_file,
+)
 from imgsearch.settings import Settings
 from imgsearch.thumbnails import ThumbnailStore
-from indexer.pipeline import RunStats, batches, embed_batches, make_decoder, ordered_map, read_file
 
 # Multiply-accumulates of ResNet50 without its classifier at 224x224 (4.09 G), two FLOPs each.
 RESNET50_GFLOP = 8.2

@@ -5,9 +5,9 @@ local run; its engine, :class:`RayEngine`, cuts them into partitions of
 :data:`PARTITION_FILES`. Ray Data maps the partitions over an
 **elastic** pool of actors (``concurrency=(1, N)``): each actor loads the model and connects to
 Elasticsearch once, then runs the local pipeline on each partition it gets
-(:func:`indexer.run.run_partition`: read, skip known, decode in threads, embed, bulk with the
+(:func:`imgsearch.indexing.run_partition`: read, skip known, decode in threads, embed, bulk with the
 store's retries) and returns the partition's counts, which the driver merges into the same
-summary and exit status as the local indexer; then :func:`indexer.run.finish` (sync, alias
+summary and exit status as the local indexer; then :func:`imgsearch.indexing.finish` (sync, alias
 swap) runs on the driver, as after a local run.
 
 Why whole partitions on an actor rather than decode tasks feeding embedding actors: decoding
@@ -34,11 +34,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from imgsearch.indexing import PartitionResult, Target, run_partition
+from imgsearch.pipeline import Failure, RunStats
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore
-
-from .pipeline import Failure, RunStats
-from .run import PartitionResult, Target, run_partition
 
 log = logging.getLogger("indexer")
 

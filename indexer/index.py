@@ -20,15 +20,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from imgsearch.indexing import aborted_because, finish, prepare, run_partition
 from imgsearch.model import ImageModel
+from imgsearch.pipeline import RunStats, now_iso
 from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError
 from imgsearch.walk import walk_files
 
 from . import cli
-from .pipeline import RunStats, now_iso
-from .run import aborted_because, finish, prepare, run_partition
 from .sidecar import load_sidecar
 
 MAX_LISTED_FAILURES = 50

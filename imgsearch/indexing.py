@@ -6,9 +6,9 @@
            -> NearDuplicateFilter (with --skip-near-duplicates) -> documents -> BulkWriter
       -> finish (sync, alias swap, refresh)
 
-The local indexer runs one partition holding every file (:func:`indexer.index.index_folder`);
-the Ray engine runs many partitions on many machines (:mod:`indexer.distributed`) and merges
-their :class:`~indexer.pipeline.RunStats`. Documents are keyed by content hash, so a partition
+The local indexer runs one partition holding every file (``indexer/index.py``);
+the Ray engine runs many partitions on many machines (``indexer/distributed.py``) and merges
+their :class:`~imgsearch.pipeline.RunStats`. Documents are keyed by content hash, so a partition
 run twice (a retry, a lost worker) writes nothing twice.
 """
 
@@ -26,12 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.model import ImageModel
-from imgsearch.regions import REGION_MODES, RegionMode, Regions
-from imgsearch.settings import Settings
-from imgsearch.store import BulkResult, ImageStore, StoreError, StoreUnavailable
-from imgsearch.thumbnails import ThumbnailStore
-
+from .model import ImageModel
 from .pipeline import (
     Decoded,
     Failure,
@@ -44,8 +39,12 @@ from .pipeline import (
     skip_known,
     to_document,
 )
+from .regions import REGION_MODES, RegionMode, Regions
+from .settings import Settings
+from .store import BulkResult, ImageStore, StoreError, StoreUnavailable
+from .thumbnails import ThumbnailStore
 
-log = logging.getLogger("indexer")
+log = logging.getLogger(__name__)
 
 # --skip-near-duplicates: this run's images are checked in memory until this many are waiting
 # to be searchable, then the run waits for its writes and refreshes the index (8 MB of vectors;

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.images import (
+from .images import (
     DecodedImage,
     ImageError,
     content_hash,
     read_bytes,
     sniff_format,
 )
-from imgsearch.model import ImageModel
-from imgsearch.regions import RegionMode, Regions
-from imgsearch.thumbnails import ThumbnailStore
-from imgsearch.walk import IMAGE_SUFFIXES
+from .model import ImageModel
+from .regions import RegionMode, Regions
+from .thumbnails import ThumbnailStore
+from .walk import IMAGE_SUFFIXES
 
 
 @dataclass

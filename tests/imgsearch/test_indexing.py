@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import indexer.run as run
+import imgsearch.indexing as run
+from imgsearch.indexing import BulkWriter, NearDuplicateFilter
+from imgsearch.pipeline import Candidate, Decoded, RunStats
 from imgsearch.store import BulkResult, StoreError
-from indexer.pipeline import Candidate, Decoded, RunStats
-from indexer.run import BulkWriter, NearDuplicateFilter
 
 
 def _decoded(i: int) -> Decoded:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.pipeline import Candidate, Failure, Ignored, RunStats, read_file, skip_known
+from imgsearch.pipeline import Candidate, Failure, Ignored, RunStats, read_file, skip_known
 from indexer.sidecar import SidecarError, load_sidecar
 
 PNG_1PX = bytes.fromhex(
