@@ -67,8 +67,8 @@ class RetryLater(Problem):
 def note_refusal(kind: str) -> None:
     """One refusal of ``kind`` ("rate_limit" or "admission"), counted in the metrics
     (imgsearch_rate_limit_refusals_total, imgsearch_admission_refusals_total). Refusals the
-    proxy makes itself (its request cap, its connections per address) never reach the app and
-    are not counted here."""
+    proxy makes itself (its request cap, its connections per address) never reach the app:
+    webapp/metrics.py counts them from nginx's log of them."""
     from imgsearch.telemetry import ADMISSION_REFUSALS, RATE_LIMIT_REFUSALS
 
     (RATE_LIMIT_REFUSALS if kind == "rate_limit" else ADMISSION_REFUSALS).inc()

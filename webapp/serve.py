@@ -107,6 +107,7 @@ def main() -> int:
     # The workers share their rate-limit buckets through a file in the run directory.
     env = dict(os.environ, WEBAPP_BIND=f"unix:{socket}", WEBAPP_BEHIND_PROXY="1",
                WEBAPP_STATE_DIR=str(run), WEBAPP_WORKERS=str(workers),
+               WEBAPP_PROXY_REFUSALS=str(run / "proxy-refusals.log"),
                WEBAPP_THREADS=str(threads))
     env.setdefault("PYTHONPATH", str(PROJECT))
     children = [
