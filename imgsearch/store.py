@@ -300,9 +300,12 @@ class ImageStore:
         offset: int = 0,
         index: str | None = None,
         regions: bool = False,
+        with_tags: bool = False,
     ) -> list[dict]:
         """Nearest documents as ``{"id", "score", "cosine", "source"}``, best first; with
-        ``regions``, by their best region, whose ``{"box"}`` is the hit's ``region``.
+        ``regions``, by their best region, whose ``{"box"}`` is the hit's ``region``; with
+        ``with_tags``, each source holds its ``model_synsets`` too (Elasticsearch 9 leaves
+        sparse vectors out of sources unless asked).
 
         ``vector`` is a list of floats or a float32 array (sent in its shortest float32 form).
 
@@ -333,9 +336,22 @@ class ImageStore:
             knn=knn,
             size=want,
             source_excludes=NOT_RETURNED,
+            source_exclude_vectors=False if with_tags else None,
         )
         hits = [_hit(h) for h in resp.body["hits"]["hits"] if h["_id"] not in exclude]
         return hits[offset : offset + k]
+
+    @translated
+    def scored(self, query: dict, *, k: int = 10, offset: int = 0,
+               filters: list[dict] | None = None, index: str | None = None) -> list[dict]:
+        """Documents ranked by ``query``'s score (search by words: imgsearch/words.py), as
+        ``{"id", "score", "source"}``, best first, ``filters`` applied as filters (no score)."""
+        if filters:
+            query = {"bool": {"must": [query], "filter": filters}}
+        resp = self.es.search(index=index or self.alias, query=query, size=k, from_=offset,
+                              source_excludes=NOT_RETURNED, track_total_hits=False)
+        return [{"id": h["_id"], "score": float(h["_score"]), "source": h["_source"]}
+                for h in resp.body["hits"]["hits"]]
 
     @translated
     def vector_pages(self, index: str, page_size: int = 500) -> Iterator[list[tuple[str, list]]]:

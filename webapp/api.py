@@ -35,10 +35,37 @@ def search():
     by region vectors."""
     if "url" in request.values:
         return _search_url()
-    data = _uploaded_image(or_else=", or its address as 'url'")
-    options = query_options(request.values, also=("box",))
+    if "q" in request.values and not request.files:
+        return _search_words()
+    data = _uploaded_image(or_else=", or its address as 'url', or words as 'q'")
+    options = query_options(request.values, also=("box", "q"))
     box = request.values.get("box", "")
-    result = service().search_image(data, box=parse_box(box) if box else None, **options)
+    result = service().search_image(data, box=parse_box(box) if box else None,
+                                    words=_words(), **options)
+    return jsonify(result_json(result, options["filters"]))
+
+
+def _words() -> str | None:
+    """The words of ``q`` (one field; empty is none)."""
+    values = request.values.getlist("q")
+    if len(values) > 1:
+        raise Problem(400, "invalid_parameter", "Send the words as one field 'q'.")
+    return values[0].strip() or None if values else None
+
+
+def _search_words():
+    """Images ranked by their tags' match with the words of ``q`` alone."""
+    options = query_options(request.values, also=("q",))
+    words = _words()
+    if words is None:
+        raise Problem(400, "missing_query",
+                      "Say what to search for: words in 'q', a photo in the field 'image', "
+                      "or its address as 'url'.")
+    if options.pop("num_candidates") is not None or options.pop("feedback"):
+        raise Problem(400, "invalid_parameter",
+                      "num_candidates, like and unlike refine searches with a photo; a search "
+                      "by words alone takes k, offset and the filters.")
+    result = service().search_words(words, **options)
     return jsonify(result_json(result, options["filters"]))
 
 
@@ -53,13 +80,13 @@ def _search_url():
         )
     if len(urls) > 1:
         raise Problem(400, "too_many_urls", "Send one 'url'.")
-    options = query_options(request.values, also=("box", "url"))
+    options = query_options(request.values, also=("box", "url", "q"))
     check_limits(options["k"], options["num_candidates"], options["offset"])
     box = request.values.get("box", "")
     box = parse_box(box) if box else None
     fetched = _fetched(urls[0])
     with _image_at_url():
-        result = service().search_image(fetched.data, box=box, **options)
+        result = service().search_image(fetched.data, box=box, words=_words(), **options)
     result.query["url"] = fetched.url
     return jsonify(result_json(result, options["filters"]))
 
