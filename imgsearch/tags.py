@@ -28,6 +28,7 @@ trained on, and an int8 model's graph is a model of its own (README "Tags").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -128,6 +129,20 @@ class Vocabulary:
 
     def known_words(self) -> list[str]:
         return sorted(self._by_lemma)
+
+
+@functools.cache
+def _class_names(path: Path = DATA_FILE) -> frozenset[str]:
+    vocabulary = Vocabulary.load(path)
+    return frozenset(vocabulary.class_name(i) for i in range(len(vocabulary.classes)))
+
+
+def classes_among(model_tags: list[str] | None) -> list[str]:
+    """Of a document's ``model_tags`` (its classes and every broader word), the ImageNet
+    classes themselves: what the model saw ("running shoe", not "footwear, covering,
+    clothing")."""
+    names = _class_names()
+    return [tag for tag in model_tags or () if tag in names]
 
 
 def _singulars(word: str) -> list[str]:

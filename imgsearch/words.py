@@ -42,6 +42,7 @@ SUGGESTIONS = 3  # nearest known words offered for an unknown one
 # in a short word ("sheo" -> "shoe", "dgo" -> "dingo", "red" -> "reed": a spelling guess, not a
 # meaning; the answer says they are suggestions).
 SUGGESTION_CUTOFF = 0.75
+PUNCTUATION = ".,;:!?\"`()[]{}<>*~^+=|\\/&%$#@"  # not "'": lemmas hold it (jack-o'-lantern)
 # Words that join others and name nothing: passed over, neither searched nor "unknown".
 STOP_WORDS = frozenset({"a", "an", "and", "or", "the", "of", "with", "in", "on", "at", "for",
                         "to", "by", "my", "some"})
@@ -113,7 +114,11 @@ class WordParser:
     def parse(self, text: str) -> WordQuery:
         if len(text) > MAX_CHARS:
             raise WordsError(f"q is at most {MAX_CHARS} characters, not {len(text)}")
-        words = normalise(text.replace(",", " ")).split()
+        # Punctuation around a word is not part of it ("shoes," "(hat)" "dog?"), and no
+        # character is ever query syntax: only synset ids reach Elasticsearch.
+        words = [w for w in (w.strip(PUNCTUATION) for w in normalise(text).split()) if w]
+        if not words:
+            raise WordsError("q holds no words (only spaces or punctuation)")
         if len(words) > MAX_WORDS:
             raise WordsError(f"q is at most {MAX_WORDS} words, not {len(words)}")
         terms: list[Term] = []

@@ -12,6 +12,7 @@ from imgsearch import telemetry
 from imgsearch.explain import Explainer
 from imgsearch.filters import Filters
 from imgsearch.search import Feedback, SearchResult, SearchService
+from imgsearch.tags import classes_among
 from imgsearch.thumbnails import ThumbnailStore
 
 from .auth import is_admin
@@ -128,6 +129,9 @@ def doc_json(doc_id: str, source: dict, **scores) -> dict:
         "thumbnail_url": url_for("pages.thumbnail", name=f"{doc_id}.webp"),
         "detail_url": url_for("pages.detail", doc_id=doc_id),
         "similar_url": url_for("api.similar", doc_id=doc_id),
+        # What the model saw in it (its ImageNet classes among model_tags), for cards.
+        **({"model_classes": classes_among(source["model_tags"])}
+           if source.get("model_tags") else {}),
         "metadata": metadata,
     }
 

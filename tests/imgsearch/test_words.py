@@ -33,6 +33,15 @@ def test_unknown_words_are_reported_with_the_nearest_known_ones(parser):
     assert [t.text for t in partly.terms] == ["shoe"] and partly.unknown == ("red",)
 
 
+def test_punctuation_and_query_syntax_are_never_syntax(parser):
+    query = parser.parse('"dog" AND (cat*), shoes?')
+    assert [t.text for t in query.terms] == ["dog", "cat", "shoes"]
+    odd = parser.parse("label:shoe~2 собака 犬")
+    assert not odd and odd.unknown == ("label:shoe~2", "собака", "犬")
+    with pytest.raises(WordsError):
+        parser.parse("!!! ... ***")
+
+
 def test_too_long_is_refused(parser):
     with pytest.raises(WordsError):
         parser.parse("shoe " * 30)
