@@ -26,7 +26,8 @@ MAPPING_FILE = PROJECT_ROOT / "es_mappings" / "images.json"
 VECTOR_FIELD = "vector"
 REGIONS_FIELD = "regions"  # nested: {"vector", "box"} per region (imgsearch/regions.py)
 # The fields of the model's tags (imgsearch/tags.py), which indices made before them lack.
-TAG_FIELDS = ("model_tags", "model_synsets", "model_tagger")
+TAG_FIELDS = ("model_tags", "model_synsets", "model_tagger", "predicted_label",
+              "predicted_confidence")
 
 
 class ModelVersionMismatch(StoreError):

@@ -21,11 +21,12 @@ from .regions import RegionMode
 from .serving import ModelFollower, Route
 from .settings import Settings
 from .store import VECTOR_FIELD, ImageStore, StoreError
+from .tags import Tagger
 from .words import COMBINE_WEIGHT, WordParser, WordQuery
 
 MAX_K = 100
 MAX_NUM_CANDIDATES = 10_000
-FACET_FIELDS = ("label", "folder", "format", "model_tags")
+FACET_FIELDS = ("label", "folder", "format", "model_tags", "predicted_label")
 # Marked images one query may carry, of each kind (a page of results is 12-96).
 MAX_FEEDBACK = 100
 # Rocchio's weights of the query vector, the mean liked vector and the mean unliked vector,
@@ -254,7 +255,7 @@ class SearchService:
 
     def _words(self, route, words: str) -> WordQuery:
         """``words`` parsed, on an index whose model tags; WordsUnavailable otherwise."""
-        if getattr(route.model, "tagger", None) is None:
+        if not isinstance(getattr(route.model, "tagger", None), Tagger):
             raise WordsUnavailable(
                 f"the index {route.index} was built by a model without tags "
                 f"({route.model_version}: only the base model tags its images), so it cannot "

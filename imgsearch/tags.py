@@ -159,6 +159,8 @@ def _singulars(word: str) -> list[str]:
 class Tagger:
     """The ImageNet head with the vocabulary: pooled features -> each image's tag fields."""
 
+    uses_norms = True  # the head takes pooled features: unit vectors times their norms
+
     def __init__(self, kernel: np.ndarray, bias: np.ndarray, vocabulary: Vocabulary | None = None,
                  *, max_tags: int = MAX_TAGS, min_probability: float = MIN_PROBABILITY):
         self.kernel = np.asarray(kernel, np.float32)

@@ -51,7 +51,8 @@ def check_id(doc_id: str) -> str:
 # Every parameter the search endpoints understand; anything else is a typo or a client
 # guessing at features, and is refused (400) rather than silently ignored.
 QUERY_PARAMS = frozenset({
-    "k", "num_candidates", "offset", "label", "folder", "format", "tag", "model_tag", "min_width",
+    "k", "num_candidates", "offset", "label", "folder", "format", "tag", "model_tag",
+    "predicted_label", "min_width",
     "max_width", "min_height", "max_height", "date_from", "date_to", "like", "unlike",
 })
 
@@ -165,7 +166,7 @@ def result_json(result: SearchResult, filters: Filters) -> dict:
 def filters_json(filters: Filters) -> dict:
     """The filters in effect, as their parameter names (only those that are set)."""
     names = {"labels": "label", "folders": "folder", "formats": "format", "tags": "tag",
-             "model_tags": "model_tag"}
+             "model_tags": "model_tag", "predicted_labels": "predicted_label"}
     out = {}
     for f in fields(filters):
         value = getattr(filters, f.name)

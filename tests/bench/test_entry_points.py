@@ -245,6 +245,9 @@ def test_finetune_trains_then_scores_base_and_tuned(dataset, tmp_path, capsys):
         assert m["recall@10"] == 1.0  # 12 vectors: the kNN is exact
         (row,) = lines_starting(out, f"{name} ")
         assert len(figures(row)) >= 6
+    labels = written["labels"]
+    assert 0 <= labels["accuracy"] <= 1 and set(labels["per_label"]) == set(LABELS)
+    assert "predicted labels on the test split" in out
 
 
 def test_duplicates(test_split, es_node, tmp_path, capsys):
