@@ -1,0 +1,331 @@
+"""The write API (webapp/images.py): add, change and remove images, on the session's real node
+and model, real photos copied into a per-test folder and a per-test alias (the Flask test
+client; every response is checked for a stack trace)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import uuid
+from dataclasses import fields
+
+import pytest
+from PIL import Image
+
+from imgsearch.decisions import Decisions
+from imgsearch.esclient import connect
+from imgsearch.images import content_hash
+from imgsearch.keys import KeyStore
+from imgsearch.pipeline import RunStats
+from indexer.index import index_folder
+from tests.support import build_app
+
+# A 1-bit PNG of 40,000² pixels: 1.6 Gpx in a few hundred bytes.
+_buffer = io.BytesIO()
+Image.new("1", (40_000, 40_000)).save(_buffer, "PNG")
+BOMB = _buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def keys(settings):
+    """A key of each scope in the session's keys index: ``{scope: (key, name)}``."""
+    store = KeyStore(connect(settings), settings.api_keys_index)
+    out = {}
+    for scope in ("read", "write"):
+        name = f"{scope}-{uuid.uuid4().hex[:8]}"
+        out[scope] = (store.create(name, scope)[0], name)
+    return out
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def folder(clothing_test_dir, tmp_path):
+    """Six real photos (two of each of three labels), indexed; and three others, not."""
+    root = tmp_path / "photos"
+    for label in ("dress", "hat", "shoes"):
+        (root / label).mkdir(parents=True)
+        for f in sorted((clothing_test_dir / label).glob("*.jpg"))[:2]:
+            shutil.copyfile(f, root / label / f.name)
+    others = [sorted((clothing_test_dir / label).glob("*.jpg"))[0]
+              for label in ("skirt", "pants", "shorts")]
+    return root, others
+
+
+@pytest.fixture
+def world(test_settings, store, embedder, folder, keys, tmp_path):
+    """An app on a per-test alias holding ``folder``'s indexed photos, with an upload folder
+    of its own: a namespace with client, store, settings, paths and keys."""
+    root, others = folder
+    settings = test_settings.with_(upload_dir=tmp_path / "uploads",
+                                   decisions_index=f"{store.alias}-decisions")
+    index_folder(root, settings=settings, embedder=embedder, store=store, progress=False)
+    app = build_app(settings, embedder, store, check_interval=0.0)
+    write = bearer(keys["write"][0])
+    yield _World(app.test_client(), store, settings, root, others, write, keys, embedder)
+    store.es.indices.delete(index=settings.image_decisions_index, ignore_unavailable=True)
+
+
+class _World:
+    def __init__(self, client, store, settings, root, others, write, keys, embedder):
+        self.client, self.store, self.settings = client, store, settings
+        self.root, self.others, self.write, self.keys = root, others, write, keys
+        self.embedder = embedder
+
+    def add(self, data: bytes, headers=None, name="photo.jpg", **form):
+        body = {**form, "image": (io.BytesIO(data), name)}
+        return self.client.post("/api/images", data=body, content_type="multipart/form-data",
+                                headers=self.write if headers is None else headers)
+
+    def search_first(self, data: bytes) -> dict:
+        response = self.client.post("/api/search", data={"image": (io.BytesIO(data), "q.jpg")},
+                                    content_type="multipart/form-data")
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["hits"][0]
+
+    def uploaded_files(self) -> list:
+        up = self.settings.upload_dir
+        return sorted(p for p in up.rglob("*") if p.is_file()) if up.exists() else []
+
+    def count(self) -> int:
+        self.store.refresh()
+        return self.store.count()
+
+
+def error_of(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def test_an_add_is_stored_indexed_and_searchable_then_a_second_is_idempotent(world):
+    data = world.others[0].read_bytes()
+    doc_id = content_hash(data)
+    before = world.count()
+    response = world.add(data, label="skirt", tags="red, summer", **{"extra.sku": "A-1"})
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert body["id"] == doc_id and body["created"] and body["searchable"]
+    assert body["exclusion_lifted"] is False
+    assert response.headers["Location"] == f"/api/images/{doc_id}"
+    meta = body["metadata"]
+    assert (meta["label"], meta["tags"], meta["extra"]) == ("skirt", ["red", "summer"],
+                                                            {"sku": "A-1"})
+    assert meta["folder"] == "." and meta["format"] == "JPEG" and meta["model_tags"]
+    # Content-addressed, atomically written: exactly the bytes, at <dir>/ab/<hash>.jpg.
+    stored = world.settings.upload_dir / doc_id[:2] / f"{doc_id}.jpg"
+    assert world.uploaded_files() == [stored] and stored.read_bytes() == data
+    assert (world.settings.thumbnail_dir / doc_id[:2] / f"{doc_id}.webp").is_file()
+    # Searchable as soon as the answer came (no refresh here): the same photo finds it first.
+    first = world.search_first(data)
+    assert first["id"] == doc_id and first["cosine"] > 0.999
+    assert world.store.count() == before + 1
+    # The same bytes again: 200, nothing written twice; metadata given is applied.
+    again = world.add(data, name="other-name.jpg")
+    assert again.status_code == 200 and again.get_json()["created"] is False
+    assert again.get_json()["metadata"]["label"] == "skirt"
+    relabel = world.add(data, label="dress", tags="blue")
+    assert relabel.status_code == 200
+    assert relabel.get_json()["metadata"]["label"] == "dress"
+    assert relabel.get_json()["metadata"]["tags"] == ["blue"]
+    assert relabel.get_json()["metadata"]["extra"] == {"sku": "A-1"}
+    assert world.count() == before + 1 and world.uploaded_files() == [stored]
+    # Bytes already indexed from a folder: 200, and no copy in the upload folder.
+    indexed = next(world.root.rglob("*.jpg")).read_bytes()
+    assert world.add(indexed).status_code == 200
+    assert world.uploaded_files() == [stored]
+
+
+def test_an_add_to_an_index_with_regions_gets_region_vectors(test_settings, store, embedder,
+                                                             folder, keys, tmp_path):
+    root, others = folder
+    settings = test_settings.with_(upload_dir=tmp_path / "uploads", regions="standard")
+    shutil.rmtree(root / "dress")
+    shutil.rmtree(root / "hat")  # two photos are enough to make the index
+    index_folder(root, settings=settings, embedder=embedder, store=store, progress=False)
+    # The server's own setting says nothing about regions: the index's mode decides.
+    client = build_app(settings.with_(regions="off"), embedder, store).test_client()
+    data = others[1].read_bytes()
+    response = client.post("/api/images", data={"image": (io.BytesIO(data), "p.jpg")},
+                           content_type="multipart/form-data", headers=bearer(keys["write"][0]))
+    assert response.status_code == 201, response.get_json()
+    doc = store.es.get(index=store.alias, id=content_hash(data),
+                       source_includes=["regions.box"]).body["_source"]
+    assert len(doc["regions"]) >= 4
+    # A part of the photo finds it through the region vectors.
+    hit = client.post("/api/search", data={"image": (io.BytesIO(data), "q.jpg"),
+                                           "box": "0.1,0.1,0.9,0.9"},
+                      content_type="multipart/form-data").get_json()["hits"][0]
+    assert hit["id"] == content_hash(data) and "region" in hit
+
+
+def test_deleting_an_upload_removes_its_file_document_and_thumbnail(world):
+    data = world.others[0].read_bytes()
+    doc_id = content_hash(data)
+    assert world.add(data).status_code == 201
+    thumbnail = world.settings.thumbnail_dir / doc_id[:2] / f"{doc_id}.webp"
+    assert thumbnail.is_file() and world.uploaded_files()
+    response = world.client.delete(f"/api/images/{doc_id}", headers=world.write)
+    assert response.status_code == 204 and response.get_data() == b""
+    assert world.uploaded_files() == [] and not thumbnail.exists()
+    error_of(world.client.get(f"/api/images/{doc_id}"), 404, "not_found")
+    assert world.search_first(data)["id"] != doc_id
+    # An upload is not excluded: the same bytes may come back by any way.
+    assert not Decisions(world.store.es, world.settings.image_decisions_index).excluded([doc_id])
+    error_of(world.client.delete(f"/api/images/{doc_id}", headers=world.write), 404,
+             "not_found")
+
+
+def test_deleting_a_folder_file_leaves_it_on_disk_and_excludes_its_bytes(world):
+    path = sorted((world.root / "hat").glob("*.jpg"))[0]
+    data = path.read_bytes()
+    doc_id = content_hash(data)
+    response = world.client.delete(f"/api/images/{doc_id}", headers=world.write)
+    assert response.status_code == 204
+    assert path.read_bytes() == data  # never touched
+    error_of(world.client.get(f"/api/images/{doc_id}"), 404, "not_found")
+    found = Decisions(world.store.es, world.settings.image_decisions_index).find(
+        [f"excluded:{doc_id}"])
+    decision = found[f"excluded:{doc_id}"]
+    assert decision.path == str(path) and decision.decided_by == world.keys["write"][1]
+    # A person adding those bytes again asks for them: the exclusion is lifted, and said so.
+    back = world.add(data)
+    assert back.status_code == 201, back.get_json()
+    assert back.get_json()["exclusion_lifted"] is True and "lifted" in back.get_json()["message"]
+    decisions = Decisions(world.store.es, world.settings.image_decisions_index)
+    assert not decisions.excluded([doc_id])
+
+
+@pytest.mark.skipif("excluded" not in {f.name for f in fields(RunStats)},
+                    reason="RunStats has no `excluded` count yet: the indexer's exclusion check "
+                           "(the watch helper's) has not landed")
+def test_an_excluded_file_stays_out_when_its_folder_is_indexed_again(world):
+    path = sorted((world.root / "shoes").glob("*.jpg"))[0]
+    doc_id = content_hash(path.read_bytes())
+    assert world.client.delete(f"/api/images/{doc_id}", headers=world.write).status_code == 204
+    report = index_folder(world.root, settings=world.settings, embedder=world.embedder,
+                          store=world.store, progress=False)
+    assert report.stats.excluded == 1
+    world.store.refresh()
+    assert world.store.get(doc_id) is None and path.exists()
+
+
+def test_patch_sets_metadata_only(world):
+    path = sorted((world.root / "dress").glob("*.jpg"))[0]
+    data = path.read_bytes()
+    doc_id = content_hash(data)
+    url = f"/api/images/{doc_id}"
+    response = world.client.patch(url, json={"label": "gown", "tags": ["evening", "long"],
+                                             "extra": {"price": 120, "colour": "red"}},
+                                  headers=world.write)
+    assert response.status_code == 200, response.get_json()
+    meta = response.get_json()["metadata"]
+    assert (meta["label"], meta["tags"], meta["extra"]) == (
+        "gown", ["evening", "long"], {"price": 120, "colour": "red"})
+    # extra is replaced, not merged; null clears a field; text tags split as the sidecar's.
+    response = world.client.patch(url, json={"extra": {"colour": "blue"}, "label": None,
+                                             "tags": "a; b"}, headers=world.write)
+    meta = response.get_json()["metadata"]
+    assert (meta["label"], meta["tags"], meta["extra"]) == (None, ["a", "b"], {"colour": "blue"})
+    # Searchable by the new metadata at once, and its vector is untouched.
+    hits = world.client.post("/api/search", data={"image": (io.BytesIO(data), "q.jpg"),
+                                                  "extra.colour": "blue"},
+                             content_type="multipart/form-data").get_json()["hits"]
+    assert [h["id"] for h in hits] == [doc_id] and hits[0]["cosine"] > 0.999
+    assert meta["width"] and meta["model_version"] == world.embedder.version
+
+
+def test_bad_patches_are_refused_and_change_nothing(world):
+    doc_id = content_hash(sorted((world.root / "dress").glob("*.jpg"))[0].read_bytes())
+    url = f"/api/images/{doc_id}"
+    before = world.client.get(url).get_json()
+    for body, code in [
+        ({"label": "x", "width": 3}, "invalid_metadata"),
+        ({"path": "/etc/passwd"}, "invalid_metadata"),
+        ({}, "invalid_body"),
+        ({"label": 5}, "invalid_metadata"),
+        ({"label": "x" * 513}, "invalid_metadata"),
+        ({"tags": [f"t{i}" for i in range(101)]}, "invalid_metadata"),
+        ({"tags": [1]}, "invalid_metadata"),
+        ({"extra": {"a.b": "dotted"}}, "invalid_metadata"),
+        ({"extra": [1, 2]}, "invalid_metadata"),
+        ({"extra": {"nested": {"x": 1}}}, "invalid_metadata"),
+    ]:
+        error_of(world.client.patch(url, json=body, headers=world.write), 400, code)
+    error_of(world.client.patch(url, data="label=x", headers=world.write,
+                                content_type="application/x-www-form-urlencoded"),
+             400, "invalid_body")
+    error_of(world.client.patch(url, data="{not json", headers=world.write,
+                                content_type="application/json"), 400, "invalid_body")
+    error_of(world.client.patch(f"/api/images/{'0' * 64}", json={"label": "x"},
+                                headers=world.write), 404, "not_found")
+    assert world.client.get(url).get_json() == before
+
+
+def test_writes_need_a_write_key(world):
+    data = world.others[0].read_bytes()
+    doc_id = content_hash(sorted((world.root / "dress").glob("*.jpg"))[0].read_bytes())
+    read = bearer(world.keys["read"][0])
+    for headers, status, code in [({}, 401, "key_required"), (read, 403, "insufficient_scope")]:
+        # Reads are public here (IMGSEARCH_PUBLIC_READ=1): writes still need a key.
+        error_of(world.add(data, headers=headers), status, code)
+        error_of(world.client.patch(f"/api/images/{doc_id}", json={"label": "x"},
+                                    headers=headers), status, code)
+        error_of(world.client.delete(f"/api/images/{doc_id}", headers=headers), status, code)
+    assert world.uploaded_files() == []
+    assert world.client.get(f"/api/images/{doc_id}").status_code == 200
+
+
+def test_bad_adds_are_refused_and_leave_nothing(world, build_app):
+    data = world.others[0].read_bytes()
+    before = world.count()
+    cases = [
+        (world.add(b"GIF89a" + b"\0" * 20), 400, "invalid_image"),
+        (world.add(b"<html>not an image</html>"), 400, "invalid_image"),
+        (world.add(data[: len(data) // 3]), 400, "invalid_image"),
+        (world.add(BOMB, name="bomb.png"), 400, "invalid_image"),
+        (world.add(b""), 400, "empty_upload"),
+        (world.add(data, label="x" * 513), 400, "invalid_metadata"),
+        (world.add(data, tags=",".join(f"t{i}" for i in range(101))), 400, "invalid_metadata"),
+        (world.add(data, **{"extra.a b": "space"}), 400, "invalid_metadata"),
+        (world.add(data, **{"extra.": "no name"}), 400, "invalid_metadata"),
+        (world.add(data, path="/etc/passwd"), 400, "unknown_parameter"),
+        (world.client.post("/api/images", data={"label": "x"}, headers=world.write,
+                           content_type="multipart/form-data"), 400, "missing_image"),
+    ]
+    for response, status, code in cases:
+        error_of(response, status, code)
+    bomb = world.add(BOMB, name="bomb.png").get_json()["error"]
+    assert bomb["reason"] == "too_many_pixels"
+    twice = world.client.post(
+        "/api/images", headers=world.write, content_type="multipart/form-data",
+        data={"image": (io.BytesIO(data), "a.jpg"), "label": ["a", "b"]})
+    error_of(twice, 400, "invalid_metadata")
+    small = build_app(world.settings.with_(max_upload_bytes=10_000), world.store).test_client()
+    too_big = small.post("/api/images", data={"image": (io.BytesIO(data), "a.jpg")},
+                         content_type="multipart/form-data", headers=world.write)
+    error_of(too_big, 413, "upload_too_large")
+    assert world.uploaded_files() == [] and world.count() == before
+    assert not list(world.settings.thumbnail_dir.glob(f"{content_hash(data)[:2]}/*"))
+
+
+def test_writes_are_refused_while_a_new_index_is_being_built(world):
+    data = world.others[0].read_bytes()
+    doc_id = content_hash(sorted((world.root / "dress").glob("*.jpg"))[0].read_bytes())
+    before = world.count()
+    # What `python -m indexer <dir> --new-index` makes first: a newer index, alias untouched.
+    newer = world.store.indices.create_index(world.embedder.version, world.settings)
+    for response in (world.add(data),
+                     world.client.patch(f"/api/images/{doc_id}", json={"label": "x"},
+                                        headers=world.write),
+                     world.client.delete(f"/api/images/{doc_id}", headers=world.write)):
+        message = error_of(response, 409, "index_swap_in_progress")["message"]
+        assert "--new-index" in message and "Try again" in message
+    assert world.uploaded_files() == [] and world.count() == before
+    assert world.client.get(f"/api/images/{doc_id}").get_json()["metadata"]["label"] == "dress"
+    # The build finishes (its index replaces the old one) or is deleted: writes work again.
+    world.store.es.indices.delete(index=newer)
+    assert world.add(data).status_code == 201
