@@ -200,6 +200,18 @@ class IndexManager:
         newer = sorted(n for n in names if pattern.match(n) and (current is None or n > current))
         return newer[-1] if newer else None
 
+    @translated
+    def refresh_interval(self, index: str) -> float | None:
+        """Seconds between the scheduled refreshes of ``index`` (after which a write is seen
+        by searches); None when refreshes are off (``-1``) or set in a unit not handled."""
+        body = self.es.indices.get_settings(index=index, name="index.refresh_interval",
+                                            include_defaults=True).body[index]
+        value = (body.get("settings") or body.get("defaults") or {}).get(
+            "index", {}).get("refresh_interval", "1s")
+        units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        match = re.match(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$", str(value))
+        return float(match.group(1)) * units[match.group(2)] if match else None
+
     def _alias_indices(self) -> list[str]:
         try:
             return sorted(self.es.indices.get_alias(name=self.alias).body)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 import uuid
 from dataclasses import fields
+from datetime import UTC, datetime
 
 import pytest
 from PIL import Image
@@ -108,7 +110,7 @@ def test_an_add_is_stored_indexed_and_searchable_then_a_second_is_idempotent(wor
     response = world.add(data, label="skirt", tags="red, summer", **{"extra.sku": "A-1"})
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
-    assert body["id"] == doc_id and body["created"] and body["searchable"]
+    assert body["id"] == doc_id and body["created"] and body["searchable_after_s"] == 1.0
     assert body["exclusion_lifted"] is False
     assert response.headers["Location"] == f"/api/images/{doc_id}"
     meta = body["metadata"]
@@ -119,7 +121,9 @@ def test_an_add_is_stored_indexed_and_searchable_then_a_second_is_idempotent(wor
     stored = world.settings.upload_dir / doc_id[:2] / f"{doc_id}.jpg"
     assert world.uploaded_files() == [stored] and stored.read_bytes() == data
     assert (world.settings.thumbnail_dir / doc_id[:2] / f"{doc_id}.webp").is_file()
-    # Searchable as soon as the answer came (no refresh here): the same photo finds it first.
+    # Searchable when the answer says (no refresh here): the same photo finds it first.
+    searchable_at = datetime.fromisoformat(body["searchable_at"])
+    time.sleep(max(0.0, (searchable_at - datetime.now(UTC)).total_seconds()))
     first = world.search_first(data)
     assert first["id"] == doc_id and first["cosine"] > 0.999
     assert world.store.count() == before + 1
