@@ -31,6 +31,7 @@ with Retry-After: an image must be embedded by the index's own model.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from imgsearch.indexing import Target, embed_one, prepare
 from imgsearch.metadata import MetadataError, checked, split_tags
 from imgsearch.pipeline import now_iso
 from imgsearch.settings import Settings
-from imgsearch.store import IndexMissing
+from imgsearch.store import IndexMissing, StoreError
 from imgsearch.uploads import UploadStore
 
 from .auth import WRITE, is_admin, principal, requires
@@ -98,8 +99,7 @@ def add():
         # A build that began while this image was embedded would not have it: undo, refuse.
         _refuse_during_swap("was being added")
     except BaseException:
-        if _is_stored(doc_id, target):
-            store.delete(doc_id, target.index, wait=False)
+        _forget(doc_id, target.index)
         if wrote:
             uploads().remove(path)
         if not had_thumbnail:
@@ -110,11 +110,13 @@ def add():
     return _added(doc_id, store.get(doc_id, index=target.index) or doc, target, status=201)
 
 
-def _is_stored(doc_id: str, target: Target) -> bool:
+def _forget(doc_id: str, index: str) -> None:
+    """Undo a write that may have been stored (refused afterwards, or one whose answer was
+    lost): one attempt, no retries, since the store may be what failed."""
     try:
-        return bool(service().store.existing_ids([doc_id], target.index))
-    except Exception:  # the store is what failed: nothing more can be undone now
-        return False
+        service().store.delete(doc_id, index, wait=False)
+    except StoreError as exc:
+        current_app.logger.warning("could not undo the write of %s: %s", doc_id, exc)
 
 
 def _added(doc_id: str, source: dict, target: Target, status: int):
@@ -203,7 +205,14 @@ def delete(doc_id: str):
         # Recorded before the document goes, so that an indexer or watcher between the two
         # cannot bring the image back.
         decisions().decide("excluded", doc_id, path=path, by=who)
-        store.delete(doc_id, index)
+        try:
+            store.delete(doc_id, index)
+        except StoreError:
+            # The image stays: so must the indexer's right to keep it (best effort; a
+            # retried DELETE records the exclusion again).
+            with suppress(StoreError):
+                decisions().undo("excluded", doc_id)
+            raise
         how = f"its file left in place and excluded ({path})"
     thumbnails().remove(doc_id)
     collection_changed(deleted=(doc_id,))

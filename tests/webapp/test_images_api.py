@@ -339,3 +339,28 @@ def test_writes_are_refused_while_a_new_index_is_being_built(world):
     # The build finishes (its index replaces the old one) or is deleted: writes work again.
     world.store.es.indices.delete(index=newer)
     assert world.add(data).status_code == 201
+
+
+def test_a_write_the_index_refuses_leaves_nothing_behind(world):
+    """Elasticsearch's own refusal of writes (the block it sets on an index when the disk
+    passes its flood-stage watermark): the add is a 503, and its file and thumbnail are gone
+    again; a delete is a 503 that leaves the image and no exclusion."""
+    data = world.others[0].read_bytes()
+    doc_id = content_hash(data)
+    indexed = content_hash(sorted((world.root / "hat").glob("*.jpg"))[0].read_bytes())
+    index = world.store.indices.current_index()
+    before = world.count()
+    world.store.es.indices.put_settings(index=index,
+                                        settings={"index.blocks.read_only_allow_delete": True})
+    try:
+        error_of(world.add(data), 503, "elasticsearch_error")
+        world.store.es.indices.put_settings(index=index, settings={"index.blocks.write": True})
+        error_of(world.client.delete(f"/api/images/{indexed}", headers=world.write), 503,
+                 "elasticsearch_error")
+    finally:
+        world.store.es.indices.put_settings(index=index, settings={
+            "index.blocks.read_only_allow_delete": None, "index.blocks.write": None})
+    assert world.uploaded_files() == [] and world.count() == before
+    assert not (world.settings.thumbnail_dir / doc_id[:2] / f"{doc_id}.webp").exists()
+    assert not Decisions(world.store.es, world.settings.image_decisions_index).excluded([indexed])
+    assert world.add(data).status_code == 201
