@@ -4,7 +4,9 @@ client; every response is checked for a stack trace)."""
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import shutil
 import time
 import uuid
@@ -20,7 +22,7 @@ from imgsearch.images import content_hash
 from imgsearch.keys import KeyStore
 from imgsearch.pipeline import RunStats
 from indexer.index import index_folder
-from tests.support import build_app
+from tests.support import build_app, gunicorn_server
 
 # A 1-bit PNG of 40,000² pixels: 1.6 Gpx in a few hundred bytes.
 _buffer = io.BytesIO()
@@ -364,3 +366,56 @@ def test_a_write_the_index_refuses_leaves_nothing_behind(world):
     assert not (world.settings.thumbnail_dir / doc_id[:2] / f"{doc_id}.webp").exists()
     assert not Decisions(world.store.es, world.settings.image_decisions_index).excluded([indexed])
     assert world.add(data).status_code == 201
+
+
+def _http(port: int, method: str, path: str, key: str | None, body: bytes = b"",
+          content_type: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if content_type:
+        headers["Content-Type"] = content_type
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _multipart(data: bytes, **fields: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+             .encode() for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+                 f'filename="p.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), \
+        f"multipart/form-data; boundary={boundary}"
+
+
+def test_through_gunicorn_with_its_settings_from_the_environment(world, tmp_path):
+    """The product's server (one worker) reads the upload folder and the decisions index from
+    its environment; the scope table of the three writes holds there."""
+    data = world.others[2].read_bytes()
+    doc_id = content_hash(data)
+    folder_file = sorted((world.root / "shoes").glob("*.jpg"))[0]
+    folder_id = content_hash(folder_file.read_bytes())
+    uploads = tmp_path / "served-uploads"
+    with gunicorn_server(world.settings, tmp_path / "gunicorn.log", WEBAPP_WORKERS="1",
+                         WEBAPP_THREADS="2", IMGSEARCH_UPLOAD_DIR=str(uploads),
+                         IMGSEARCH_DECISIONS_INDEX=world.settings.image_decisions_index
+                         ) as (_, port):
+        body, content_type = _multipart(data, label="shorts", tags="a,b")
+        read_key, write_key = world.keys["read"][0], world.keys["write"][0]
+        for key, status in ((None, 401), (read_key, 403), (write_key, 201), (write_key, 200)):
+            assert _http(port, "POST", "/api/images", key, body, content_type)[0] == status
+        assert (uploads / doc_id[:2] / f"{doc_id}.jpg").read_bytes() == data
+        patch = json.dumps({"label": "trunks"}).encode()
+        for key, status in ((None, 401), (read_key, 403), (write_key, 200)):
+            assert _http(port, "PATCH", f"/api/images/{doc_id}", key, patch,
+                         "application/json")[0] == status
+        for key, status in ((None, 401), (read_key, 403), (write_key, 204), (write_key, 404)):
+            assert _http(port, "DELETE", f"/api/images/{doc_id}", key)[0] == status
+        assert not (uploads / doc_id[:2] / f"{doc_id}.jpg").exists()
+        assert _http(port, "DELETE", f"/api/images/{folder_id}", write_key)[0] == 204
+    assert folder_file.exists()
+    assert Decisions(world.store.es, world.settings.image_decisions_index).excluded([folder_id])
