@@ -18,10 +18,19 @@ import re
 import tempfile
 from pathlib import Path
 
+from .errors import Unavailable
+
 # The extension of each format that imgsearch/images.py sniff_format names.
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
               "TIFF": ".tif"}
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+class UploadFolderUnavailable(Unavailable):
+    """The upload folder cannot be written (missing permissions, a file in its way, a full
+    disk): nothing was stored, and the same add may work once an operator fixes it."""
+
+    code = "upload_folder_unavailable"
 
 
 class UploadStore:
@@ -43,8 +52,13 @@ class UploadStore:
         target = self.path(key, fmt)
         if target.is_file():
             return target, False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+        except OSError as exc:
+            raise UploadFolderUnavailable(
+                f"The upload folder (IMGSEARCH_UPLOAD_DIR) cannot be written: "
+                f"{exc.strerror or exc}. Nothing was stored.") from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -53,6 +67,11 @@ class UploadStore:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
+        except OSError as exc:  # a full disk, say: the half-written file goes
+            Path(tmp).unlink(missing_ok=True)
+            raise UploadFolderUnavailable(
+                f"The upload folder (IMGSEARCH_UPLOAD_DIR) cannot be written: "
+                f"{exc.strerror or exc}. Nothing was stored.") from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -93,13 +93,16 @@ def add():
     doc = embed_one(data, path, uploads().root, target, settings=service().settings,
                     embedder=model, metadata=metadata, indexed_at=now_iso(),
                     decode_slot=service().decodes.hold)
-    _, wrote = uploads().put(doc_id, fmt, data)
+    wrote = sent = False
     try:
+        _, wrote = uploads().put(doc_id, fmt, data)
+        sent = True
         store.put(doc, target.index, wait=False)
         # A build that began while this image was embedded would not have it: undo, refuse.
         _refuse_during_swap("was being added")
     except BaseException:
-        _forget(doc_id, target.index)
+        if sent:
+            _forget(doc_id, target.index)
         if wrote:
             uploads().remove(path)
         if not had_thumbnail:

@@ -419,3 +419,19 @@ def test_through_gunicorn_with_its_settings_from_the_environment(world, tmp_path
         assert _http(port, "DELETE", f"/api/images/{folder_id}", write_key)[0] == 204
     assert folder_file.exists()
     assert Decisions(world.store.es, world.settings.image_decisions_index).excluded([folder_id])
+
+
+def test_an_upload_folder_that_cannot_be_written_is_a_503_that_stores_nothing(world,
+                                                                              build_app):
+    data = world.others[0].read_bytes()
+    blocked = world.settings.upload_dir.parent / "not-a-folder"
+    blocked.write_text("a file where the upload folder should be")
+    client = build_app(world.settings.with_(upload_dir=blocked), world.store).test_client()
+    before = world.count()
+    response = client.post("/api/images", data={"image": (io.BytesIO(data), "a.jpg")},
+                           content_type="multipart/form-data", headers=world.write)
+    message = error_of(response, 503, "upload_folder_unavailable")["message"]
+    assert "IMGSEARCH_UPLOAD_DIR" in message and str(blocked) not in message
+    assert world.count() == before and blocked.read_text().startswith("a file")
+    doc_id = content_hash(data)
+    assert not (world.settings.thumbnail_dir / doc_id[:2] / f"{doc_id}.webp").exists()
