@@ -42,9 +42,10 @@ from imgsearch.errors import Conflict
 from imgsearch.images import ImageError, content_hash, sniff_format
 from imgsearch.indexing import Target, embed_one, prepare
 from imgsearch.metadata import MetadataError, checked, split_tags
+from imgsearch.model import ImageModel
 from imgsearch.pipeline import now_iso
 from imgsearch.settings import Settings
-from imgsearch.store import IndexMissing, StoreError
+from imgsearch.store import IndexMissing, ModelVersionMismatch, StoreError
 from imgsearch.uploads import UploadStore
 
 from .auth import WRITE, is_admin, principal, requires
@@ -281,22 +282,23 @@ def _write_index() -> str:
     return index
 
 
-def _add_target() -> tuple[Target, object]:
-    """Where an add goes and the model that embeds it: the alias's index and its model,
-    created by the first add when nothing is indexed yet."""
+def _add_target() -> tuple[Target, ImageModel]:
+    """Where an add goes and the model that embeds it: the alias's index, which must be this
+    server's model's (created by the first add when nothing is indexed yet)."""
     _refuse_during_swap()
     svc = service()
-    route = svc.models.route()
-    current = svc.store.indices.current_index()
-    if current is not None and route.index != current:
-        raise Problem(
-            503, "model_switching",
-            "The index searched now was built by another model, which this server is still "
-            "loading; an image must be embedded by its index's model. Try again in a moment.",
-            retry_after=2)
+    model = svc.models.route().model
     # The index's own region mode, whatever this server's IMGSEARCH_REGIONS says.
     settings = svc.settings.with_(regions="off")
-    return prepare(svc.store, settings, route.model, new_index=False), route.model
+    try:
+        return prepare(svc.store, settings, model, new_index=False), model
+    except ModelVersionMismatch:
+        raise Problem(
+            503, "model_switching",
+            "The index searched now was built by another model than the one this server has "
+            "loaded (it follows the alias to the new model in the background); an image must "
+            "be embedded by its index's model. Try again in a moment.",
+            retry_after=2) from None
 
 
 def register(app: Flask, settings: Settings) -> None:

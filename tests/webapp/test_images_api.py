@@ -435,3 +435,28 @@ def test_an_upload_folder_that_cannot_be_written_is_a_503_that_stores_nothing(wo
     assert world.count() == before and blocked.read_text().startswith("a file")
     doc_id = content_hash(data)
     assert not (world.settings.thumbnail_dir / doc_id[:2] / f"{doc_id}.webp").exists()
+
+
+def test_adds_wait_for_the_model_of_the_index_the_alias_moved_to(world):
+    """The alias swapped to an index of another model, which this server cannot load: adds
+    are 503 model_switching with Retry-After (an image is embedded by its index's model)."""
+    other = world.store.indices.create_index("another-model/v1", world.settings)
+    world.store.indices.point_alias(other)
+    response = world.add(world.others[0].read_bytes())
+    error_of(response, 503, "model_switching")
+    assert int(response.headers["Retry-After"]) >= 1 and world.uploaded_files() == []
+
+
+def test_the_first_add_makes_the_index(test_settings, store, embedder, keys, clothing_test_dir,
+                                       tmp_path):
+    client = build_app(test_settings.with_(upload_dir=tmp_path / "uploads"), embedder,
+                       store).test_client()
+    for f in sorted((clothing_test_dir / "hat").glob("*.jpg"))[:2]:
+        response = client.post("/api/images", data={"image": (io.BytesIO(f.read_bytes()),
+                                                              "a.jpg")},
+                               content_type="multipart/form-data",
+                               headers=bearer(keys["write"][0]))
+        assert response.status_code == 201, response.get_json()
+    store.refresh()
+    assert store.count() == 2
+    assert store.indices.index_model_version() == embedder.version
