@@ -73,9 +73,9 @@ def checked(fields: dict) -> dict:
         if tags is not None:
             if not isinstance(tags, list):
                 raise MetadataError("tags must be a list of strings")
-            tags = list(dict.fromkeys(_text("a tag", t) for t in tags))
-            if len(tags) > MAX_VALUES:
+            if len(tags) > MAX_VALUES:  # counted as given: a list the API documents as too long
                 raise MetadataError(f"at most {MAX_VALUES} tags, not {len(tags)}")
+            tags = list(dict.fromkeys(_text("a tag", t) for t in tags))
         out["tags"] = tags
     if "extra" in fields:
         out["extra"] = _extra(fields["extra"])
@@ -85,12 +85,12 @@ def checked(fields: dict) -> dict:
 def _text(what: str, value) -> str:
     if not isinstance(value, str):
         raise MetadataError(f"{what} must be a string, not {type(value).__name__}")
-    value = value.strip()
-    if not value:
-        raise MetadataError(f"{what} must not be empty")
     if len(value) > MAX_VALUE_LENGTH:
         raise MetadataError(f"{what} is longer than {MAX_VALUE_LENGTH} characters "
                             "(a search filter could never ask for it)")
+    value = value.strip()
+    if not value:
+        raise MetadataError(f"{what} must not be empty")
     return value
 
 

@@ -179,8 +179,6 @@ def patch(doc_id: str):
                                            "with any of label, tags and extra.")
     if not body:
         raise Problem(400, "invalid_body", "Nothing to change: give label, tags or extra.")
-    if isinstance(body.get("tags"), str):
-        body["tags"] = split_tags(body["tags"])
     fields = checked(body)
     index = _write_index()
     source = service().store.update_fields(doc_id, fields, index)

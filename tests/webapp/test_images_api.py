@@ -237,9 +237,9 @@ def test_patch_sets_metadata_only(world):
     meta = response.get_json()["metadata"]
     assert (meta["label"], meta["tags"], meta["extra"]) == (
         "gown", ["evening", "long"], {"price": 120, "colour": "red"})
-    # extra is replaced, not merged; null clears a field; text tags split as the sidecar's.
+    # extra is replaced, not merged; null clears a field.
     response = world.client.patch(url, json={"extra": {"colour": "blue"}, "label": None,
-                                             "tags": "a; b"}, headers=world.write)
+                                             "tags": ["a", " b", "a"]}, headers=world.write)
     meta = response.get_json()["metadata"]
     assert (meta["label"], meta["tags"], meta["extra"]) == (None, ["a", "b"], {"colour": "blue"})
     # Searchable by the new metadata at once, and its vector is untouched.
@@ -262,6 +262,10 @@ def test_bad_patches_are_refused_and_change_nothing(world):
         ({"label": "x" * 513}, "invalid_metadata"),
         ({"tags": [f"t{i}" for i in range(101)]}, "invalid_metadata"),
         ({"tags": [1]}, "invalid_metadata"),
+        ({"tags": "a,b"}, "invalid_metadata"),  # JSON has lists: text is a form's way
+        ({"tags": ["a"] * 101}, "invalid_metadata"),
+        ({"label": " " + "x" * 512}, "invalid_metadata"),
+        ({"label": " "}, "invalid_metadata"),
         ({"extra": {"a.b": "dotted"}}, "invalid_metadata"),
         ({"extra": [1, 2]}, "invalid_metadata"),
         ({"extra": {"nested": {"x": 1}}}, "invalid_metadata"),
