@@ -111,7 +111,10 @@ def add():
         raise
     collection_changed(written=(doc_id,))
     current_app.logger.info("image %s added by %r", doc_id, principal().name)
-    return _added(doc_id, store.get(doc_id, index=target.index) or doc, target, status=201)
+    # The document as every read shows it (a real-time get: no refresh needed).
+    source = store.get(doc_id, index=target.index) or {
+        k: v for k, v in doc.items() if k not in ("vector", "regions")}
+    return _added(doc_id, source, target, status=201)
 
 
 def _forget(doc_id: str, index: str) -> None:
