@@ -262,6 +262,44 @@ class ImageStore:
         deleted, _ = helpers.bulk(self.es, actions, raise_on_error=False, stats_only=True)
         return int(deleted)
 
+    # -- one image at a time (the write API) --------------------------------------------------
+
+    @translated
+    def put(self, doc: dict, index: str, *, wait: bool = True) -> None:
+        """Write one document (keyed by its ``content_hash``) to ``index``; with ``wait``,
+        return only once searches see it (``refresh=wait_for``: the next scheduled refresh,
+        at most the index's refresh interval, 1 s, and no extra refresh forced)."""
+        self.es.index(index=index, id=doc["content_hash"], document=doc,
+                      refresh="wait_for" if wait else None)
+
+    @translated
+    def update_fields(self, doc_id: str, fields: dict, index: str, *,
+                      wait: bool = True) -> dict | None:
+        """Set ``fields`` of the document ``doc_id`` in ``index``, each replaced (None: null);
+        the document's source afterwards (vectors left out), or None when there is no such
+        document. A partial update merges an object into the one stored, so a new ``extra``
+        is written over a null one: a change of extra says what extra is now. (A script
+        would do it in one request, but the local node's distribution has no Painless.)"""
+        try:
+            if isinstance(fields.get("extra"), dict):
+                self.es.update(index=index, id=doc_id, doc={"extra": None})
+            resp = self.es.update(index=index, id=doc_id, doc=fields,
+                                  refresh="wait_for" if wait else None,
+                                  source_excludes=NOT_RETURNED)
+        except NotFoundError:
+            return None
+        return resp.body["get"]["_source"]
+
+    @translated
+    def delete(self, doc_id: str, index: str, *, wait: bool = True) -> bool:
+        """Delete the document ``doc_id`` from ``index``: True if there was one; with
+        ``wait``, searches no longer see it when this returns."""
+        try:
+            self.es.delete(index=index, id=doc_id, refresh="wait_for" if wait else None)
+        except NotFoundError:
+            return False
+        return True
+
     # -- reads ----------------------------------------------------------------------------
 
     @translated

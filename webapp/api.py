@@ -22,6 +22,7 @@ from .common import (
     query_options,
     result_json,
     service,
+    uploaded_image,
 )
 from .errors import Problem
 
@@ -37,7 +38,7 @@ def search():
         return _search_url()
     if "q" in request.values and not request.files:
         return _search_words()
-    data = _uploaded_image(or_else=", or its address as 'url', or words as 'q'")
+    data = uploaded_image(or_else=", or its address as 'url', or words as 'q'")
     options = query_options(request.values, also=("box", "q"))
     box = request.values.get("box", "")
     result = service().search_image(data, box=parse_box(box) if box else None,
@@ -174,7 +175,7 @@ def explain(doc_id: str):
             with _image_at_url():
                 explanation = explainer().explain(doc_id, query_data=fetched.data)
         else:
-            explanation = explainer().explain(doc_id, query_data=_uploaded_image())
+            explanation = explainer().explain(doc_id, query_data=uploaded_image())
     elif "url" in params:
         raise Problem(400, "invalid_parameter", "POST a url to explain a match against it.")
     else:
@@ -201,25 +202,6 @@ def explain(doc_id: str):
             thumbnail = explanation.query.thumbnail_data_url()
         body["query"].update(url=fetched.url, thumbnail=thumbnail)
     return jsonify(body)
-
-
-def _uploaded_image(or_else: str = "") -> bytes:
-    """The one file of a multipart request, in the field ``image``; a Problem otherwise
-    (``or_else`` names the other way to give the query, if the endpoint has one)."""
-    uploads = request.files.getlist("image")
-    if not uploads:
-        raise Problem(
-            400, "missing_image",
-            f"Send the photo as a multipart/form-data field named 'image'{or_else}.",
-        )
-    if len(uploads) > 1 or len(request.files) > 1:
-        raise Problem(
-            400, "too_many_files", "Send exactly one file, in the field named 'image'."
-        )
-    data = uploads[0].read()
-    if not data:
-        raise Problem(400, "empty_upload", "The uploaded file is empty.")
-    return data
 
 
 @bp.get("/api/facets")

@@ -6,7 +6,7 @@ import re
 from dataclasses import fields
 from pathlib import PurePath
 
-from flask import abort, current_app, url_for
+from flask import abort, current_app, request, url_for
 
 from imgsearch import telemetry
 from imgsearch.explain import Explainer
@@ -182,3 +182,22 @@ def _check_not_empty() -> None:
     store = service().store
     if store.count() == 0:
         raise index_missing(store.alias)
+
+
+def uploaded_image(or_else: str = "") -> bytes:
+    """The one file of a multipart request, in the field ``image``; a Problem otherwise
+    (``or_else`` names the other way to give the query, if the endpoint has one)."""
+    uploads = request.files.getlist("image")
+    if not uploads:
+        raise Problem(
+            400, "missing_image",
+            f"Send the photo as a multipart/form-data field named 'image'{or_else}.",
+        )
+    if len(uploads) > 1 or len(request.files) > 1:
+        raise Problem(
+            400, "too_many_files", "Send exactly one file, in the field named 'image'."
+        )
+    data = uploads[0].read()
+    if not data:
+        raise Problem(400, "empty_upload", "The uploaded file is empty.")
+    return data

@@ -46,7 +46,7 @@ from .errors import Problem
 FORM_MEMORY_BYTES = 2 * 1024 * 1024
 FORM_PARTS = 1000
 # Endpoints that run the model: what admission control guards.
-INFERENCE_ENDPOINTS = frozenset({"api.search", "api.explain"})
+INFERENCE_ENDPOINTS = frozenset({"api.search", "api.explain", "images.add"})
 UNCOUNTED_PREFIXES = ("/static/", "/thumbnails/")
 UNCOUNTED_PATHS = frozenset({"/healthz"})
 # Wrong keys (or session cookies) one address may send: 10 at once, then one a second. A key
