@@ -44,6 +44,13 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None):
         return None, cli.EXIT_USAGE if exc.code else cli.EXIT_OK
 
 
+def _set_up_logging() -> None:
+    cli.set_up_logging(logging.WARNING)
+    # The client's warnings would only repeat, a line earlier, the one error line that says
+    # why a verb stopped (a node that failed: the verb fails with it; nothing is retried).
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
+
+
 def _backups(args: argparse.Namespace, settings: Settings) -> Backups:
     from imgsearch.esclient import connect
 
@@ -54,7 +61,7 @@ def backup_main(argv: list[str] | None = None) -> int:
     args, status = _parse(_parser("backup"), argv)
     if args is None:
         return status
-    cli.set_up_logging(logging.WARNING)
+    _set_up_logging()
     return cli.run(lambda settings: backup_command(args, settings),
                    interrupted="interrupted; no backup was recorded")
 
@@ -83,7 +90,7 @@ def restore_main(argv: list[str] | None = None) -> int:
     args, status = _parse(parser, argv)
     if args is None:
         return status
-    cli.set_up_logging(logging.WARNING)
+    _set_up_logging()
     return cli.run(lambda settings: restore_command(args, settings),
                    interrupted="interrupted; what Elasticsearch had begun to restore goes on, "
                    "and the alias was not moved")

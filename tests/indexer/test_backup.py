@@ -1,0 +1,103 @@
+"""``python -m indexer backup`` and ``restore`` through the real CLI process on the real node:
+a backup printed and listed, and every refusal as its exit status and one line on stderr
+(the collection already there, a folder outside path.repo, Elasticsearch down, a folder
+without a backup, an unknown snapshot, bad arguments)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from imgsearch.esclient import connect
+from imgsearch.localnode import free_port
+from imgsearch.store import ImageStore
+from indexer.index import index_folder
+from tests.support import PROJECT
+
+
+@pytest.fixture(scope="module")
+def collection(settings, embedder, clothing_test_dir, tmp_path_factory):
+    """Six real photos indexed under an alias of their own."""
+    alias = f"bkcli-{uuid.uuid4().hex[:10]}"
+    local = settings.with_(es_index=alias, keys_index=f"{alias}-keys",
+                           thumbnail_dir=tmp_path_factory.mktemp("bkcli-thumbs"))
+    folder = tmp_path_factory.mktemp("bkcli-photos")
+    for label in ("dress", "hat", "shoes"):
+        for f in sorted((clothing_test_dir / label).glob("*.jpg"))[:2]:
+            shutil.copyfile(f, folder / f"{label}-{f.name}")
+    es = connect(local)
+    report = index_folder(folder, settings=local, embedder=embedder,
+                          store=ImageStore(es, alias), progress=False)
+    assert report.stats.indexed == 6
+    yield local
+    es.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+
+
+def cli(settings, *args, es_url: str | None = None):
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), ES_URL=es_url or settings.es_url,
+               ES_INDEX=settings.es_index, IMGSEARCH_KEYS_INDEX=settings.keys_index,
+               IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir),
+               IMGSEARCH_BACKUP_DIR=str(settings.backup_dir))
+    return subprocess.run([sys.executable, "-m", "indexer", *args], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_error_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_backup_prints_its_snapshot_and_restore_lists_it(collection):
+    folder = collection.backup_dir / collection.es_index
+    done = cli(collection, "backup", str(folder))
+    assert done.returncode == 0, done.stderr
+    snapshot = done.stdout.strip()
+    assert snapshot.startswith(f"{collection.es_index}-")
+    assert "6 thumbnails (6 new)" in done.stderr
+    # Without DIR: IMGSEARCH_BACKUP_DIR itself.
+    again = cli(collection, "backup")
+    assert again.returncode == 0, again.stderr
+    listed = cli(collection, "restore", str(folder), "--list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(snapshot) and "images 6" in lines[0]
+    # Into the node that has the collection: refused, exit 1, saying how.
+    refused = cli(collection, "restore", str(folder))
+    assert refused.returncode == 1
+    assert "--replace" in one_error_line(refused)
+    unknown = cli(collection, "restore", str(folder), "--snapshot", "no-such-snapshot")
+    assert unknown.returncode == 2
+    assert "no backup named 'no-such-snapshot'" in one_error_line(unknown)
+
+
+def test_a_folder_outside_path_repo_is_refused(collection, tmp_path):
+    proc = cli(collection, "backup", str(tmp_path / "elsewhere"))
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "path.repo" in line and "IMGSEARCH_BACKUP_DIR" in line
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_elasticsearch_down_is_exit_1_in_one_line(collection):
+    down = f"http://127.0.0.1:{free_port()}"  # a node that is not running
+    folder = collection.backup_dir / f"down-{uuid.uuid4().hex[:8]}"
+    for args in (("backup", str(folder)), ("restore", str(collection.backup_dir /
+                                                           collection.es_index))):
+        proc = cli(collection, *args, es_url=down)
+        assert proc.returncode == 1
+        assert "is not reachable" in one_error_line(proc) and "make es-up" in proc.stderr
+    assert not folder.exists()  # nothing written while Elasticsearch was away
+
+
+def test_a_folder_without_a_backup_and_bad_arguments_are_exit_2(collection):
+    proc = cli(collection, "restore", str(collection.backup_dir / "never-backed-up"))
+    assert proc.returncode == 2
+    assert "does not exist" in one_error_line(proc)
+    assert cli(collection, "restore", "--no-such-flag").returncode == 2
+    assert cli(collection, "backup", "a", "b").returncode == 2
