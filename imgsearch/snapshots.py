@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -111,16 +112,19 @@ def _new_index_name(alias: str) -> str:
 
 
 def _make_dirs(path: Path) -> None:
-    """mkdir -p where each new folder takes the owner of the folder it is made in: the node's
-    user owns the path.repo folder (imgsearch/localnode), and must be able to write the
-    repository inside a backup folder that root made."""
+    """mkdir -p where each new folder takes, from the folder it is made in, its owner (as
+    root) and its group's write and set-group-ID bits, so that whoever may write the repository
+    there may write it in the new folder too: the local node's user owns the path.repo folder
+    (imgsearch/localnode) that root makes backups in; the compose stack's folder is the app
+    user's, group 0 and set-group-ID, and Elasticsearch writes it as a member of group 0
+    (docs/DOCKER.md, "Backups")."""
     missing = [p for p in (path, *path.parents) if not p.exists()]
     for p in reversed(missing):
         p.mkdir(exist_ok=True)
-        p.chmod(0o755)
+        parent = p.parent.stat()
+        p.chmod(0o755 | (parent.st_mode & (stat.S_IWGRP | stat.S_ISGID)))
         if os.geteuid() == 0:
-            st = p.parent.stat()
-            os.chown(p, st.st_uid, st.st_gid)
+            os.chown(p, parent.st_uid, parent.st_gid)
 
 
 def _write_atomically(path: Path, text: str) -> None:
