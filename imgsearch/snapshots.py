@@ -287,6 +287,12 @@ class Backups:
         roots = self.repo_roots()
         if any(self.folder.is_relative_to(root) for root in roots):
             return
+        if not roots:
+            raise BackupError(
+                f"Elasticsearch at {self.settings.es_url} has no path.repo, so it may write "
+                "snapshots nowhere: restart the local node (make es-down es-up), which lists "
+                "IMGSEARCH_BACKUP_DIR there, or set path.repo in its elasticsearch.yml "
+                "(the compose stack sets /backups)")
         allowed = ", ".join(map(str, roots)) or "none"
         raise BackupError(
             f"{self.folder} is outside the folders Elasticsearch may write snapshots to "

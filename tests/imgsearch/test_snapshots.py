@@ -6,7 +6,9 @@ the key, the decision and the thumbnails; then the refusals and the damage a fol
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from imgsearch.snapshots import (
     REPOSITORY_DIR,
     BackupError,
     Backups,
+    _make_dirs,
     repository_name,
 )
 from imgsearch.store import ImageStore
@@ -49,8 +52,8 @@ def second_node(settings):
 @pytest.fixture(scope="module")
 def collection(settings, embedder, clothing_test_dir, tmp_path_factory):
     """24 photos (4 of each of 6 labels) indexed under an alias of their own, a read key and a
-    'hidden' decision: ``(settings, key, (hidden, kept), queries)``; ``queries``: 4 other
-    photos of the same labels."""
+    'hidden' decision: ``(settings, key, (hidden, kept), queries)``; ``queries``: the vectors
+    of 20 other photos of the same labels."""
     alias = f"bk-{uuid.uuid4().hex[:10]}"
     local = settings.with_(es_index=alias, keys_index=f"{alias}-keys",
                            thumbnail_dir=tmp_path_factory.mktemp("bk-thumbs"))
@@ -61,7 +64,7 @@ def collection(settings, embedder, clothing_test_dir, tmp_path_factory):
         (folder / label).mkdir()
         for f in photos[:4]:
             shutil.copyfile(f, folder / label / f.name)
-        queries += photos[4:5] if label in LABELS[:4] else []
+        queries += photos[4:8] if label in LABELS[:5] else []
     es = connect(local)
     store = ImageStore(es, alias)
     report = index_folder(folder, settings=local, embedder=embedder, store=store,
@@ -71,7 +74,8 @@ def collection(settings, embedder, clothing_test_dir, tmp_path_factory):
     ids = sorted(_all_ids(es, alias))
     hidden, kept = ids[0], ids[1]
     Decisions(es, local.image_decisions_index).decide("hidden", hidden, kept=kept)
-    yield local, key, (hidden, kept), queries
+    vectors = [embedder.embed_bytes(q.read_bytes()) for q in queries]
+    yield local, key, (hidden, kept), vectors
     es.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
 
 
@@ -99,10 +103,10 @@ def restored(collection, backed_up, second_node, tmp_path_factory):
     return there, report
 
 
-def _answers(settings, embedder, queries) -> list[list[tuple[str, float]]]:
+def _answers(settings, queries) -> list[list[tuple[str, float]]]:
+    """The top 10 (ids and scores) of each query vector."""
     store = ImageStore(connect(settings), settings.es_index)
-    return [[(h["id"], h["score"]) for h in
-             store.knn(embedder.embed_bytes(q.read_bytes()), k=10)] for q in queries]
+    return [[(h["id"], h["score"]) for h in store.knn(q, k=10)] for q in queries]
 
 
 def test_the_manifest_says_what_a_backup_holds(collection, backed_up):
@@ -122,11 +126,13 @@ def test_the_manifest_says_what_a_backup_holds(collection, backed_up):
     assert (folder / REPOSITORY_DIR / "index.latest").is_file()
 
 
-def test_restore_into_an_empty_node_gives_the_same_answers(collection, restored, embedder):
+def test_restore_into_an_empty_node_gives_the_same_answers(collection, restored):
     local, key, (hidden, kept), queries = collection
     there, report = restored
     assert report.previous is None and report.replaced == [] and not report.mismatched
-    assert _answers(there, embedder, queries) == _answers(local, embedder, queries)
+    before = _answers(local, queries)
+    assert len(before) == 20 and all(len(top) == 10 for top in before)
+    assert _answers(there, queries) == before
     es = connect(there)
     assert IndexManager(es, there.es_index).current_index() == report.index
     # A key made before the backup authenticates after the restore; the decision holds.
@@ -144,8 +150,7 @@ def test_restore_refuses_a_node_that_has_the_collection(restored, backed_up):
     assert caught.value.code == "backup_target_exists"
 
 
-def test_replace_moves_the_alias_and_keeps_the_old_index(collection, restored, backed_up,
-                                                         embedder):
+def test_replace_moves_the_alias_and_keeps_the_old_index(collection, restored, backed_up):
     local, key, (hidden, kept), queries = collection
     there, first = restored
     es = connect(there)
@@ -157,7 +162,7 @@ def test_replace_moves_the_alias_and_keeps_the_old_index(collection, restored, b
     assert es.indices.exists(index=first.index)  # kept, not searched
     assert sorted(report.replaced) == sorted([there.api_keys_index,
                                               there.image_decisions_index])
-    assert _answers(there, embedder, queries) == _answers(local, embedder, queries)
+    assert _answers(there, queries) == _answers(local, queries)
     keys = KeyStore(es, there.api_keys_index)
     assert keys.authenticate(key) is not None
     assert keys.authenticate(extra) is None  # the keys are the backup's
@@ -240,3 +245,22 @@ def test_a_damaged_or_missing_folder_is_refused_before_anything_changes(
     for path in (no_snapshots / REPOSITORY_DIR).glob("index*"):
         path.unlink()
     refused(no_snapshots, "does not hold")
+
+
+def test_a_new_backup_folder_lets_in_whoever_may_write_its_parent(tmp_path):
+    """The compose stack's folder is set-group-ID and group-writable for Elasticsearch's group
+    0; the local node's is its user's: folders a backup makes inside keep both."""
+    parent = tmp_path / "backups"
+    parent.mkdir()
+    parent.chmod(0o2775)
+    os.chown(parent, os.getuid() + 1 if os.geteuid() == 0 else os.getuid(), os.getgid())
+    _make_dirs(parent / "nightly" / "one")
+    for made in (parent / "nightly", parent / "nightly" / "one"):
+        st = made.stat()
+        assert st.st_mode & stat.S_ISGID and st.st_mode & stat.S_IWGRP, oct(st.st_mode)
+        assert st.st_uid == parent.stat().st_uid
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    plain.chmod(0o755)
+    _make_dirs(plain / "one")
+    assert stat.S_IMODE((plain / "one").stat().st_mode) == 0o755

@@ -76,6 +76,47 @@ def test_backup_prints_its_snapshot_and_restore_lists_it(collection):
     assert "no backup named 'no-such-snapshot'" in one_error_line(unknown)
 
 
+def test_backup_wipe_restore_gives_the_same_top_10(settings, embedder, clothing_test_dir,
+                                                  tmp_path):
+    """The issue's round trip on one node: back up, delete every index and thumbnail of the
+    collection, restore with the CLI: the same answers, the key, the thumbnails."""
+    from imgsearch.keys import KeyStore
+    from imgsearch.thumbnails import ThumbnailStore
+
+    alias = f"bkwipe-{uuid.uuid4().hex[:10]}"
+    local = settings.with_(es_index=alias, keys_index=f"{alias}-keys",
+                           thumbnail_dir=tmp_path / "thumbs")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = sorted((clothing_test_dir / "pants").glob("*.jpg"))
+    for f in photos[:12]:
+        shutil.copyfile(f, folder / f.name)
+    es = connect(local)
+    store = ImageStore(es, alias)
+    index_folder(folder, settings=local, embedder=embedder, store=store, progress=False)
+    key, _ = KeyStore(es, local.api_keys_index).create("wiped", "read")
+    queries = [embedder.embed_bytes(f.read_bytes()) for f in photos[12:14]]
+
+    def top10():
+        return [[(h["id"], h["score"]) for h in store.knn(q, k=10)] for q in queries]
+
+    before = top10()
+    try:
+        backup = local.backup_dir / alias
+        assert cli(local, "backup", str(backup)).returncode == 0
+        es.indices.delete(index=f"{alias}-*")
+        shutil.rmtree(local.thumbnail_dir)
+        done = cli(local, "restore", str(backup))
+        assert done.returncode == 0, done.stderr
+        assert f"{alias}-keys 1" in done.stderr and "12 thumbnails" in done.stderr
+        assert top10() == before
+        assert KeyStore(es, local.api_keys_index).authenticate(key) is not None
+        thumbs = ThumbnailStore(local.thumbnail_dir)
+        assert all(thumbs.path(h[0]) for top in before for h in top)
+    finally:
+        es.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+
+
 def test_a_folder_outside_path_repo_is_refused(collection, tmp_path):
     proc = cli(collection, "backup", str(tmp_path / "elsewhere"))
     assert proc.returncode == 2
