@@ -68,8 +68,8 @@ ROLE_KEYS, ROLE_DECISIONS = "keys", "decisions"
 # seconds, so half a second adds little to it and costs one small request each time.
 POLL_SECONDS = 0.5
 # A restore waits for every shard to be recovered in one request. That copies the whole index
-# from the repository: measured here, 36 photos in under a second; a million float vectors
-# (about 8 GB) at disk speed takes minutes, so the request may last far beyond
+# from the repository: measured here, 3,781 photos (34 MB) with their thumbnails in 4.7 s; a
+# million float vectors (about 9 GB) at that rate take about 20 minutes, far beyond
 # ES_REQUEST_TIMEOUT.
 RESTORE_TIMEOUT = 6 * 3600.0
 
@@ -314,10 +314,11 @@ class Backups:
             text = str(exc)
             if "AccessDenied" in text or "not accessible" in text or "verif" in text:
                 raise BackupError(
-                    f"Elasticsearch cannot write {self.location} ({exc.error}): the folder "
-                    "must be writable by the user the node runs as (the local node: "
-                    f"imgsearch-es as root; the compose stack: uid 1000 or gid 0), e.g. "
-                    f"chown -R that user {self.folder}") from exc
+                    f"Elasticsearch cannot write {self.location} ({exc.error}): "
+                    f"{self.folder} must be writable by the user the node runs as (the local "
+                    "node as root: imgsearch-es, which owns IMGSEARCH_BACKUP_DIR from the "
+                    "node's start; the compose stack: group 0, docs/DOCKER.md \"Backups\")"
+                ) from exc
             raise
 
     def _ensure_folder(self) -> None:
@@ -373,22 +374,27 @@ class Backups:
             counts = self._counts(list(indices))
             name = _new_index_name(self.settings.es_index)
             self._snapshot(name, list(indices), index)
-            # Files after the snapshot: every document in it had its thumbnail written before
-            # it was indexed, so the copy holds all of theirs.
-            files = self._copy_files_out(name)
-            entry = {
-                "snapshot": name,
-                "created_at": _now().isoformat(timespec="seconds"),
-                "seconds": round(time.monotonic() - started, 3),
-                "alias": self.settings.es_index,
-                "index": index,
-                "model_version": manager.index_model_version(index),
-                "elasticsearch": self._es_version(),
-                "indices": {n: {"role": indices[n], "documents": counts[n]} for n in indices},
-                "files": files,
-            }
-            manifest.backups.append(entry)
-            manifest.write(self.folder)
+            try:
+                # Files after the snapshot: every document in it had its thumbnail written
+                # before it was indexed, so the copy holds all of theirs.
+                files = self._copy_files_out(name)
+                entry = {
+                    "snapshot": name,
+                    "created_at": _now().isoformat(timespec="seconds"),
+                    "seconds": round(time.monotonic() - started, 3),
+                    "alias": self.settings.es_index,
+                    "index": index,
+                    "model_version": manager.index_model_version(index),
+                    "elasticsearch": self._es_version(),
+                    "indices": {n: {"role": indices[n], "documents": counts[n]}
+                                for n in indices},
+                    "files": files,
+                }
+                manifest.backups.append(entry)
+                manifest.write(self.folder)
+            except BaseException:  # not recorded: the snapshot goes too
+                self._forget(name)
+                raise
         log.info("backup %s of %s in %s: %s", name, index, self.folder,
                  ", ".join(f"{n} {c}" for n, c in counts.items()))
         return entry
@@ -423,13 +429,14 @@ class Backups:
     @translated
     def _snapshot(self, name: str, indices: list[str], index: str) -> None:
         """Take the snapshot and wait for it; deleted again if it fails or is interrupted."""
-        # Polled rather than one wait_for_completion request: a first snapshot of a large
-        # index copies all of it and would outlast ES_REQUEST_TIMEOUT.
-        self.es.snapshot.create(
-            repository=self.repository, snapshot=name, indices=indices,
-            ignore_unavailable=True, include_global_state=False, wait_for_completion=False,
-            metadata={"alias": self.settings.es_index, "index": index, "by": "imgsearch"})
         try:
+            # Polled rather than one wait_for_completion request: a first snapshot of a large
+            # index copies all of it and would outlast ES_REQUEST_TIMEOUT. Inside the try: an
+            # interrupt while the request is on its way may already have started it.
+            self.es.snapshot.create(
+                repository=self.repository, snapshot=name, indices=indices,
+                ignore_unavailable=True, include_global_state=False, wait_for_completion=False,
+                metadata={"alias": self.settings.es_index, "index": index, "by": "imgsearch"})
             while True:
                 snap = self.es.snapshot.get(repository=self.repository,
                                             snapshot=name).body["snapshots"][0]
@@ -441,10 +448,15 @@ class Backups:
                 raise BackupFailed(f"Elasticsearch could not complete snapshot {name} (state "
                                    f"{snap['state']}{': ' + reasons if reasons else ''}); "
                                    "nothing was recorded")
-        except BaseException:
-            with contextlib.suppress(Exception):  # a failed or interrupted one: do not keep it
-                self.es.snapshot.delete(repository=self.repository, snapshot=name)
+        except BaseException:  # a failed or interrupted one: do not keep it
+            self._forget(name)
             raise
+
+    def _forget(self, name: str) -> None:
+        """Delete (or abort) snapshot ``name``, as far as Elasticsearch lets us now; what is
+        left is a leftover that the next backup deletes."""
+        with contextlib.suppress(Exception):
+            self.es.snapshot.delete(repository=self.repository, snapshot=name)
 
     def _copy_files_out(self, name: str) -> dict:
         out = {}
