@@ -111,7 +111,7 @@ def _new_index_name(alias: str) -> str:
 # --- the folder ----------------------------------------------------------------------------
 
 
-def _make_dirs(path: Path) -> None:
+def make_dirs(path: Path) -> None:
     """mkdir -p where each new folder takes, from the folder it is made in, its owner (as
     root) and its group's write and set-group-ID bits, so that whoever may write the repository
     there may write it in the new folder too: the local node's user owns the path.repo folder
@@ -322,7 +322,7 @@ class Backups:
             raise
 
     def _ensure_folder(self) -> None:
-        _make_dirs(self.folder)
+        make_dirs(self.folder)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -460,7 +460,7 @@ class Backups:
 
     def _copy_files_out(self, name: str) -> dict:
         out = {}
-        _make_dirs(self.folder / LISTS_DIR)
+        make_dirs(self.folder / LISTS_DIR)
         for tree, attribute in FILE_TREES:
             source = Path(getattr(self.settings, attribute))
             names = list(_tree_files(source))

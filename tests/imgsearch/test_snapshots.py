@@ -25,7 +25,7 @@ from imgsearch.snapshots import (
     REPOSITORY_DIR,
     BackupError,
     Backups,
-    _make_dirs,
+    make_dirs,
     repository_name,
 )
 from imgsearch.store import ImageStore
@@ -259,7 +259,7 @@ def test_a_new_backup_folder_lets_in_whoever_may_write_its_parent(tmp_path):
     parent.mkdir()
     parent.chmod(0o2775)
     os.chown(parent, os.getuid() + 1 if os.geteuid() == 0 else os.getuid(), os.getgid())
-    _make_dirs(parent / "nightly" / "one")
+    make_dirs(parent / "nightly" / "one")
     for made in (parent / "nightly", parent / "nightly" / "one"):
         st = made.stat()
         assert st.st_mode & stat.S_ISGID and st.st_mode & stat.S_IWGRP, oct(st.st_mode)
@@ -267,7 +267,7 @@ def test_a_new_backup_folder_lets_in_whoever_may_write_its_parent(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     plain.chmod(0o755)
-    _make_dirs(plain / "one")
+    make_dirs(plain / "one")
     assert stat.S_IMODE((plain / "one").stat().st_mode) == 0o755
 
 
