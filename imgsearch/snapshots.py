@@ -529,7 +529,8 @@ class Backups:
         """Restore a backup of the folder (the newest unless ``snapshot`` names one).
 
         Into a node without the collection's alias and indices: every index under its own
-        name, the alias with it. Where they exist already: refused (Conflict) unless
+        name, the alias with it (for another alias than the backup's, under a new name of
+        that alias). Where they exist already: refused (Conflict) unless
         ``replace``; then the image index (and its duplicate state) is restored under a new
         name and the alias moved to it in one call, the index it served before kept as it
         is; the keys and decisions indices are closed and restored over (they have fixed
@@ -555,7 +556,9 @@ class Backups:
         images = [n for n, r in roles.items() if r in (ROLE_IMAGES, ROLE_DUPLICATES)]
         manager = IndexManager(self.es, alias)
         current = manager.current_index()
-        present = self._exists([*images, *fixed.values()])
+        other_alias = entry["alias"] != alias
+        # The image indices' own names matter only where they are restored under them.
+        present = self._exists([*([] if other_alias else images), *fixed.values()])
         if (current or present) and not replace:
             what = ([f"alias {alias!r} (on {current})"] if current else []) + present
             raise Conflict("backup_target_exists", (
@@ -564,9 +567,12 @@ class Backups:
                 "move the alias (the current index is kept), replacing the keys and decisions, or "
                 "restore into an empty node"))
         report = RestoreReport(name, index, alias, {}, {})
-        if current or present:
-            # Beside whatever is there: a new concrete name, duplicate state renamed with it
-            # (the prefix is the image index's name), the alias moved when all is in.
+        # Under its own name with its own alias, on a node without the collection. Else beside
+        # whatever is there, or for another alias (ES_INDEX: the backup's concrete name would
+        # not be one of that alias's): a new concrete name, the duplicate state renamed with
+        # it (the prefix is the image index's name), the alias moved when all is in.
+        beside = bool(current or present) or other_alias
+        if beside:
             new = _new_index_name(alias)
             self._restore(name, images, include_aliases=False,
                           rename=(index, new))
@@ -582,7 +588,7 @@ class Backups:
             self._restore(name, [source], include_aliases=False,
                           rename=(source, target) if source != target else None)
             renamed[source] = target
-        if current or present:
+        if beside:
             report.previous = manager.point_alias(report.index, previous=current)
         report.expected = {renamed[n]: info["documents"] for n, info in
                            entry["indices"].items()}

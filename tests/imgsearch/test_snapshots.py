@@ -148,6 +148,25 @@ def test_restore_into_an_empty_node_gives_the_same_answers(collection, restored)
     assert report.files == {"thumbnails": 24}
 
 
+def test_a_backup_restores_under_another_alias(collection, restored, backed_up):
+    """ES_INDEX (and the keys index) named otherwise where the backup is restored: the image
+    index comes back under a name of that alias, the keys under that node's keys index."""
+    local, key, _, queries = collection
+    there = restored[0]
+    alias = f"other-{uuid.uuid4().hex[:8]}"
+    elsewhere = there.with_(es_index=alias, keys_index=f"{alias}-keys")
+    es = connect(elsewhere)
+    try:
+        report = Backups(es, elsewhere, backed_up[0]).restore()
+        assert report.index.startswith(f"{alias}-") and report.previous is None
+        assert IndexManager(es, alias).current_index() == report.index
+        assert _answers(elsewhere, queries) == _answers(local, queries)
+        assert KeyStore(es, f"{alias}-keys").authenticate(key) is not None
+        assert not report.mismatched
+    finally:
+        es.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+
+
 def test_restore_refuses_a_node_that_has_the_collection(restored, backed_up):
     there, _ = restored
     with pytest.raises(Conflict, match="--replace") as caught:
