@@ -462,7 +462,10 @@ class Backups:
         out = {}
         make_dirs(self.folder / LISTS_DIR)
         for tree, attribute in FILE_TREES:
-            source = Path(getattr(self.settings, attribute))
+            folder = getattr(self.settings, attribute)
+            if not folder:  # a folder the settings leave unset: nothing of it to copy
+                continue
+            source = Path(folder)
             names = list(_tree_files(source))
             copied, size = copy_tree(source, self.folder / FILES_DIR / tree, names)
             listing = self.folder / LISTS_DIR / f"{name}.{tree}.txt"
@@ -498,6 +501,11 @@ class Backups:
             except OSError as exc:
                 raise BackupError(f"the backup folder is damaged: {listing} cannot be read "
                                   f"({exc.strerror})") from None
+            # The names become paths under the settings' folders: none may lead out of them.
+            outside = [n for n in names if n.is_absolute() or ".." in n.parts]
+            if outside:
+                raise BackupError(f"the backup folder is damaged: {listing} names "
+                                  f"{str(outside[0])[:80]!r}, outside its folder")
             pool = self.folder / FILES_DIR / tree
             missing = [n for n in names if not (pool / n).is_file()]
             if missing:
@@ -594,7 +602,7 @@ class Backups:
                            entry["indices"].items()}
         report.documents = self._counts(list(report.expected))
         for tree, attribute in FILE_TREES:
-            if tree in files:
+            if tree in files and getattr(self.settings, attribute):
                 copied, _ = copy_tree(self.folder / FILES_DIR / tree,
                                       Path(getattr(self.settings, attribute)), files[tree])
                 report.files[tree] = copied

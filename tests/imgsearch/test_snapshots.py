@@ -265,6 +265,11 @@ def test_a_damaged_or_missing_folder_is_refused_before_anything_changes(
     no_thumbs = _copy_backup(backed_up[0], local.backup_dir)
     next((no_thumbs / "files" / "thumbnails").rglob("*.webp")).unlink()
     refused(no_thumbs, "1 of 24 thumbnails of backup .* are missing")
+    escaping = _copy_backup(backed_up[0], local.backup_dir)
+    newest = json.loads((escaping / MANIFEST).read_text())["backups"][-1]
+    listing = escaping / newest["files"]["thumbnails"]["list"]
+    listing.write_text(listing.read_text() + "../../../etc/cron.d/x\n")
+    refused(escaping, "outside its folder")
     no_snapshots = _copy_backup(backed_up[0], local.backup_dir)
     for path in (no_snapshots / REPOSITORY_DIR).glob("index*"):
         path.unlink()
