@@ -305,11 +305,12 @@ class Backups:
         """Register the folder's repository (again: the same settings are a no-op).
         Read-only for a restore: a repository written by one cluster may be read by others,
         and only one may write it."""
+        settings = {"location": str(self.location), "readonly": readonly, "compress": True}
+        if self.settings.backup_max_bytes_per_sec:
+            settings["max_snapshot_bytes_per_sec"] = f"{self.settings.backup_max_bytes_per_sec}b"
         try:
             self.es.snapshot.create_repository(name=self.repository, repository={
-                "type": "fs",
-                "settings": {"location": str(self.location), "readonly": readonly,
-                             "compress": True}})
+                "type": "fs", "settings": settings})
         except ApiError as exc:
             text = str(exc)
             if "AccessDenied" in text or "not accessible" in text or "verif" in text:

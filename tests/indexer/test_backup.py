@@ -1,7 +1,8 @@
 """``python -m indexer backup`` and ``restore`` through the real CLI process on the real node:
-a backup printed and listed, and every refusal as its exit status and one line on stderr
-(the collection already there, a folder outside path.repo, Elasticsearch down, a folder
-without a backup, an unknown snapshot, bad arguments)."""
+a backup printed and listed, a backup-wipe-restore round trip, a backup stopped by SIGTERM,
+and every refusal as its exit status and one line on stderr (the collection already there, a
+folder outside path.repo, Elasticsearch down, a folder without a backup, an unknown snapshot,
+bad arguments)."""
 
 from __future__ import annotations
 
@@ -144,3 +145,42 @@ def test_a_folder_without_a_backup_and_bad_arguments_are_exit_2(collection):
     assert "does not exist" in one_error_line(proc)
     assert cli(collection, "restore", "--no-such-flag").returncode == 2
     assert cli(collection, "backup", "a", "b").returncode == 2
+
+
+def test_an_interrupted_backup_records_nothing_and_leaves_no_snapshot(collection):
+    """SIGTERM (handled as Ctrl-C) in the middle of a snapshot, slowed to 16 KB/s so that it
+    lasts seconds: exit 1, no manifest, the snapshot deleted; the next backup completes."""
+    import signal
+    import time
+
+    from imgsearch.snapshots import MANIFEST, repository_name
+
+    folder = collection.backup_dir / f"interrupted-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), ES_URL=collection.es_url,
+               ES_INDEX=collection.es_index, IMGSEARCH_KEYS_INDEX=collection.keys_index,
+               IMGSEARCH_THUMBNAIL_DIR=str(collection.thumbnail_dir),
+               IMGSEARCH_BACKUP_DIR=str(collection.backup_dir),
+               IMGSEARCH_BACKUP_MAX_BYTES_PER_SEC=str(16 * 1024))
+    proc = subprocess.Popen([sys.executable, "-m", "indexer", "backup", str(folder)],
+                            cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    es = connect(collection)
+    repository = repository_name(folder)
+    deadline = time.monotonic() + 60
+    running = []
+    while not running and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            snaps = es.snapshot.get(repository=repository, snapshot="_all")["snapshots"]
+        except Exception:  # not registered yet
+            snaps = []
+        running = [s["snapshot"] for s in snaps if s["state"] == "IN_PROGRESS"]
+        time.sleep(0.05)
+    assert running, "the snapshot was never seen running"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "interrupted; no backup was recorded" in err, err
+    assert not (folder / MANIFEST).exists()
+    assert es.snapshot.get(repository=repository, snapshot="_all")["snapshots"] == []
+    done = cli(collection, "backup", str(folder))
+    assert done.returncode == 0, done.stderr
+    assert (folder / MANIFEST).exists()
