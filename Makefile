@@ -23,7 +23,7 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint backup restore \
         finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-feedback bench-explain bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
-        bench-scale bench-scale-1m bench-tags
+        bench-scale bench-scale-1m bench-tags bench-words
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
@@ -38,7 +38,7 @@ help:
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags | bench-words"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -159,6 +159,11 @@ bench-duplicates: venv
 
 bench-tags: venv
 	$(PY) -m bench.tags --dataset $(DATASET)
+
+# Search by words: P@10 per word, and filter against re-rank with a photo (~1 min, no node):
+# docs/BENCHMARKS.md, "Search by words".
+bench-words: venv
+	$(PY) -m bench.words --dataset $(DATASET)
 
 # Relevance feedback: Rocchio weights chosen on the validation split, P@10 after one round of
 # marks on the test split (needs make es-up; ~10 min): docs/BENCHMARKS.md.

@@ -251,6 +251,10 @@ class Settings:
     thumbnail_dir: Path = setting(PROJECT_ROOT / "var" / "thumbnails",
                                   env="IMGSEARCH_THUMBNAIL_DIR", parse=Path)
     thumbnail_size: int = setting(256, env="IMGSEARCH_THUMBNAIL_SIZE", parse=_integer)
+    # Photos added through the API (POST /api/images), content-addressed like the thumbnails
+    # (imgsearch/uploads.py): the one folder whose files the API may delete.
+    upload_dir: Path = setting(PROJECT_ROOT / "var" / "uploads", env="IMGSEARCH_UPLOAD_DIR",
+                               parse=Path)
 
     # Decompression-bomb guard: images with more pixels than this are refused before decoding.
     max_image_pixels: int = setting(50_000_000, env="IMGSEARCH_MAX_IMAGE_PIXELS", parse=_integer)

@@ -6,10 +6,11 @@ A backup folder holds everything needed to bring a collection back on an empty n
   snapshot of the concrete index behind the alias (with the alias), the API keys index, the
   decisions index and the image index's duplicate-state index (``<index>-duplicates``, when it
   exists). Snapshots are incremental: a second backup stores only the segments the first lacks.
-- ``files/<tree>/``: the files Elasticsearch does not hold (the thumbnails; see
-  :data:`FILE_TREES`), one pool for every backup of the folder. Their names are content hashes,
-  so a file copied once serves every later backup; ``lists/<snapshot>.<tree>.txt`` names the
-  files of one backup, so a restore copies exactly those.
+- ``files/<tree>/``: the files Elasticsearch does not hold (the thumbnails and the photos
+  added through the API; see :data:`FILE_TREES`), one pool for every backup of the folder.
+  Their names are content hashes, so a file copied once serves every later backup;
+  ``lists/<snapshot>.<tree>.txt`` names the files of one backup, so a restore copies exactly
+  those.
 - ``manifest.json``: every backup of the folder, oldest first: its snapshot, when, the alias
   and concrete index, the model version, each index's document count and each tree's files.
   Written last, atomically: a backup that did not finish is not in it, and is never restored.
@@ -54,10 +55,11 @@ LOCK_FILE = ".lock"
 
 # The folders of files a backup copies beside its snapshot: (their name in the backup, the
 # Settings field that locates them). Each is content-addressed (a file is named by a hash),
-# which is what lets every backup of a folder share one pool. The write API's upload folder
-# is one more line here: ("uploads", "upload_dir").
+# which is what lets every backup of a folder share one pool. A new such folder is one more
+# line here.
 FILE_TREES: tuple[tuple[str, str], ...] = (
     ("thumbnails", "thumbnail_dir"),
+    ("uploads", "upload_dir"),  # photos added through the write API (imgsearch/uploads.py)
 )
 
 # What each index of a backup is to the product, and how a restore treats it.

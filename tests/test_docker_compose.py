@@ -403,6 +403,23 @@ def test_thumbnail_store_is_one_named_volume_at_the_configured_path(raw_compose,
     assert f"mkdir -p {directory}" in runs and f"chown imgsearch:imgsearch {directory}" in runs
 
 
+def test_upload_folder_is_one_named_volume_at_the_configured_path(raw_compose, services,
+                                                                   stages):
+    """Photos added through the API must outlive the container, in one volume the web app
+    owns and the indexer sees (to index them into a new index)."""
+    sources = set()
+    for name in APP_SERVICES:
+        directory = container_env(services[name], stages)["IMGSEARCH_UPLOAD_DIR"]
+        mounts = {target: source for source, target, _ in map(split_volume,
+                                                              services[name]["volumes"])}
+        assert mounts.get(directory) in raw_compose["volumes"], f"{name}: no volume at {directory}"
+        sources.add(mounts[directory])
+    assert len(sources) == 1
+    runs = " ".join(args for keyword, args in stages[-1] if keyword == "RUN")
+    directory = container_env(services["webapp"], stages)["IMGSEARCH_UPLOAD_DIR"]
+    assert f"chown imgsearch:imgsearch /data/thumbnails {directory}" in runs
+
+
 def test_indexer_is_a_profile_indexing_the_mounted_folder(raw_compose, services):
     indexer, webapp = services["indexer"], services["webapp"]
     assert indexer["profiles"] == ["indexer"]

@@ -5,6 +5,7 @@ the key, the decision and the thumbnails; then the refusals and the damage a fol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from imgsearch.snapshots import (
 )
 from imgsearch.store import ImageStore
 from imgsearch.thumbnails import ThumbnailStore
+from imgsearch.uploads import UploadStore
 from indexer.index import index_folder
 
 LABELS = ("dress", "hat", "pants", "shoes", "t-shirt", "skirt")
@@ -56,7 +58,8 @@ def collection(settings, embedder, clothing_test_dir, tmp_path_factory):
     of 20 other photos of the same labels."""
     alias = f"bk-{uuid.uuid4().hex[:10]}"
     local = settings.with_(es_index=alias, keys_index=f"{alias}-keys",
-                           thumbnail_dir=tmp_path_factory.mktemp("bk-thumbs"))
+                           thumbnail_dir=tmp_path_factory.mktemp("bk-thumbs"),
+                           upload_dir=tmp_path_factory.mktemp("bk-uploads"))
     folder = tmp_path_factory.mktemp("bk-photos")
     queries = []
     for label in LABELS:
@@ -74,6 +77,9 @@ def collection(settings, embedder, clothing_test_dir, tmp_path_factory):
     ids = sorted(_all_ids(es, alias))
     hidden, kept = ids[0], ids[1]
     Decisions(es, local.image_decisions_index).decide("hidden", hidden, kept=kept)
+    # A photo of the upload folder (the write API's files), which a backup copies too.
+    data = queries[-1].read_bytes()
+    UploadStore(local.upload_dir).put(hashlib.sha256(data).hexdigest(), "JPEG", data)
     vectors = [embedder.embed_bytes(q.read_bytes()) for q in queries]
     yield local, key, (hidden, kept), vectors
     es.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
@@ -98,7 +104,8 @@ def restored(collection, backed_up, second_node, tmp_path_factory):
     """The backup restored into the empty second node: ``(settings there, report)``."""
     local = collection[0]
     there = local.with_(es_url=second_node.url,
-                        thumbnail_dir=tmp_path_factory.mktemp("restored-thumbs"))
+                        thumbnail_dir=tmp_path_factory.mktemp("restored-thumbs"),
+                        upload_dir=tmp_path_factory.mktemp("restored-uploads"))
     report = Backups(connect(there), there, backed_up[0]).restore()
     return there, report
 
@@ -128,6 +135,7 @@ def test_the_manifest_says_what_a_backup_holds(collection, backed_up):
         local.image_decisions_index: {"role": "decisions", "documents": 1},
     }  # no duplicate-state index yet: left out (ignore_unavailable), not an error
     assert entry["files"]["thumbnails"]["files"] == 24
+    assert entry["files"]["uploads"]["files"] == 1
     assert (folder / REPOSITORY_DIR / "index.latest").is_file()
 
 
@@ -145,7 +153,9 @@ def test_restore_into_an_empty_node_gives_the_same_answers(collection, restored)
     assert Decisions(es, there.image_decisions_index).hidden([hidden]) == {hidden: kept}
     thumbs = ThumbnailStore(there.thumbnail_dir)
     assert all(thumbs.path(i) for i in _all_ids(es, there.es_index))
-    assert report.files == {"thumbnails": 24}
+    assert report.files == {"thumbnails": 24, "uploads": 1}
+    assert [p.relative_to(there.upload_dir) for p in there.upload_dir.rglob("*.jpg")] == [
+        p.relative_to(local.upload_dir) for p in local.upload_dir.rglob("*.jpg")]
 
 
 def test_a_backup_restores_under_another_alias(collection, restored, backed_up):
@@ -191,7 +201,7 @@ def test_replace_moves_the_alias_and_keeps_the_old_index(collection, restored, b
     assert keys.authenticate(key) is not None
     assert keys.authenticate(extra) is None  # the keys are the backup's
     assert Decisions(es, there.image_decisions_index).hidden([hidden]) == {hidden: kept}
-    assert report.files == {"thumbnails": 0}  # all there already
+    assert report.files == {"thumbnails": 0, "uploads": 0}  # all there already
 
 
 def test_a_second_backup_is_incremental_and_listed(collection, backed_up):
@@ -205,7 +215,7 @@ def test_a_second_backup_is_incremental_and_listed(collection, backed_up):
     # Unchanged segments are not stored again: measured 3.8 KB of metadata against the first
     # backup's 256 KB (24 photos).
     assert grown < size / 20, (grown, size)
-    assert second["files"]["thumbnails"]["copied"] == 0
+    assert second["files"]["thumbnails"]["copied"] == second["files"]["uploads"]["copied"] == 0
     assert [e["snapshot"] for e in backups.list()] == [first["snapshot"], second["snapshot"]]
 
 
@@ -247,7 +257,7 @@ def test_a_damaged_or_missing_folder_is_refused_before_anything_changes(
     # An empty node of its own alias, so that only the folder's damage can refuse.
     there = local.with_(es_url=second_node.url, es_index=f"never-{uuid.uuid4().hex[:8]}",
                         keys_index="never-keys", decisions_index="never-decisions",
-                        thumbnail_dir=tmp_path / "thumbs")
+                        thumbnail_dir=tmp_path / "thumbs", upload_dir=tmp_path / "uploads")
     es = connect(there)
 
     def refused(folder: Path, match: str) -> None:

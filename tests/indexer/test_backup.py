@@ -26,7 +26,8 @@ def collection(settings, embedder, clothing_test_dir, tmp_path_factory):
     """Six real photos indexed under an alias of their own."""
     alias = f"bkcli-{uuid.uuid4().hex[:10]}"
     local = settings.with_(es_index=alias, keys_index=f"{alias}-keys",
-                           thumbnail_dir=tmp_path_factory.mktemp("bkcli-thumbs"))
+                           thumbnail_dir=tmp_path_factory.mktemp("bkcli-thumbs"),
+                           upload_dir=tmp_path_factory.mktemp("bkcli-uploads"))
     folder = tmp_path_factory.mktemp("bkcli-photos")
     for label in ("dress", "hat", "shoes"):
         for f in sorted((clothing_test_dir / label).glob("*.jpg"))[:2]:
@@ -43,6 +44,7 @@ def cli(settings, *args, es_url: str | None = None):
     env = dict(os.environ, PYTHONPATH=str(PROJECT), ES_URL=es_url or settings.es_url,
                ES_INDEX=settings.es_index, IMGSEARCH_KEYS_INDEX=settings.keys_index,
                IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir),
+               IMGSEARCH_UPLOAD_DIR=str(settings.upload_dir),
                IMGSEARCH_BACKUP_DIR=str(settings.backup_dir))
     return subprocess.run([sys.executable, "-m", "indexer", *args], cwd=PROJECT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -86,7 +88,7 @@ def test_backup_wipe_restore_gives_the_same_top_10(settings, embedder, clothing_
 
     alias = f"bkwipe-{uuid.uuid4().hex[:10]}"
     local = settings.with_(es_index=alias, keys_index=f"{alias}-keys",
-                           thumbnail_dir=tmp_path / "thumbs")
+                           thumbnail_dir=tmp_path / "thumbs", upload_dir=tmp_path / "uploads")
     folder = tmp_path / "photos"
     folder.mkdir()
     photos = sorted((clothing_test_dir / "pants").glob("*.jpg"))
@@ -159,6 +161,7 @@ def test_an_interrupted_backup_records_nothing_and_leaves_no_snapshot(collection
     env = dict(os.environ, PYTHONPATH=str(PROJECT), ES_URL=collection.es_url,
                ES_INDEX=collection.es_index, IMGSEARCH_KEYS_INDEX=collection.keys_index,
                IMGSEARCH_THUMBNAIL_DIR=str(collection.thumbnail_dir),
+               IMGSEARCH_UPLOAD_DIR=str(collection.upload_dir),
                IMGSEARCH_BACKUP_DIR=str(collection.backup_dir),
                IMGSEARCH_BACKUP_MAX_BYTES_PER_SEC=str(16 * 1024))
     proc = subprocess.Popen([sys.executable, "-m", "indexer", "backup", str(folder)],
