@@ -14,10 +14,14 @@ MODEL_OUT ?=
 FINETUNE_ARGS ?=
 # `make quantize`: an int8 model of MODEL (default: the base model) calibrated on IMAGES.
 QUANTIZE_ARGS ?=
+# `make backup` / `make restore`: the backup folder (default IMGSEARCH_BACKUP_DIR) and restore's
+# options.
+DIR ?=
+RESTORE_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
+.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint backup restore \
         finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-feedback bench-explain bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m bench-tags bench-words
 
@@ -28,6 +32,7 @@ help:
 	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
 	@echo "make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]   int8 model (OpenVINO)"
 	@echo "make search IMAGE=<file>        nearest indexed images"
+	@echo "make backup [DIR=<dir>] | restore [DIR=<dir>] [RESTORE_ARGS=--replace|--snapshot NAME|--list]   (IMGSEARCH_BACKUP_DIR)"
 	@echo "make serve                      web app on http://127.0.0.1:8000 (nginx + gunicorn)"
 	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
 	@echo "make test                       the test suite (starts its own throwaway node)"
@@ -79,6 +84,13 @@ finetune: venv weights
 search: venv
 	@test -n "$(IMAGE)" || (echo "usage: make search IMAGE=<file>"; exit 2)
 	$(PY) -m indexer search "$(IMAGE)" -k 10
+
+# Backups (README.md, "Backing up and restoring"): DIR under IMGSEARCH_BACKUP_DIR, default it.
+backup: venv
+	$(PY) -m indexer backup $(if $(DIR),"$(DIR)")
+
+restore: venv
+	$(PY) -m indexer restore $(if $(DIR),"$(DIR)") $(RESTORE_ARGS)
 
 # nginx in front of gunicorn (webapp/serve.py; README.md, "Limits"): both start and stop here.
 # Loopback only (127.0.0.1), so reads are public by default; IMGSEARCH_PUBLIC_READ=0 make serve
