@@ -496,3 +496,13 @@ def test_words(dataset, capsys):
         assert {"image", "filter"} <= set(image) and all(0 <= v <= 1 for v in image.values())
         assert set(results[split]["alone"]) == {"dress", "hat", "longsleeve", "outwear", "pants",
                                                 "shirt", "shoes", "shorts", "skirt", "t-shirt"}
+
+
+def test_int8_variants(dataset, capsys):
+    from bench.int8_variants import main
+
+    results = main(["--dataset", str(dataset), "--variants", "A", "D2", "--calibration", "6"])
+    assert {"A", "D2"} <= set(results)
+    for r in results.values():
+        assert 0 <= r["overlap"] <= 1 and 0 <= r["p10"] <= 1 and r["cos"] > 0.9
+    assert "overlap@10" in capsys.readouterr().out
