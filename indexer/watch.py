@@ -136,6 +136,7 @@ class Watcher:
         self.target: Target | None = None
         self.state: WatchState | None = None
         self.caught_up = threading.Event()
+        self.waits = 0  # times it waited for Elasticsearch
         self._marked: set[Path] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -240,6 +241,7 @@ class Watcher:
                 if delay is None:
                     delays = self._delays()
                     delay = next(delays)
+                self.waits += 1
                 log.warning("waiting for Elasticsearch at %s (%s): %d changed paths stay "
                             "queued; trying again in %.1fs", self.settings.es_url, exc,
                             self.waiting, delay)
@@ -267,6 +269,7 @@ class Watcher:
                 if self._stop.is_set():
                     raise
                 delay = next(delays)
+                self.waits += 1
                 log.warning("waiting for Elasticsearch at %s (%s) to write %s; trying again "
                             "in %.1fs", self.settings.es_url, exc, what, delay)
                 if self._stop.wait(delay):
