@@ -3,8 +3,10 @@
 One SQLite file per folder and concrete index (``IMGSEARCH_WATCH_STATE_DIR``, default
 ``var/watch``), so that a start does not read and hash every file again: a file whose size and
 mtime (nanoseconds) are those recorded is trusted to hold the recorded bytes. What that costs:
-one ``stat`` per file at start (about 3 s per 100,000 files on local disk, against reading and
-hashing them all: ~50 KB each, 5 GB). What it risks: a file rewritten with the same size and
+one ``stat`` per file at start, 1.7-2.5 s per 100,000 files (measured: the clothing set's
+3,781 walked and stat'ed in 0.07-0.10 s), against reading and hashing them all, ~9 s per
+100,000 from the page cache and far more from a cold disk (5 GB at ~50 KB a photo), plus one
+existence check per 256. What it risks: a file rewritten with the same size and
 the same mtime (a tool that restores mtime, ``touch -r``, a clock set back) is not seen as
 changed; ``rm`` of the state file makes the next start hash everything again (and embed only
 what the index lacks). Keyed by the concrete index, not the alias: after a ``--new-index``

@@ -38,16 +38,19 @@ from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
 
+from elasticsearch import ApiError, TransportError
 from tqdm import tqdm
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from imgsearch.errors import Unavailable
+from imgsearch.esclient import RETRY_STATUSES
 from imgsearch.indexing import INTERRUPTED, Target, prepare, run_partition
 from imgsearch.model import ImageModel
 from imgsearch.pipeline import moved_from, now_iso, relocated_fields
 from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings, retry_delays
-from imgsearch.store import ImageStore, StoreError
+from imgsearch.store import ImageStore, StoreError, StoreUnavailable
 from imgsearch.walk import walk_files
 from imgsearch.watchstate import NO_IMAGE, FileRow, WatchState
 
@@ -99,6 +102,37 @@ def stamp_of(path: Path) -> tuple[int, int] | None:
     if not os.path.isfile(path):
         return None
     return st.st_size, st.st_mtime_ns
+
+
+class FolderGone(Unavailable):
+    """The watched folder itself is gone (deleted, or its disk unmounted): nothing is
+    deleted from the index for it; the watcher stops and says so."""
+
+    code = "folder_gone"
+
+
+class BatchNotWritten(StoreUnavailable):
+    """A batch whose run stopped early (Elasticsearch unreachable after the writes' retries):
+    it stays queued and is tried again."""
+
+
+def transient(exc: StoreError) -> bool:
+    """Whether waiting can cure ``exc``: Elasticsearch unreachable, timing out or saying
+    "later" (429/502/503/504), not an index of another model or a refused setting."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, ApiError):
+        return cause.status_code in RETRY_STATUSES
+    return isinstance(cause, TransportError)
+
+
+def why(exc: Exception) -> str:
+    """What went wrong, in one short line: the transport's own error when there is one (the
+    store's message goes on to tell a one-shot command to run again, which the watcher does
+    by itself)."""
+    text = (str(exc.__cause__ or exc) or repr(exc)).splitlines()[0]
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 class _Marker(FileSystemEventHandler):
@@ -232,19 +266,28 @@ class Watcher:
             ready = self._ready(time.monotonic())
             if not ready:
                 continue
+            if not self.root.is_dir():
+                # Unmounted looks like deleted: never take that as every file deleted.
+                raise FolderGone(
+                    f"the watched folder {self.root} is gone (deleted, or its disk unmounted); "
+                    "nothing was deleted from the index for it. Start the watcher again when "
+                    "the folder is back: it catches up from there.")
             files = {p: st for p, st in ready.items() if st is not None}
             gone = [p for p, st in ready.items() if st is None]
             try:
+                self._follow_alias()
                 self.apply(files, gone)
             except StoreError as exc:
+                if not transient(exc):
+                    raise
                 delay = next(delays, None)
                 if delay is None:
                     delays = self._delays()
                     delay = next(delays)
                 self.waits += 1
                 log.warning("waiting for Elasticsearch at %s (%s): %d changed paths stay "
-                            "queued; trying again in %.1fs", self.settings.es_url, exc,
-                            self.waiting, delay)
+                            "queued (nothing is lost); trying again in %.1fs",
+                            self.settings.es_url, why(exc), self.waiting, delay)
                 self._stop.wait(delay)
                 continue
             delays = iter(())
@@ -266,14 +309,28 @@ class Watcher:
             try:
                 return attempt()
             except StoreError as exc:
-                if self._stop.is_set():
+                if self._stop.is_set() or not transient(exc):
                     raise
                 delay = next(delays)
                 self.waits += 1
-                log.warning("waiting for Elasticsearch at %s (%s) to write %s; trying again "
-                            "in %.1fs", self.settings.es_url, exc, what, delay)
+                log.warning("waiting for Elasticsearch at %s (%s) for %s; trying again in "
+                            "%.1fs", self.settings.es_url, why(exc), what, delay)
                 if self._stop.wait(delay):
                     raise
+
+    def _follow_alias(self) -> None:
+        """A ``--new-index`` run that moved the alias meanwhile: write into the new index
+        from now on, from a state of its own (a catch-up first: the new index may lack what
+        arrived during its build). Another model's index stops the watcher
+        (ModelVersionMismatch), as it stops the indexer."""
+        current = self.store.indices.current_index()
+        if current is None or current == self.target.index:
+            return
+        log.warning("the alias %s moved from %s to %s: following it", self.store.alias,
+                    self.target.index, current)
+        self.state.close()
+        self.open()
+        self.catch_up()
 
     # -- the debounce -------------------------------------------------------------------------
 
@@ -343,8 +400,8 @@ class Watcher:
             )
             if part.aborted == INTERRUPTED:
                 raise KeyboardInterrupt
-            if part.aborted:  # Elasticsearch away, or refusing: the batch stays queued
-                raise StoreError(part.aborted)
+            if part.aborted:  # Elasticsearch away: the batch stays queued
+                raise BatchNotWritten(part.aborted)
             s = part.stats
             failed = {f.rel_path for f in s.failed}
             report.indexed, report.moved, report.excluded = s.indexed, s.moved, s.excluded
