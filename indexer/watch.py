@@ -176,6 +176,7 @@ class Watcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pending: dict[Path, Pending] = {}
+        self._state_dir = Path(os.path.abspath(settings.watch_state_dir))
 
     # -- the observer's side ------------------------------------------------------------------
 
@@ -187,6 +188,8 @@ class Watcher:
             return  # a move out of the folder names its destination outside it
         if any(part.startswith(".") for part in rel.parts):
             return  # hidden entries are not indexed (imgsearch/walk.py)
+        if path.is_relative_to(self._state_dir):
+            return  # the state's own writes, when it lies inside the folder
         with self._lock:
             self._marked.add(path)
         self._wake.set()
@@ -208,7 +211,13 @@ class Watcher:
         that happens during the catch-up is missed."""
         observer = Observer()
         observer.schedule(_Marker(self), str(self.root), recursive=True)
-        observer.start()
+        try:
+            observer.start()
+        except OSError as exc:  # inotify: one watch per folder, limited per user
+            raise Unavailable(
+                f"cannot watch {self.root} ({exc}); on Linux each folder takes an inotify "
+                "watch: raise fs.inotify.max_user_watches (sysctl) for a tree this large"
+            ) from exc
         try:
             self.open()
             self.catch_up()
