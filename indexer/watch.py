@@ -177,6 +177,7 @@ class Watcher:
         self._stop = threading.Event()
         self._pending: dict[Path, Pending] = {}
         self._state_dir = Path(os.path.abspath(settings.watch_state_dir))
+        self._device: int | None = None
 
     # -- the observer's side ------------------------------------------------------------------
 
@@ -234,6 +235,7 @@ class Watcher:
             "the index to write to",
             lambda: prepare(self.store, self.settings, self.embedder, new_index=False))
         self.state = WatchState(self.settings.watch_state_dir, self.root, self.target.index)
+        self._device = os.stat(self.root).st_dev
         log.info("watching %s into index %s (state %s, %d files known; quiet period %.1fs)",
                  self.root, self.target.index, self.state.path, len(self.state), self.quiet)
 
@@ -275,7 +277,7 @@ class Watcher:
             ready = self._ready(time.monotonic())
             if not ready:
                 continue
-            if not self.root.is_dir():
+            if not self._root_here():
                 # Unmounted looks like deleted: never take that as every file deleted.
                 raise FolderGone(
                     f"the watched folder {self.root} is gone (deleted, or its disk unmounted); "
@@ -326,6 +328,14 @@ class Watcher:
                             "%.1fs", self.settings.es_url, why(exc), what, delay)
                 if self._stop.wait(delay):
                     raise
+
+    def _root_here(self) -> bool:
+        """The watched folder is still there, on the device it was on when the watcher
+        started: an unmounted disk leaves an empty mount point on another device."""
+        try:
+            return self.root.is_dir() and os.stat(self.root).st_dev == self._device
+        except OSError:
+            return False
 
     def _follow_alias(self) -> None:
         """A ``--new-index`` run that moved the alias meanwhile: write into the new index

@@ -104,12 +104,19 @@ class Running:
 
     def __init__(self, root, settings, embedder, store):
         self.watcher = Watcher(root, settings=settings, embedder=embedder, store=store)
-        self.thread = threading.Thread(target=self.watcher.run, daemon=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
 
-    def __enter__(self) -> Watcher:
+    def _run(self) -> None:
+        try:
+            self.watcher.run()
+        except Exception as exc:  # noqa: BLE001 - kept for the test to look at
+            self.error = exc
+
+    def __enter__(self) -> Running:
         self.thread.start()
         assert self.watcher.caught_up.wait(120), "the catch-up did not finish"
-        return self.watcher
+        return self
 
     def __exit__(self, *exc) -> None:
         self.watcher.stop()
@@ -191,7 +198,8 @@ def test_excluded_bytes_are_never_indexed(watch_dir, watch_settings, embedder, s
 
 def test_live_changes_are_searchable_within_seconds(
         watch_dir, spare, watch_settings, embedder, store):
-    with Running(watch_dir, watch_settings, embedder, store) as watcher:
+    with Running(watch_dir, watch_settings, embedder, store) as running:
+        watcher = running.watcher
         assert in_step(store, watch_dir)
         started = time.monotonic()
         shutil.copyfile(spare[0], watch_dir / "hat" / "added.jpg")
@@ -231,7 +239,8 @@ def test_live_changes_are_searchable_within_seconds(
 
 
 def test_a_burst_is_embedded_in_few_batches(watch_dir, spare, watch_settings, embedder, store):
-    with Running(watch_dir, watch_settings, embedder, store) as watcher:
+    with Running(watch_dir, watch_settings, embedder, store) as running:
+        watcher = running.watcher
         before = len(watcher.batches)
         burst = watch_dir / "burst"
         burst.mkdir()
@@ -247,7 +256,8 @@ def test_a_burst_is_embedded_in_few_batches(watch_dir, spare, watch_settings, em
 def test_a_half_written_file_waits_until_complete(
         watch_dir, spare, watch_settings, embedder, store):
     data = spare[0].read_bytes()
-    with Running(watch_dir, watch_settings, embedder, store) as watcher:
+    with Running(watch_dir, watch_settings, embedder, store) as running:
+        watcher = running.watcher
         before = len(watcher.batches)
         target = watch_dir / "hat" / "slow.jpg"
         chunks = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
@@ -265,6 +275,37 @@ def test_a_half_written_file_waits_until_complete(
         batches = watcher.batches[before:]
         assert [b.read for b in batches] == [1] and batches[0].failed == []
         assert len(documents(store)) == 11
+
+
+def test_an_alias_moved_by_a_rebuild_is_followed(watch_dir, spare, watch_settings, embedder,
+                                                 store):
+    from indexer.index import index_folder
+
+    with Running(watch_dir, watch_settings, embedder, store) as running:
+        before = running.watcher.target.index
+        rebuilt = index_folder(watch_dir, settings=watch_settings, embedder=embedder,
+                               store=store, new_index=True, progress=False)
+        assert store.indices.current_index() == rebuilt.index != before
+        shutil.copyfile(spare[0], watch_dir / "hat" / "after-the-swap.jpg")
+        wait_for("a file added after the swap, in the new index",
+                 lambda: in_step(store, watch_dir), 15)
+        assert running.watcher.target.index == rebuilt.index
+
+
+def test_the_folder_itself_gone_deletes_nothing(watch_dir, watch_settings, embedder, store):
+    with Running(watch_dir, watch_settings, embedder, store) as running:
+        shutil.rmtree(watch_dir)
+        running.thread.join(15)
+        assert not running.thread.is_alive()
+    assert "is gone" in str(running.error) and "nothing was deleted" in str(running.error)
+    assert len(documents(store)) == 10
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    from indexer.__main__ import main
+
+    assert main(["watch", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
 
 
 # -- faults -------------------------------------------------------------------------------
@@ -290,7 +331,8 @@ def test_elasticsearch_away_loses_no_event(watch_node, watch_dir, spare, watch_s
                                  bulk_retries=1, bulk_backoff=0.2, bulk_max_backoff=1.0,
                                  es_request_timeout=5)
     store = ImageStore(connect(local), local.es_index, retries=1, backoff=0.2, max_backoff=1.0)
-    with Running(watch_dir, local, embedder, store) as watcher:
+    with Running(watch_dir, local, embedder, store) as running:
+        watcher = running.watcher
         assert in_step(store, watch_dir)
         watch_node.stop()
         stopped = time.monotonic()
