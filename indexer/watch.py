@@ -193,7 +193,8 @@ class Watcher:
             return  # the state's own writes, when it lies inside the folder
         with self._lock:
             self._marked.add(path)
-        self._wake.set()
+        # No wake-up: the loop looks every TICK. Waking it on each event would stat every
+        # pending path once per event, quadratic in a burst of thousands.
 
     def stop(self) -> None:
         self._stop.set()
