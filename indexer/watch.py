@@ -533,16 +533,18 @@ def watch_command(args: argparse.Namespace, settings: Settings) -> int:
 
     from imgsearch.embedder import Embedder
 
-    embedder = Embedder(settings)
-    log.info("model %s, computing in %s on %s", embedder.version, embedder.precision,
-             embedder.runtime)
-    watcher = Watcher(args.folder, settings=settings, embedder=embedder,
-                      store=ImageStore.from_settings(settings), sidecar=sidecar,
-                      workers=args.workers, progress=not args.no_progress,
-                      skip_near_duplicates=args.skip_near_duplicates)
-    try:
+    watcher = None
+    try:  # a stop while the model loads is a stop too: exit 0
+        embedder = Embedder(settings)
+        log.info("model %s, computing in %s on %s", embedder.version, embedder.precision,
+                 embedder.runtime)
+        watcher = Watcher(args.folder, settings=settings, embedder=embedder,
+                          store=ImageStore.from_settings(settings), sidecar=sidecar,
+                          workers=args.workers, progress=not args.no_progress,
+                          skip_near_duplicates=args.skip_near_duplicates)
         watcher.run()
     except KeyboardInterrupt:
+        waiting = watcher.waiting if watcher else 0
         log.info("stopped; %d changed paths not yet written are taken again at the next "
-                 "start (the batch in flight, if any, was abandoned)", watcher.waiting)
+                 "start (the batch in flight, if any, was abandoned)", waiting)
     return cli.EXIT_OK
