@@ -423,17 +423,19 @@ class Watcher:
             if part.aborted:  # Elasticsearch away: the batch stays queued
                 raise BatchNotWritten(part.aborted)
             s = part.stats
-            failed = {f.rel_path for f in s.failed}
+            # Vanished between the event and the read: a file gone, no failure.
+            vanished = {rel[p] for p in to_read if rel[p] not in s.by_path
+                        and stamp_of(p) is None}
+            gone += [p for p in to_read if rel[p] in vanished]
+            report.failed = [f for f in s.failed if f.rel_path not in vanished]
+            failed = {f.rel_path for f in report.failed}
             report.indexed, report.moved, report.excluded = s.indexed, s.moved, s.excluded
-            report.failed = s.failed
             for p in to_read:
                 r = rel[p]
-                if r not in s.by_path and stamp_of(p) is None:
-                    gone.append(p)  # vanished between the event and the read
-                    continue
-                digest = NO_IMAGE if r in failed else s.by_path.get(r, NO_IMAGE)
-                new_rows[r] = FileRow(*files[p], digest)
-            for f in s.failed:
+                if r not in vanished:
+                    digest = NO_IMAGE if r in failed else s.by_path.get(r, NO_IMAGE)
+                    new_rows[r] = FileRow(*files[p], digest)
+            for f in report.failed:
                 log.warning("%s: [%s] %s (taken again when it changes)", f.rel_path, f.reason,
                             f.message)
         affected = {known[rel[p]].content_hash for p in [*to_read, *gone]

@@ -23,6 +23,7 @@ import pytest
 from imgsearch.decisions import Decisions
 from imgsearch.images import content_hash
 from imgsearch.store import ImageStore, connect
+from imgsearch.watchstate import WatchState
 from indexer.watch import Watcher
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -191,6 +192,26 @@ def test_excluded_bytes_are_never_indexed(watch_dir, watch_settings, embedder, s
     finally:
         store.es.indices.delete(index=watch_settings.image_decisions_index,
                                 ignore_unavailable=True)
+
+
+def test_bad_files_and_vanished_ones_are_told_and_the_rest_goes_on(
+        watch_dir, watch_settings, embedder, store):
+    (watch_dir / "hat" / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 100)
+    (watch_dir / "notes.txt").write_text("not a photo")
+    watcher = _catch_up(watch_dir, watch_settings, embedder, store)
+    (failure,) = [f for b in watcher.batches for f in b.failed]
+    assert failure.rel_path == "hat/broken.jpg"
+    assert len(documents(store)) == 10
+    # A file named by an event, gone before it is read: no failure, no row, nothing stops.
+    watcher.state = WatchState(watch_settings.watch_state_dir, watcher.root,
+                               watcher.target.index)
+    assert watcher.apply({watch_dir / "hat" / "vanished.jpg": (1000, 1)}, []).failed == []
+    assert watcher.state.rows(["hat/vanished.jpg"]) == {}
+    # The bad file and the text file are known: a second start reads neither again.
+    assert set(watcher.state.rows(["hat/broken.jpg", "notes.txt"])) == {"hat/broken.jpg",
+                                                                        "notes.txt"}
+    watcher.state.close()
+    assert _catch_up(watch_dir, watch_settings, embedder, store).batches == []
 
 
 # -- following events ---------------------------------------------------------------------
