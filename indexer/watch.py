@@ -69,6 +69,8 @@ CATCH_UP_PART = 5000
 # Event types that say something changed; "opened" and "closed_no_write" come from every
 # read (the watcher's own too) and say nothing.
 CHANGES = {"created", "modified", "moved", "deleted", "closed"}
+# Where watchdog says that the kernel dropped events (it tells no handler).
+INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
 
 @dataclass
@@ -151,6 +153,23 @@ class _Marker(FileSystemEventHandler):
             self.watcher.mark(Path(os.fsdecode(event.dest_path)))
 
 
+class _Overflow(logging.Handler):
+    """The kernel's event queue overflowed (a burst beyond fs.inotify.max_queued_events,
+    16,384 by default): events were lost, and watchdog only logs it. Heard here, it marks the
+    whole folder dirty, which costs one ``stat`` per file (its rows say what changed), as at
+    a start."""
+
+    def __init__(self, watcher: Watcher):
+        super().__init__(logging.WARNING)
+        self.watcher = watcher
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            log.warning("inotify lost events (queue overflow): looking at every file of %s",
+                        self.watcher.root)
+            self.watcher.mark(self.watcher.root)
+
+
 class Watcher:
     """Keeps ``root`` indexed: :meth:`catch_up`, then :meth:`follow` events until
     :meth:`stop` (or an interrupt). ``batches`` lists the files of each batch written."""
@@ -213,6 +232,8 @@ class Watcher:
         that happens during the catch-up is missed."""
         observer = Observer()
         observer.schedule(_Marker(self), str(self.root), recursive=True)
+        overflow = _Overflow(self)
+        logging.getLogger(INOTIFY_LOGGER).addHandler(overflow)
         try:
             observer.start()
         except OSError as exc:  # inotify: one watch per folder, limited per user
@@ -225,6 +246,7 @@ class Watcher:
             self.catch_up()
             self.follow()
         finally:
+            logging.getLogger(INOTIFY_LOGGER).removeHandler(overflow)
             observer.stop()
             observer.join(timeout=5)
             if self.state:

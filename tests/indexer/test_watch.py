@@ -275,6 +275,27 @@ def test_a_burst_is_embedded_in_few_batches(watch_dir, spare, watch_settings, em
         assert len(batches) <= 3
 
 
+def test_events_lost_by_the_kernel_are_made_up_for(watch_dir, watch_settings, embedder, store):
+    """On an inotify queue overflow (which watchdog only logs) the watcher looks at every file:
+    here a file whose row it lost, as if its creation's event had been dropped."""
+    import logging
+
+    from indexer.watch import INOTIFY_LOGGER
+
+    with Running(watch_dir, watch_settings, embedder, store) as running:
+        watcher = running.watcher
+        before = len(watcher.batches)
+        missed = sorted(watch_dir.rglob("*.jpg"))[0].relative_to(watch_dir).as_posix()
+        with watcher.state.change():
+            watcher.state.remove(missed)
+        logging.getLogger(INOTIFY_LOGGER).warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        wait_for("the lost file looked at again", lambda: watcher.batches[before:], 10)
+        assert [b.read for b in watcher.batches[before:]] == [1]
+        assert watcher.state.rows([missed])
+        assert in_step(store, watch_dir)
+
+
 def test_a_half_written_file_waits_until_complete(
         watch_dir, spare, watch_settings, embedder, store):
     data = spare[0].read_bytes()
