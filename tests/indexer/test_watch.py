@@ -268,7 +268,10 @@ def test_a_burst_is_embedded_in_few_batches(watch_dir, spare, watch_settings, em
         burst.mkdir()
         for f in spare:  # forty photos, as fast as the disk takes them
             shutil.copyfile(f, burst / f.name)
-        wait_for("the burst", lambda: len(documents(store)) == 50, 30)
+        # A batch is reported once its rows are written, just after its documents.
+        wait_for("the burst", lambda: sum(b.indexed for b in watcher.batches[before:]) == 40,
+                 30)
+        assert len(documents(store)) == 50
         batches = watcher.batches[before:]
         print(f"burst of 40: batches of {[b.read for b in batches]}")
         assert sum(b.indexed for b in batches) == 40
@@ -318,7 +321,8 @@ def test_a_half_written_file_waits_until_complete(
                 assert watcher.batches[before:] == [], "a growing file was taken"
                 time.sleep(quiet / 5)
         digest = content_hash(data)
-        wait_for("the completed file", lambda: digest in documents(store), 10)
+        wait_for("the completed file, reported", lambda: watcher.batches[before:], 10)
+        assert digest in documents(store)
         batches = watcher.batches[before:]
         assert [b.read for b in batches] == [1], [vars(b) for b in batches]
         assert batches[0].failed == []
