@@ -279,6 +279,17 @@ class ImageStore:
             yield hit["_id"]
 
     @translated
+    def ids_at_paths(self, paths: Iterable[str], index: str | None = None) -> set[str]:
+        """Ids of the documents whose ``path`` is one of ``paths`` (scans, no sources)."""
+        paths, found = list(paths), set()
+        for i in range(0, len(paths), 1000):
+            for hit in helpers.scan(self.es, index=index or self.alias, _source=False,
+                                    query={"query": {"terms": {"path": paths[i:i + 1000]}}},
+                                    size=1000):
+                found.add(hit["_id"])
+        return found
+
+    @translated
     def delete_ids(self, ids: Iterable[str], index: str | None = None) -> int:
         actions = (
             {"_op_type": "delete", "_index": index or self.alias, "_id": i} for i in ids

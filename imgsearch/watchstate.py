@@ -15,6 +15,10 @@ rebuild the watcher starts from an empty state, since the new index holds other 
 Rows are written only after the documents they describe are (indexing.run_partition returned,
 deletions made): a watcher killed in between finds the old rows at its next start, sees the
 difference again and redoes the work, which the index makes idempotent (content-hash ids).
+Before a batch's documents are written, its paths are recorded as *intents* (committed
+first): a batch cut short may have stored documents of files that are then deleted or changed
+before it is tried again, bytes no row names; the intents say at which paths to look for such
+documents (by their ``path`` field) once the batch is done.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (content_hash);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS intents (rel_path TEXT PRIMARY KEY);
 """
 
 
@@ -123,6 +128,27 @@ class WatchState:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def intend(self, rel_paths: list[str]) -> None:
+        """Record, committed, that documents of these paths are about to be written."""
+        with self.change():
+            self._db.executemany("INSERT OR IGNORE INTO intents VALUES (?)",
+                                 [(r,) for r in rel_paths])
+
+    def intents(self, rel_paths: list[str] | None = None) -> set[str]:
+        """The paths (of ``rel_paths``, or all) of batches that did not finish."""
+        if rel_paths is None:
+            return {r for (r,) in self._db.execute("SELECT rel_path FROM intents")}
+        out: set[str] = set()
+        for i in range(0, len(rel_paths), 500):
+            chunk = rel_paths[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out |= {r for (r,) in self._db.execute(
+                f"SELECT rel_path FROM intents WHERE rel_path IN ({marks})", chunk)}
+        return out
+
+    def clear_intents(self, rel_paths: list[str]) -> None:
+        self._db.executemany("DELETE FROM intents WHERE rel_path = ?", [(r,) for r in rel_paths])
 
     def put(self, rel_path: str, row: FileRow) -> None:
         self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",

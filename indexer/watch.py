@@ -15,7 +15,9 @@ deleted: against its state, imgsearch/watchstate.py), then it follows file-syste
 - Elasticsearch unreachable: the batch stays queued, with every event that comes meanwhile,
   and is tried again after a wait (logged with what it waits for) until it is written;
 - the state is written only after the documents, so a ``kill -9`` loses nothing: the next
-  start's catch-up sees what its rows lack;
+  start's catch-up sees what its rows lack; a batch's paths are recorded (committed) before
+  its documents, so that a document it stored for a file deleted or changed again before the
+  next try is found by its path and deleted (imgsearch/watchstate.py, intents);
 - SIGTERM or Ctrl-C: exit 0 at once, *abandoning* the batch in flight (its writes already made
   stay; its rows are not written, so the next start takes it again, and what was stored is not
   embedded twice). Finishing it instead could take minutes of embedding, past the 10 s a
@@ -272,7 +274,12 @@ class Watcher:
         stamps = {rel: stamp_of(p) for rel, p in on_disk.items()}
         changed = [rel for rel, st in stamps.items()
                    if st is not None and (rel not in known or known[rel].stamp != st)]
-        gone = [rel for rel in known if stamps.get(rel) is None]
+        # Paths of a batch cut short (kill -9) whose files are gone: no row may name them,
+        # but a document of theirs may have been stored.
+        intents = self.state.intents()
+        cut_short = [r for r in intents if r not in known and stamps.get(r) is None]
+        gone = [rel for rel in known if stamps.get(rel) is None] + cut_short
+        changed += sorted(r for r in intents - set(changed) if stamps.get(r) is not None)
         log.info("catching up: %d files, %d new or changed, %d gone", len(on_disk),
                  len(changed), len(gone))
         bar = tqdm(total=len(changed), unit="img", disable=not self.progress,
@@ -426,14 +433,18 @@ class Watcher:
         started = time.perf_counter()
         rel = {p: p.relative_to(self.root).as_posix() for p in [*files, *gone]}
         known = self.state.rows(list(rel.values()))
+        # Paths of an earlier try of theirs that did not finish (Elasticsearch away, kill -9):
+        # documents of bytes that no row names may be stored at them.
+        leftover = self.state.intents(list(rel.values()))
         to_read = [p for p, st in files.items()
-                   if rel[p] not in known or known[rel[p]].stamp != st]
-        gone = [p for p in gone if rel[p] in known]
+                   if rel[p] not in known or known[rel[p]].stamp != st or rel[p] in leftover]
+        gone = [p for p in gone if rel[p] in known or rel[p] in leftover]
         if not to_read and not gone:
             return None
         report = BatchReport(len(to_read) + len(gone), read=len(to_read))
         new_rows: dict[str, FileRow] = {}
         if to_read:
+            self.state.intend([rel[p] for p in to_read])  # committed before any document
             part = run_partition(
                 to_read, self.root, self.target, settings=self.settings,
                 embedder=self.embedder, store=self.store, indexed_at=now_iso(),
@@ -462,6 +473,10 @@ class Watcher:
                             f.message)
         affected = {known[rel[p]].content_hash for p in [*to_read, *gone]
                     if rel[p] in known} - {NO_IMAGE}
+        if leftover:  # rare: only after a batch was cut short
+            self.store.refresh(self.target.index)
+            affected |= self.store.ids_at_paths([str(self.root / r) for r in leftover],
+                                                self.target.index)
         with self.state.change():
             for r, row in new_rows.items():
                 self.state.put(r, row)
@@ -470,6 +485,7 @@ class Watcher:
                     self.state.remove(rel[p])
             report.deleted, moved = self._settle(affected)
             report.moved += moved
+            self.state.clear_intents([rel[p] for p in [*to_read, *gone]])
         report.seconds = time.perf_counter() - started
         self.batches.append(report)
         log.info("batch of %d paths: %d read, %d indexed, %d moved, %d deleted, %d excluded, "

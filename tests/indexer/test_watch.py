@@ -79,14 +79,15 @@ def hashes_of(root: Path) -> dict[str, str]:
             for p in root.rglob("*.jpg")}
 
 
-def wait_for(what: str, predicate, timeout: float = 30.0):
+def wait_for(what: str, predicate, timeout: float = 30.0, log: Path | None = None):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:.0f}s: {what}")
+            told = f"; the watcher said:\n{_tail(log)}" if log else ""
+            pytest.fail(f"not within {timeout:.0f}s: {what}{told}")
         time.sleep(0.1)
 
 
@@ -178,6 +179,38 @@ def test_catch_up_applies_every_kind_of_change_made_while_stopped(
     # A third start trusts size and mtime: nothing is read.
     third = _catch_up(watch_dir, watch_settings, embedder, store)
     assert third.batches == []
+
+
+def test_a_batch_cut_short_leaves_no_document_behind(watch_dir, spare, watch_settings,
+                                                     embedder, store):
+    """Killed after a batch's documents were stored but before its rows: files of it deleted
+    or changed again while the watcher was down leave no document of their old bytes."""
+    from imgsearch.indexing import run_partition
+    from imgsearch.pipeline import now_iso
+
+    first = _catch_up(watch_dir, watch_settings, embedder, store)
+    deleted, changed = watch_dir / "hat" / "deleted.jpg", watch_dir / "hat" / "changed.jpg"
+    shutil.copyfile(spare[0], deleted)
+    shutil.copyfile(spare[1], changed)
+    # The batch as far as a kill -9 lets it go: intents recorded, documents stored, no rows.
+    state = WatchState(watch_settings.watch_state_dir, first.root, first.target.index)
+    state.intend(["hat/deleted.jpg", "hat/changed.jpg"])
+    part = run_partition([deleted, changed], first.root, first.target, settings=watch_settings,
+                         embedder=embedder, store=store, indexed_at=now_iso())
+    assert part.stats.indexed == 2
+    state.close()
+    deleted.unlink()
+    shutil.copyfile(spare[2], changed)  # changed again while the watcher is down
+
+    _catch_up(watch_dir, watch_settings, embedder, store)
+    assert in_step(store, watch_dir)
+    docs = documents(store)
+    assert content_hash(spare[0].read_bytes()) not in docs
+    assert content_hash(spare[1].read_bytes()) not in docs
+    assert content_hash(spare[2].read_bytes()) in docs
+    state = WatchState(watch_settings.watch_state_dir, first.root, first.target.index)
+    assert state.intents() == set()
+    state.close()
 
 
 def test_excluded_bytes_are_never_indexed(watch_dir, watch_settings, embedder, store):
@@ -401,31 +434,38 @@ def test_elasticsearch_away_loses_no_event(watch_node, watch_dir, spare, watch_s
         assert len(documents(store)) == 14
 
 
-def _watch_process(root: Path, settings, state_dir: Path) -> subprocess.Popen:
+def _watch_process(root: Path, settings, state_dir: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, ES_URL=settings.es_url, ES_INDEX=settings.es_index,
                IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir),
                IMGSEARCH_WATCH_STATE_DIR=str(state_dir), IMGSEARCH_WATCH_QUIET=str(QUIET),
                IMGSEARCH_BATCH_SIZE="4", PYTHONPATH=str(PROJECT))
-    return subprocess.Popen([sys.executable, "-m", "indexer", "watch", str(root),
-                             "--no-progress"], env=env, cwd=PROJECT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("a") as out:  # a file, not a pipe: read while it runs, and never full
+        return subprocess.Popen([sys.executable, "-m", "indexer", "watch", str(root),
+                                 "--no-progress"], env=env, cwd=PROJECT,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text().splitlines()[-30:])
 
 
 def test_kill_9_then_the_next_start_catches_up(watch_dir, spare, watch_settings, embedder,
-                                               store):
+                                               store, tmp_path):
     """The watcher process is killed (SIGKILL) in the middle of a batch while files keep
     arriving; the next start catches up: every photo indexed once, every deleted one gone;
     SIGTERM then stops it with exit 0."""
     state_dir = watch_settings.watch_state_dir
-    proc = _watch_process(watch_dir, watch_settings, state_dir)
+    log = tmp_path / "watch.log"
+    proc = _watch_process(watch_dir, watch_settings, state_dir, log)
     try:
-        wait_for("the first catch-up", lambda: in_step(store, watch_dir) or proc.poll(), 120)
-        assert proc.poll() is None
+        wait_for("the first catch-up", lambda: in_step(store, watch_dir)
+                 or proc.poll() is not None, 120, log)
+        assert proc.poll() is None, _tail(log)
         burst = watch_dir / "burst"
         burst.mkdir()
         for f in spare[:24]:
             shutil.copyfile(f, burst / f.name)
-        wait_for("part of the burst", lambda: len(documents(store)) > 10, 30)
+        wait_for("part of the burst", lambda: len(documents(store)) > 10, 30, log)
         proc.kill()
         proc.wait(30)
     finally:
@@ -441,16 +481,17 @@ def test_kill_9_then_the_next_start_catches_up(watch_dir, spare, watch_settings,
         f.unlink()
     (sorted((watch_dir / "hat").glob("*.jpg"))[0]).unlink()
 
-    proc = _watch_process(watch_dir, watch_settings, state_dir)
+    proc = _watch_process(watch_dir, watch_settings, state_dir, log)
     try:
-        wait_for("the catch-up after kill -9", lambda: in_step(store, watch_dir) or proc.poll(),
-                 120)
-        assert proc.poll() is None
+        wait_for("the catch-up after kill -9", lambda: in_step(store, watch_dir)
+                 or proc.poll() is not None, 120, log)
+        assert proc.poll() is None, _tail(log)
         assert len(documents(store)) == 10 + 30 - 3 - 1
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(60)
     finally:
         if proc.poll() is None:
+            print(_tail(log))
             proc.kill()
-    assert proc.returncode == 0, out[-3000:]
-    assert "stopped" in out
+    assert proc.returncode == 0, _tail(log)
+    assert "stopped" in log.read_text()
