@@ -51,13 +51,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx-light \
     && rm -rf /var/lib/apt/lists/*
 
-# The app's user, and the thumbnail, upload and model stores it writes (a named volume mounted
-# on /data/thumbnails, /data/uploads or /data/models starts out with this directory's owner).
+# The app's user, and the thumbnail, upload and model stores and the watcher's state it writes
+# (a named volume mounted on /data/thumbnails, /data/uploads, /data/models or /data/watch
+# starts out with this directory's owner).
 RUN groupadd --system --gid 10001 imgsearch \
     && useradd --system --uid 10001 --gid imgsearch --create-home --home-dir /home/imgsearch \
        --shell /usr/sbin/nologin imgsearch \
-    && mkdir -p /data/thumbnails /data/uploads /data/models \
-    && chown imgsearch:imgsearch /data/thumbnails /data/uploads /data/models
+    && mkdir -p /data/thumbnails /data/uploads /data/models /data/watch \
+    && chown imgsearch:imgsearch /data/thumbnails /data/uploads /data/models /data/watch
 
 COPY --from=build /opt/venv /opt/venv
 # Only the converted, verified weights (not the npm tarball); read-only for the app.

@@ -21,7 +21,7 @@ RESTORE_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint backup restore \
+.PHONY: help setup venv weights es-fetch es-up es-down es-status index watch search serve demo test lint backup restore \
         finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-feedback bench-explain bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
         bench-scale bench-scale-1m bench-tags bench-words
 
@@ -29,6 +29,7 @@ help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
 	@echo "make es-up | es-down | es-status [NODES=3]   local Elasticsearch node (or cluster) on 127.0.0.1:9200"
 	@echo "make index IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL=<model dir>] [REGIONS=standard|fine] [INDEX_ARGS=--new-index]"
+	@echo "make watch IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL=<model>] [WATCH_ARGS=...]   index, then follow changes"
 	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
 	@echo "make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]   int8 model (OpenVINO)"
 	@echo "make search IMAGE=<file>        nearest indexed images"
@@ -70,6 +71,11 @@ index: venv
 	@test -n "$(IMAGES)" || (echo "usage: make index IMAGES=<dir> [METADATA=<file>]"; exit 2)
 	$(PY) -m indexer "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") \
 	  $(if $(MODEL),--model "$(MODEL)") $(if $(REGIONS),--regions $(REGIONS)) $(INDEX_ARGS)
+
+watch: venv
+	@test -n "$(IMAGES)" || (echo "usage: make watch IMAGES=<dir> [METADATA=<file>]"; exit 2)
+	$(PY) -m indexer watch "$(IMAGES)" $(if $(METADATA),--metadata "$(METADATA)") \
+	  $(if $(MODEL),--model "$(MODEL)") $(if $(REGIONS),--regions $(REGIONS)) $(WATCH_ARGS)
 
 quantize: venv weights
 	@test -n "$(IMAGES)" || (echo "usage: make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]"; exit 2)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .decisions import Decisions
 from .images import ImageError, content_hash
 from .model import ImageModel
 from .pipeline import (
@@ -39,6 +40,7 @@ from .pipeline import (
     make_decoder,
     ordered_map,
     read_file,
+    relocated_fields,
     skip_known,
     to_document,
 )
@@ -234,16 +236,21 @@ class NearDuplicateFilter:
 
 def embedded_batches(paths: list[Path], root: Path, target: Target, *, settings: Settings,
                      embedder: ImageModel, store: ImageStore, stats: RunStats, pool: Executor,
-                     window: int) -> Iterator[Embedded]:
+                     window: int,
+                     relocate: Callable[[Candidate, dict], None] | None = None,
+                     ) -> Iterator[Embedded]:
     """The reader and mapper stages: ``paths`` read and hashed, those already indexed (or met
-    earlier) dropped, decoded with their thumbnails (on ``pool``, ``window`` in flight),
-    batched and embedded; every file that fails is counted in ``stats`` on the way."""
+    earlier) or excluded by a person dropped, decoded with their thumbnails (on ``pool``,
+    ``window`` in flight), batched and embedded; every file that fails is counted in
+    ``stats`` on the way, and each moved one (indexed, met at a new path) goes to
+    ``relocate``."""
     read = ordered_map(partial(read_file, root=root), paths, pool, window)
     # A document without this model's tags (indexed before tags, or by another tagger) is
     # embedded again and overwritten: same id, same vector, now with its tags.
     tagger = target.tagger
-    fresh = skip_known(read, partial(store.existing_ids, index=target.index, tagged_by=tagger),
-                       stats)
+    decisions = Decisions(store.es, settings.image_decisions_index)
+    fresh = skip_known(read, partial(store.indexed, index=target.index, tagged_by=tagger),
+                       stats, excluded=decisions.excluded, relocate=relocate)
     decoder = make_decoder(embedder, ThumbnailStore(settings.thumbnail_dir),
                            settings.thumbnail_size, settings.max_image_pixels, target.regions)
     decoded = ordered_map(decoder, fresh, pool, window)
@@ -267,17 +274,26 @@ def run_partition(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     skip_near: float | None = None,
+    record_paths: bool = False,
 ) -> PartitionResult:
     """Read, skip known, decode, embed and write ``paths`` (files below ``root``); with
     ``skip_near`` (a cosine), leave out each image that close to one already indexed or to an
-    earlier one of this run (:class:`NearDuplicateFilter`).
+    earlier one of this run (:class:`NearDuplicateFilter`). An indexed image met at a new
+    path, its old file gone, keeps its document and vector and gets the new path fields
+    (``stats.moved``). ``record_paths``: ``stats.by_path`` holds every read file's hash.
 
     Reading and decoding run in a thread pool (Pillow releases the GIL) while this thread runs
     inference, and bulk writes go to a writer thread (:class:`BulkWriter`), so the model never
     waits on disk or on Elasticsearch. ``progress`` hears how many files are done or in flight.
     """
-    stats = RunStats(seen=len(paths))
+    stats = RunStats(seen=len(paths), by_path={} if record_paths else None)
     result = PartitionResult(stats)
+    moves: dict[str, dict] = {}
+
+    def relocate(candidate: Candidate, stored: dict) -> None:
+        moves[candidate.content_hash] = relocated_fields(
+            candidate.path, candidate.rel_path, root=root, sidecar=sidecar or {},
+            stored=stored)
     workers = workers or min(4, len(os.sched_getaffinity(0)) + 1)
     window = max(2 * settings.batch_size, 4 * workers)
     writer = BulkWriter(store, target.index, stats)
@@ -287,7 +303,7 @@ def run_partition(
         with ThreadPoolExecutor(workers, "decode") as pool, writer:
             for batch in embedded_batches(paths, root, target, settings=settings,
                                           embedder=embedder, store=store, stats=stats,
-                                          pool=pool, window=window):
+                                          pool=pool, window=window, relocate=relocate):
                 result.embedded += len(batch[0])
                 group, vectors, regions = unique(batch) if unique else batch
                 if not group:
@@ -298,6 +314,10 @@ def run_partition(
                 if progress:
                     progress(stats.done + writer.in_flight)
             writer.drain()
+            if moves:  # one bulk request of partial updates, no embedding
+                stats.moved += store.update_many(moves, target.index)
+                log.info("%d moved file(s): their documents now have the new paths",
+                         stats.moved)
             if progress:
                 progress(stats.done)
     except (StoreError, KeyboardInterrupt) as exc:

@@ -11,8 +11,10 @@ or on Elasticsearch. Every file ends in exactly one outcome, counted in :class:`
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +33,8 @@ from .model import ImageModel
 from .regions import RegionMode, Regions
 from .thumbnails import ThumbnailStore
 from .walk import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,23 +75,34 @@ class RunStats:
     # Skipped with --skip-near-duplicates: an indexed image, or one of this run, is that close.
     near_duplicates: int = 0
     ignored: int = 0
+    # Bytes a person deleted through the API while their file stayed (imgsearch/decisions.py,
+    # "excluded"): never indexed again until the file changes.
+    excluded: int = 0
     deleted: int = 0
+    # Of the already present: found at another path than their document's, whose file is
+    # gone (a moved file), and given the new path without being embedded again.
+    moved: int = 0
     failed: list[Failure] = field(default_factory=list)
     hashes: set[str] = field(default_factory=set)  # every image content met, for --sync
+    # rel_path -> content hash of every file read, when the caller asks (the watcher keeps
+    # them in its state); None otherwise: a million paths would cost ~250 MB for nothing.
+    by_path: dict[str, str] | None = None
 
     def merge(self, other: RunStats) -> None:
         """Add another partition's outcomes to these (its content hashes too, for --sync)."""
         for name in ("seen", "indexed", "already_present", "duplicates", "near_duplicates",
-                     "ignored", "deleted"):
+                     "ignored", "excluded", "deleted", "moved"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failed.extend(other.failed)
         self.hashes |= other.hashes
+        if other.by_path is not None:
+            self.by_path = {**(self.by_path or {}), **other.by_path}
 
     @property
     def done(self) -> int:
         return (
             self.indexed + self.already_present + self.duplicates + self.near_duplicates
-            + self.ignored + len(self.failed)
+            + self.ignored + self.excluded + len(self.failed)
         )
 
 
@@ -121,21 +136,41 @@ def read_file(path: Path, root: Path) -> Candidate | Failure | Ignored:
 
 def skip_known(
     items: Iterable[Candidate | Failure | Ignored],
-    exists: Callable[[list[str]], set[str]],
+    exists: Callable[[list[str]], set[str] | Mapping[str, dict]],
     stats: RunStats,
     group: int = 256,
+    *,
+    excluded: Callable[[list[str]], set[str]] | None = None,
+    relocate: Callable[[Candidate, dict], None] | None = None,
 ) -> Iterator[Candidate | Failure]:
-    """Drop candidates whose content is already indexed (or met earlier in this run).
+    """Drop candidates whose content is already indexed (or met earlier in this run), and
+    those whose bytes are ``excluded`` (deleted by a person: imgsearch/decisions.py).
 
     ``exists`` answers for a whole group at once, so a re-run costs one round trip per
-    ``group`` files and embeds nothing.
+    ``group`` files and embeds nothing; ``excluded`` one more, for the group's new contents
+    only. When ``exists`` answers with each document's stored path fields (a mapping),
+    ``relocate`` hears of each indexed image met at another path than its document's whose
+    file is gone: a moved file, whose document keeps its vector and takes the new path.
     """
 
     def flush(buffer: list[Candidate]) -> Iterator[Candidate]:
         present = exists([c.content_hash for c in buffer])
+        fresh = []
         for c in buffer:
-            if c.content_hash in present:
-                stats.already_present += 1
+            if c.content_hash not in present:
+                fresh.append(c)
+                continue
+            stats.already_present += 1
+            if relocate is not None and isinstance(present, Mapping):
+                stored = present[c.content_hash]
+                if moved_from(stored, c.path):
+                    relocate(c, stored)
+        refused = excluded([c.content_hash for c in fresh]) if excluded and fresh else set()
+        for c in fresh:
+            if c.content_hash in refused:
+                stats.excluded += 1
+                log.info("skipped %s: its image was deleted by a person (excluded until the "
+                         "file changes)", c.rel_path)
             else:
                 yield c
 
@@ -147,6 +182,8 @@ def skip_known(
         if isinstance(item, Failure):
             yield item
             continue
+        if stats.by_path is not None:
+            stats.by_path[item.rel_path] = item.content_hash
         if item.content_hash in stats.hashes:
             stats.duplicates += 1
             continue
@@ -157,6 +194,14 @@ def skip_known(
             buffer = []
     if buffer:
         yield from flush(buffer)
+
+
+def moved_from(stored: dict, path: Path) -> bool:
+    """Whether a document (its stored fields) met again at ``path`` is a moved file's: its own
+    path is another one, where no file is any more. A copy at a second path while the first
+    still exists is not a move: the document keeps the path it has."""
+    old = stored.get("path")
+    return old != str(path) and not (old and os.path.isfile(old))
 
 
 def make_decoder(
@@ -230,18 +275,10 @@ def to_document(
     regions: Regions | None = None,
 ) -> dict:
     c, img = item.candidate, item.image
-    rel = Path(c.rel_path)
-    folder = rel.parent.as_posix()
     meta = sidecar.get(c.rel_path, {})
     doc = {
         "content_hash": c.content_hash,
-        "path": str(c.path),
-        "root": str(root),
-        "rel_path": c.rel_path,
-        "file_name": rel.name,
-        "folder": folder,
-        # The parent folder is the label unless the sidecar says otherwise.
-        "label": meta.get("label") or (rel.parent.name if folder != "." else None),
+        **path_fields(c.path, c.rel_path, root=root, sidecar=sidecar),
         "tags": meta.get("tags", []),
         "extra": meta.get("extra"),
         "width": img.width,
@@ -263,6 +300,38 @@ def to_document(
     }
     doc.update(item.tags or {})
     return {k: v for k, v in doc.items() if v is not None}
+
+
+def folder_label(rel_path: str) -> str | None:
+    """The label a file gets from where it lies: its parent folder's name (none at the top)."""
+    rel = Path(rel_path)
+    return rel.parent.name if rel.parent.as_posix() != "." else None
+
+
+def path_fields(path: Path, rel_path: str, *, root: Path, sidecar: dict[str, dict]) -> dict:
+    """The fields of a document that come from where its file lies (and its label: the
+    parent folder unless the sidecar says otherwise)."""
+    rel = Path(rel_path)
+    return {
+        "path": str(path),
+        "root": str(root),
+        "rel_path": rel_path,
+        "file_name": rel.name,
+        "folder": rel.parent.as_posix(),
+        "label": sidecar.get(rel_path, {}).get("label") or folder_label(rel_path),
+    }
+
+
+def relocated_fields(path: Path, rel_path: str, *, root: Path, sidecar: dict[str, dict],
+                     stored: dict) -> dict:
+    """The partial update of a document whose file now lies at ``path``: its path fields, and
+    its label if the label came from the old folder's name; a label given otherwise (the
+    sidecar, a person through the API) stays."""
+    fields = path_fields(path, rel_path, root=root, sidecar=sidecar)
+    given = stored.get("label") != folder_label(stored.get("rel_path") or "")
+    if given and not sidecar.get(rel_path, {}).get("label"):
+        fields["label"] = stored.get("label")
+    return fields
 
 
 def now_iso() -> str:

@@ -256,6 +256,18 @@ class Settings:
     upload_dir: Path = setting(PROJECT_ROOT / "var" / "uploads", env="IMGSEARCH_UPLOAD_DIR",
                                parse=Path)
 
+    # The watcher (indexer/watch.py): where it keeps what it knows of each watched folder
+    # (imgsearch/watchstate.py: one small SQLite file per folder and index), and the quiet
+    # period: a file is taken once its size and mtime have not changed for this long. A copy
+    # on local disk (cp, rsync, a sync client) writes a photo in well under a second and
+    # touches mtime on every write; 1 s is then invisible next to embedding, and a writer that
+    # stalls longer only costs a failed read that is taken again at its next write.
+    watch_state_dir: Path = setting(PROJECT_ROOT / "var" / "watch",
+                                    env="IMGSEARCH_WATCH_STATE_DIR", parse=Path)
+    watch_quiet: float = setting(
+        1.0, env="IMGSEARCH_WATCH_QUIET", parse=_number,
+        check=_rule(lambda v: 0 < v <= 600, "must be more than 0 and at most 600 seconds"))
+
     # Decompression-bomb guard: images with more pixels than this are refused before decoding.
     max_image_pixels: int = setting(50_000_000, env="IMGSEARCH_MAX_IMAGE_PIXELS", parse=_integer)
     max_upload_bytes: int = setting(20 * 1024 * 1024, env="IMGSEARCH_MAX_UPLOAD_BYTES",

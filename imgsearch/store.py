@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Neither kind of vector is metadata: searches and reads leave them out unless asked.
 NOT_RETURNED = [VECTOR_FIELD, REGIONS_FIELD]
+# What an existence check reads of each document: where its file was, and the tagger.
+PATH_FIELDS = ["path", "rel_path", "root", "label", "model_tagger"]
 
 __all__ = [
     "AliasMoved", "BulkResult", "ImageStore", "IndexMissing", "ModelVersionMismatch",
@@ -177,19 +179,41 @@ class ImageStore:
     @translated
     def existing_ids(self, ids: Iterable[str], index: str | None = None, *,
                      tagged_by: str | None = None) -> set[str]:
-        """Which of ``ids`` already have a document (one round trip, no sources); with
-        ``tagged_by``, only those whose tags that tagger made (``model_tagger``), so that a
-        re-run adds tags to documents indexed without them."""
+        """Which of ``ids`` already have a document (one round trip); with ``tagged_by``,
+        only those whose tags that tagger made (``model_tagger``), so that a re-run adds tags
+        to documents indexed without them."""
+        return set(self.indexed(ids, index, tagged_by=tagged_by))
+
+    @translated
+    def indexed(self, ids: Iterable[str], index: str | None = None, *,
+                tagged_by: str | None = None) -> dict[str, dict]:
+        """:meth:`existing_ids` with each document's path fields (``path``, ``rel_path``,
+        ``root``, ``label``): what the indexer needs to see that a file has moved. One round
+        trip, retried like the writes; the fields are a few hundred bytes a document."""
         ids = list(ids)
         if not ids:
-            return set()
-        source = ["model_tagger"] if tagged_by else False
+            return {}
         resp = self._retrying(
             "existence check",
-            lambda last: self._once.mget(index=index or self.alias, ids=ids, source=source),
+            lambda last: self._once.mget(index=index or self.alias, ids=ids,
+                                         source=PATH_FIELDS),
         )
-        return {d["_id"] for d in resp.body["docs"] if d.get("found") and (
+        return {d["_id"]: d.get("_source") or {} for d in resp.body["docs"] if d.get("found") and (
             not tagged_by or (d.get("_source") or {}).get("model_tagger") == tagged_by)}
+
+    @translated
+    def update_many(self, updates: dict[str, dict], index: str | None = None) -> int:
+        """Set the given fields of existing documents (``{id: fields}``; one bulk request of
+        partial updates, retried like the writes); how many were updated."""
+        if not updates:
+            return 0
+        target = index or self.alias
+        operations: list[dict] = []
+        for doc_id, fields in updates.items():
+            operations += [{"update": {"_index": target, "_id": doc_id}}, {"doc": fields}]
+        items = self._retrying(
+            "path update", lambda last: self._once.bulk(operations=operations)).body["items"]
+        return sum(1 for i in items if 200 <= i.get("update", {}).get("status", 0) < 300)
 
     @translated
     def bulk_index(
@@ -253,6 +277,17 @@ class ImageStore:
             size=1000,
         ):
             yield hit["_id"]
+
+    @translated
+    def ids_at_paths(self, paths: Iterable[str], index: str | None = None) -> set[str]:
+        """Ids of the documents whose ``path`` is one of ``paths`` (scans, no sources)."""
+        paths, found = list(paths), set()
+        for i in range(0, len(paths), 1000):
+            for hit in helpers.scan(self.es, index=index or self.alias, _source=False,
+                                    query={"query": {"terms": {"path": paths[i:i + 1000]}}},
+                                    size=1000):
+                found.add(hit["_id"])
+        return found
 
     @translated
     def delete_ids(self, ids: Iterable[str], index: str | None = None) -> int:

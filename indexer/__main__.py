@@ -1,15 +1,17 @@
 """`python -m indexer <dir>` indexes a folder; `python -m indexer search <image>` searches;
 `python -m indexer finetune <dir>` makes a domain model from a labelled folder;
 `python -m indexer quantize <dir>` makes an int8 OpenVINO model calibrated on a folder;
+`python -m indexer watch <dir>` keeps a folder indexed as it changes;
 `python -m indexer duplicates` prints the groups of near-duplicate images;
 `python -m indexer keys create|list|revoke` manages the web app's API keys."""
 
 import sys
 
-from . import backup, duplicates, finetune, index, keys, quantize, search
+from . import backup, duplicates, finetune, index, keys, quantize, search, watch
 
 VERBS = {"index": index.main, "search": search.main, "finetune": finetune.main,
-         "quantize": quantize.main, "duplicates": duplicates.main, "keys": keys.main}
+         "quantize": quantize.main, "duplicates": duplicates.main, "keys": keys.main,
+         "watch": watch.main}
 VERBS.update(backup.VERBS)  # backup, restore
 
 

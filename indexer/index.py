@@ -66,6 +66,8 @@ class IndexReport:
             "duplicates": s.duplicates,
             "near_duplicates": s.near_duplicates,
             "ignored": s.ignored,
+            "excluded": s.excluded,
+            "moved": s.moved,
             "deleted": s.deleted,
             "failed": [vars(f) for f in s.failed],
             "seconds": round(self.seconds, 3),
@@ -143,6 +145,8 @@ def format_summary(report: IndexReport) -> str:
         f"  indexed:          {s.indexed}",
         f"  already present:  {s.already_present}",
     ]
+    if s.moved:
+        lines.append(f"  moved:            {s.moved} of them (new path, not embedded again)")
     if s.duplicates:
         lines.append(f"  duplicates:       {s.duplicates} (same content as another file)")
     if s.near_duplicates:
@@ -150,6 +154,9 @@ def format_summary(report: IndexReport) -> str:
                      "image: --skip-near-duplicates)")
     if s.ignored:
         lines.append(f"  ignored:          {s.ignored} (not images)")
+    if s.excluded:
+        lines.append(f"  excluded:         {s.excluded} (deleted by a person; indexed again "
+                     "only when the file changes)")
     if s.deleted:
         lines.append(f"  deleted (sync):   {s.deleted}")
     lines.append(f"  failed:           {len(s.failed)}")

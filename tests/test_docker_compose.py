@@ -32,7 +32,7 @@ MAPPING = ROOT / "es_mappings" / "images.json"
 
 ES_IMAGE = f"docker.elastic.co/elasticsearch/elasticsearch:{ES_VERSION}"
 KIBANA_IMAGE = f"docker.elastic.co/kibana/kibana:{ES_VERSION}"
-APP_SERVICES = ("webapp", "indexer")
+APP_SERVICES = ("webapp", "indexer", "watch")
 # Defaults that are wrong inside a container (loopback addresses, paths of a checkout): the
 # image or the service must set these whatever Settings says.
 MUST_SET_IN_CONTAINER = (
@@ -237,7 +237,7 @@ def container_env(service: dict, stages) -> dict[str, str]:
 
 def test_compose_parses_and_has_the_services(raw_compose):
     assert set(raw_compose["services"]) == {"elasticsearch", "setup", "kibana", "webapp",
-                                            "indexer"}
+                                            "indexer", "watch"}
     assert set(raw_compose["volumes"]) >= {"esdata", "thumbnails"}
 
 
@@ -433,12 +433,32 @@ def test_indexer_is_a_profile_indexing_the_mounted_folder(raw_compose, services)
     assert "${IMAGES_DIR:-./var/images}:/images:ro" in raw_compose["services"]["webapp"]["volumes"]
 
 
+def test_watch_is_a_profile_watching_the_mounted_folder(raw_compose, services, stages):
+    watch, indexer = services["watch"], services["indexer"]
+    assert watch["profiles"] == ["watch"]
+    assert watch["image"] == indexer["image"] and watch["build"] == indexer["build"]
+    argv = as_list(watch.get("entrypoint")) + as_list(watch.get("command"))
+    assert argv == ["python", "-m", "indexer", "watch", "/images", "--no-progress"]
+    raw_mounts = raw_compose["services"]["watch"]["volumes"]
+    # The same folder at the same path as the web app's: documents store /images/... paths.
+    assert "${IMAGES_DIR:-./var/images}:/images:ro" in raw_mounts
+    # Its state in a named volume, owned by the app's user from the image's directory: a new
+    # container catches up from it instead of reading every file again.
+    state = container_env(watch, stages)["IMGSEARCH_WATCH_STATE_DIR"]
+    mounts = {target: source for source, target, _ in map(split_volume, watch["volumes"])}
+    assert mounts.get(state) in raw_compose["volumes"]
+    runs = " ".join(args for keyword, args in stages[-1] if keyword == "RUN")
+    assert "chown imgsearch:imgsearch" in runs and state in runs
+    assert watch.get("stop_signal", "SIGTERM") == "SIGTERM"
+    assert watch["restart"] == "unless-stopped"
+
+
 def test_start_order(services):
     def conditions(name):
         return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
 
     assert conditions("setup") == {"elasticsearch": "service_healthy"}
-    for name in ("kibana", "webapp", "indexer"):
+    for name in ("kibana", "webapp", "indexer", "watch"):
         assert conditions(name) == {"elasticsearch": "service_healthy",
                                     "setup": "service_completed_successfully"}
 

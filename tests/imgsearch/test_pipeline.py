@@ -62,3 +62,52 @@ def test_sidecar_errors_say_where(tmp_path, content, suffix, message):
     f.write_text(content)
     with pytest.raises(SidecarError, match=message):
         load_sidecar(f)
+
+
+def test_relocated_fields_move_a_folder_label_and_keep_a_given_one(tmp_path):
+    from imgsearch.pipeline import relocated_fields
+
+    new = tmp_path / "shoes" / "x.jpg"
+    by_folder = {"rel_path": "hat/x.jpg", "label": "hat"}
+    given = {"rel_path": "hat/x.jpg", "label": "summer sale"}
+    fields = relocated_fields(new, "shoes/x.jpg", root=tmp_path, sidecar={}, stored=by_folder)
+    assert fields == {"path": str(new), "root": str(tmp_path), "rel_path": "shoes/x.jpg",
+                      "file_name": "x.jpg", "folder": "shoes", "label": "shoes"}
+    assert relocated_fields(new, "shoes/x.jpg", root=tmp_path, sidecar={},
+                            stored=given)["label"] == "summer sale"
+    sidecar = {"shoes/x.jpg": {"label": "boots"}}
+    assert relocated_fields(new, "shoes/x.jpg", root=tmp_path, sidecar=sidecar,
+                            stored=given)["label"] == "boots"
+    # To the top of the folder: no folder, so no label from it.
+    top = relocated_fields(tmp_path / "x.jpg", "x.jpg", root=tmp_path, sidecar={},
+                           stored=by_folder)
+    assert top["label"] is None and top["folder"] == "."
+
+
+def test_a_copy_is_no_move_while_the_original_exists(tmp_path):
+    from imgsearch.pipeline import moved_from
+
+    original, copy = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    original.write_bytes(b"x")
+    copy.write_bytes(b"x")
+    assert not moved_from({"path": str(original)}, copy)
+    assert not moved_from({"path": str(copy)}, copy)
+    original.unlink()
+    assert moved_from({"path": str(original)}, copy)
+
+
+def test_skip_known_leaves_out_excluded_bytes_and_hears_of_moves(tmp_path):
+    here = tmp_path / "new.jpg"
+    here.write_bytes(b"x")
+    items = [Candidate(here, "new.jpg", b"", "h1"), Candidate(tmp_path / "b", "b", b"", "h2"),
+             Candidate(tmp_path / "c", "c", b"", "h3")]
+    stats = RunStats(by_path={})
+    moves = []
+    out = list(skip_known(
+        items, lambda ids: {"h1": {"path": str(tmp_path / "gone.jpg")}}, stats,
+        excluded=lambda ids: {"h2"} & set(ids), relocate=lambda c, s: moves.append(c.rel_path)))
+    assert [c.rel_path for c in out] == ["c"]
+    assert (stats.already_present, stats.excluded) == (1, 1)
+    assert moves == ["new.jpg"]
+    assert stats.by_path == {"new.jpg": "h1", "b": "h2", "c": "h3"}
+    assert stats.done == 2  # c is not done yet: it goes on to be embedded

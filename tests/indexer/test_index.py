@@ -17,7 +17,7 @@ from PIL import Image
 from imgsearch.search import SearchService
 from imgsearch.store import ModelVersionMismatch
 from indexer.cli import EXIT_ABORTED, EXIT_PARTIAL
-from indexer.index import index_folder
+from indexer.index import format_summary, index_folder
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +109,56 @@ def test_sync_removes_documents_of_deleted_files(test_settings, store, embedder,
     paths = {h["_source"]["path"] for h in store.es.search(index=store.alias, size=20)
              .body["hits"]["hits"]}
     assert str(gone) not in paths
+
+
+def test_sync_moves_documents_of_moved_files_and_keeps_bytes_held_elsewhere(
+        test_settings, store, embedder, photo_dir):
+    """A moved file keeps its document (no embedding) with its new path and folder label; a
+    file gone whose bytes another file still holds keeps its document, at that file's path."""
+    from imgsearch.images import content_hash
+
+    index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
+                 progress=False)
+    moved = sorted((photo_dir / "hat").glob("*.jpg"))[0]
+    moved_id = content_hash(moved.read_bytes())
+    (photo_dir / "bags").mkdir()
+    moved.rename(photo_dir / "bags" / "was-a-hat.jpg")
+    original = sorted((photo_dir / "dress").glob("*.jpg"))[0]
+    original_id = content_hash(original.read_bytes())
+    (photo_dir / "zz").mkdir()
+    (photo_dir / "zz" / "copy.jpg").write_bytes(original.read_bytes())
+    original.unlink()
+    report = index_folder(photo_dir, settings=test_settings, embedder=embedder, store=store,
+                          sync=True, progress=False)
+    assert report.embedded == 0 and report.stats.deleted == 0
+    assert report.stats.moved == 2
+    assert store.count() == 10
+    doc = store.get(moved_id)
+    assert (doc["rel_path"], doc["folder"], doc["file_name"], doc["label"]) == (
+        "bags/was-a-hat.jpg", "bags", "was-a-hat.jpg", "bags")
+    assert doc["path"] == str(photo_dir / "bags" / "was-a-hat.jpg")
+    assert store.get(original_id)["rel_path"] == "zz/copy.jpg"
+    summary = format_summary(report)
+    assert "moved:            2" in summary
+
+
+def test_excluded_bytes_are_not_indexed(test_settings, store, embedder, photo_dir):
+    from imgsearch.decisions import Decisions
+    from imgsearch.images import content_hash
+
+    photo = sorted(photo_dir.rglob("*.jpg"))[3]
+    decisions = Decisions(store.es, test_settings.image_decisions_index)
+    decisions.decide("excluded", content_hash(photo.read_bytes()), path=str(photo))
+    try:
+        report = index_folder(photo_dir, settings=test_settings, embedder=embedder,
+                              store=store, progress=False)
+        assert (report.stats.indexed, report.stats.excluded) == (9, 1)
+        assert report.exit_code == 0 and report.to_json()["excluded"] == 1
+        assert "excluded:         1" in format_summary(report)
+        assert store.get(content_hash(photo.read_bytes())) is None
+    finally:
+        store.es.indices.delete(index=test_settings.image_decisions_index,
+                                ignore_unavailable=True)
 
 
 def test_sidecar_metadata_is_merged(test_settings, store, embedder, photo_dir, tmp_path):
