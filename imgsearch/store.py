@@ -43,6 +43,7 @@ from .indices import (
     ModelVersionMismatch,
     index_body,
 )
+from .pairs import forget_images
 from .settings import Settings, retry_delays
 
 log = logging.getLogger(__name__)
@@ -256,10 +257,15 @@ class ImageStore:
 
     @translated
     def delete_ids(self, ids: Iterable[str], index: str | None = None) -> int:
+        """Delete documents, and their near-duplicate pairs (imgsearch/pairs.py)."""
+        ids = list(ids)
         actions = (
             {"_op_type": "delete", "_index": index or self.alias, "_id": i} for i in ids
         )
         deleted, _ = helpers.bulk(self.es, actions, raise_on_error=False, stats_only=True)
+        concrete = index if index and index != self.alias else self.indices.current_index()
+        if concrete and ids:
+            forget_images(self.es, concrete, ids)
         return int(deleted)
 
     # -- reads ----------------------------------------------------------------------------

@@ -35,8 +35,10 @@ def create_app(
     when the model store has it, and follows the alias to another model's index afterwards
     (``imgsearch/serving.py``), checking at most every ``check_interval`` seconds.
     """
-    from imgsearch.duplicates import DuplicateFinder
+    from imgsearch.decisions import Decisions
+    from imgsearch.duplicates import DuplicateGroups
     from imgsearch.explain import Explainer
+    from imgsearch.resolution import Resolver
     from imgsearch.search import SearchService
     from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore
@@ -60,8 +62,11 @@ def create_app(
     app.extensions["imgsearch.explainer"] = Explainer(app.extensions["imgsearch"])
     app.extensions["imgsearch.thumbnails"] = ThumbnailStore(settings.thumbnail_dir)
     app.extensions["imgsearch.url_fetcher"] = url_fetcher or UrlFetcher.from_settings(settings)
-    # Near-duplicate groups, computed once per index, document count and threshold.
-    app.extensions["imgsearch.duplicates"] = DuplicateFinder(store, settings.duplicate_threshold)
+    # Near-duplicate groups from the kept pairs, and their resolution (people's decisions).
+    decisions = Decisions(store.es, settings.image_decisions_index)
+    app.extensions["imgsearch.duplicates"] = DuplicateGroups(store, decisions,
+                                                             settings.duplicate_threshold)
+    app.extensions["imgsearch.resolver"] = Resolver(store, decisions)
 
     from imgsearch.keys import KeyStore
 
@@ -82,8 +87,9 @@ def create_app(
 
 
 # GET endpoints that cost inference or more (feature maps and a heat map, a kNN search, the
-# near-duplicate groups: one kNN query per document): another site's page must not make a
-# visitor's browser spend them either, as an <img> or a fetch would.
+# near-duplicate groups: a scroll over the pairs, the sources of a page of groups): another
+# site's page must not make a visitor's browser spend them either, as an <img> or a fetch
+# would.
 COSTLY_GETS = frozenset({"api.explain", "api.similar", "duplicates.api", "duplicates.page"})
 
 
