@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from elasticsearch import NotFoundError
 
-from .decisions import Decision, DecisionError, Decisions
+from .decisions import Decision, DecisionError, Decisions, decision_id
 from .esclient import IndexMissing, translated
 from .indices import HIDDEN_FIELD
 from .pairs import PairState
@@ -88,6 +88,7 @@ class Resolver:
 
     def distinct(self, a: str, b: str, *, by: str | None = None) -> Decision:
         """``a`` and ``b`` are not duplicates: no group joins them by their pair."""
+        decision_id("distinct", a, b)  # two different images, before asking the index
         index = self._index()
         self._indexed(index, [a, b])
         decision = self.decisions.decide("distinct", a, b, by=by)
