@@ -28,14 +28,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from elasticsearch import BadRequestError, Elasticsearch, NotFoundError, helpers
 
 from .esclient import StoreError, translated
-
-if TYPE_CHECKING:  # the store imports this module (deletes remove their pairs)
-    from .store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +234,9 @@ class PairFinder:
     docstring). ``floor`` is used when the index has no state yet; an existing state keeps
     its own."""
 
-    def __init__(self, store: ImageStore, index: str, floor: float, *, k: int = DEFAULT_K,
+    # ``store`` is an imgsearch.store.ImageStore, not imported: the store imports this module
+    # (its deletes remove their pairs).
+    def __init__(self, store, index: str, floor: float, *, k: int = DEFAULT_K,
                  num_candidates: int = NUM_CANDIDATES):
         self.store = store
         self.index = index
