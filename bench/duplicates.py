@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the threshold of the per-transform table (default: the setting's)")
     p.add_argument("--es-url", help="an Elasticsearch to use (default: a throwaway node)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--without-pairs", action="store_true",
+                   help="also index the same photos with the pairs hook off, for the "
+                   "indexing overhead of the kept pairs")
     args = p.parse_args(argv)
 
     from imgsearch.localnode import scratch_dir, throwaway_node
@@ -157,6 +160,7 @@ def run(args, folder: Path, es_url: str) -> None:
     chosen = args.chosen if args.chosen is not None else settings.duplicate_threshold
     started = time.perf_counter()
     truth_of = make_set(args.images, folder / "photos", args.originals)
+    args.photos = folder / "photos"
     made = time.perf_counter() - started
     copies = sum(1 for _, t, _ in truth_of.values() if t != "original")
     print(f"{len(truth_of)} images ({copies} copies of {args.originals} originals) made in "
@@ -274,6 +278,8 @@ def upkeep_figures(args, settings, store, embedder, reports, report, hook_second
     """The kept pairs: their cost at indexing and again for every image, their agreement with
     the exhaustive groups, and the API's cost from them."""
     from imgsearch.pairs import PairFinder, PairState
+    from imgsearch.store import ImageStore
+    from indexer.index import index_folder
     from webapp import create_app
 
     index = store.indices.current_index()
@@ -288,7 +294,11 @@ def upkeep_figures(args, settings, store, embedder, reports, report, hook_second
           f"images; found at indexing in {hook_seconds:.1f} s "
           f"({1000 * hook_seconds / images:.1f} ms an image); all again (--rebuild) in "
           f"{rebuild:.1f} s ({1000 * rebuild / again:.1f} ms an image, {found} pairs)")
-    client = create_app(settings, embedder=embedder, store=store).test_client()
+    stored = state.counts()[1]
+    print(f"(stored: {stored} pairs; each pair is found from both sides)")
+    app = create_app(settings.with_(public_read=True), embedder=embedder, store=store)
+    finder = app.extensions["imgsearch.duplicates"]
+    client = app.test_client()
     rows = []
     print("\n| threshold | kept pairs | groups | = exhaustive | first request ms | kept ms |")
     print("|---|---|---|---|---|---|")
@@ -296,25 +306,56 @@ def upkeep_figures(args, settings, store, embedder, reports, report, hook_second
         if threshold < settings.duplicate_floor:
             continue
         t0 = time.perf_counter()
-        body = client.get(f"/api/duplicates?threshold={threshold}&limit=100").get_json()
+        response = client.get(f"/api/duplicates?threshold={threshold}&limit=100")
         first = time.perf_counter() - t0
+        body = response.get_json()
+        assert response.status_code == 200, body
         t0 = time.perf_counter()
         for _ in range(5):
             client.get(f"/api/duplicates?threshold={threshold}&limit=20")
         kept = (time.perf_counter() - t0) / 5
-        groups = {frozenset(m["id"] for m in g["members"]) for g in body["groups"]}
         same = None
-        if threshold in reports and body["total_groups"] <= 100:
-            same = groups == {frozenset(m.id for m in g.members)
-                              for g in reports[threshold].groups}
+        if threshold in reports:
+            kept_groups, _ = finder.groups(threshold)
+            same = {frozenset(c) for c in kept_groups.components} == {
+                frozenset(m.id for m in g.members) for g in reports[threshold].groups}
         rows.append({"threshold": threshold, "pairs": body["pairs"],
                      "groups": body["total_groups"], "same_as_exhaustive": same,
                      "first_ms": round(1000 * first, 1), "kept_ms": round(1000 * kept, 1)})
         print(f"| {threshold:.2f} | {body['pairs']} | {body['total_groups']} | {same} | "
               f"{1000 * first:.0f} | {1000 * kept:.0f} |")
-    return {"floor": settings.duplicate_floor, "pairs": pairs, "images": visited,
+    without = None
+    if args.without_pairs:
+        # The same photos indexed again into an alias of their own with the pairs hook off:
+        # what the pairs cost the indexer's throughput, not only its writer thread.
+        alias = f"{settings.es_index}-nopairs"
+        other = ImageStore.from_settings(settings.with_(es_index=alias))
+        try:
+            with no_pairs():
+                plain = index_folder(args.photos, settings=settings.with_(es_index=alias),
+                                     embedder=embedder, store=other, progress=False)
+            without = round(plain.seconds, 1)
+            print(f"\nthe same {plain.stats.indexed} images indexed without pairs in "
+                  f"{plain.seconds:.1f} s (with: {report.seconds:.1f} s)")
+        finally:
+            other.es.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+    return {"floor": settings.duplicate_floor, "pairs": stored, "images": visited,
+            "index_seconds": round(report.seconds, 1), "index_seconds_without_pairs": without,
             "index_hook_seconds": round(hook_seconds, 2), "rebuild_seconds": round(rebuild, 2),
             "rows": rows}
+
+
+@contextmanager
+def no_pairs():
+    """The indexer's pairs hook turned off (for the comparison only)."""
+    from imgsearch.pairs import PairFinder
+
+    original = PairFinder.after_write
+    PairFinder.after_write = lambda self, docs, failed=(): None
+    try:
+        yield
+    finally:
+        PairFinder.after_write = original
 
 
 if __name__ == "__main__":

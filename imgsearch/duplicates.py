@@ -214,6 +214,7 @@ class PairGroups:
 
     components: list[list[str]]
     weakest: list[float]  # each group's least pair cosine
+    medoids: list[str]  # each group's member with the highest sum of pair cosines
     threshold: float
     index: str
     floor: float
@@ -246,16 +247,22 @@ def _chunks(items: list, size: int = 1000):
 
 def group_pairs(pairs: list[tuple[str, str, float]], *, hidden: set[str] = frozenset(),
                 distinct: set[frozenset[str]] = frozenset(),
-                min_size: int = 2) -> tuple[list[list[str]], list[float]]:
+                min_size: int = 2) -> tuple[list[list[str]], list[float], list[str]]:
     """Union-find over ``pairs`` less those touching ``hidden`` images or said ``distinct``:
-    ``(components, weakest cosine of each)``, in the order :class:`PairGroups` keeps."""
+    ``(components, weakest cosine of each, medoid of each)``, in the order
+    :class:`PairGroups` keeps. The medoid is the member whose pairs' cosines sum highest (the
+    one most like the others, from the pairs alone: no vector is read); ties, the smaller
+    id."""
     edges = _UnionFind()
     kept = []
+    closeness: dict[str, float] = {}
     for a, b, cosine in pairs:
         if a in hidden or b in hidden or frozenset((a, b)) in distinct:
             continue
         edges.union(a, b)
         kept.append((a, cosine))
+        closeness[a] = closeness.get(a, 0.0) + cosine
+        closeness[b] = closeness.get(b, 0.0) + cosine
     weakest: dict[str, float] = {}
     for a, cosine in kept:
         root = edges.find(a)
@@ -263,7 +270,8 @@ def group_pairs(pairs: list[tuple[str, str, float]], *, hidden: set[str] = froze
     components = [sorted(ids) for root, ids in edges.components().items()
                   if len(ids) >= min_size]
     components.sort(key=lambda ids: (-len(ids), -weakest[edges.find(ids[0])], ids[0]))
-    return components, [weakest[edges.find(ids[0])] for ids in components]
+    medoids = [min(ids, key=lambda i: (-closeness[i], i)) for ids in components]
+    return components, [weakest[edges.find(ids[0])] for ids in components], medoids
 
 
 class DuplicateGroups:
@@ -313,10 +321,11 @@ class DuplicateGroups:
         distinct: set[frozenset[str]] = set()
         for chunk in _chunks([(a, b) for a, b, _ in pairs]):
             distinct |= self.decisions.distinct(chunk)
-        components, weakest = group_pairs(pairs, hidden=hidden, distinct=distinct,
-                                          min_size=min_size)
-        kept = PairGroups(components, weakest, threshold, index, info.floor, info.version,
-                          info.changed_at, len(pairs), time.perf_counter() - started)
+        components, weakest, medoids = group_pairs(pairs, hidden=hidden, distinct=distinct,
+                                                   min_size=min_size)
+        kept = PairGroups(components, weakest, medoids, threshold, index, info.floor,
+                          info.version, info.changed_at, len(pairs),
+                          time.perf_counter() - started)
         self._kept.put(key, kept)
         return kept, False
 
@@ -324,9 +333,29 @@ class DuplicateGroups:
              offset: int = 0, min_size: int = 2) -> GroupsPage:
         """A page of groups (``limit`` None: all of them) with their members' sources."""
         kept, cached = self.groups(threshold, min_size=min_size)
-        shown = kept.components[offset:None if limit is None else offset + limit]
-        groups = _groups(self.store, kept.index, shown)
+        end = None if limit is None else offset + limit
+        groups = self._members(kept.index, kept.components[offset:end], kept.medoids[offset:end])
         documents = self.store.count(kept.index)
         visited, _ = PairState(self.store.es, kept.index).counts()
         return GroupsPage(groups, kept, self.store.indices.index_model_version(kept.index),
                           documents, max(0, documents - visited), cached)
+
+    def _members(self, index: str, components: list[list[str]],
+                 medoids: list[str]) -> list[Group]:
+        """The groups shown, each member with its source and cosine to the medoid: the
+        medoids' vectors (one search), then one filtered kNN query a group (one
+        ``_msearch``); a member deleted meanwhile is left out."""
+        out: list[Group] = []
+        for start in range(0, len(components), PAGE_SIZE // 10):
+            chunk = components[start:start + PAGE_SIZE // 10]
+            firsts = medoids[start:start + PAGE_SIZE // 10]
+            vectors = self.store.vectors(firsts, index=index)
+            present = [(ids, m) for ids, m in zip(chunk, firsts, strict=True) if m in vectors]
+            answers = self.store.cosines_among([(vectors[m], ids) for ids, m in present], index)
+            for (_, first), hits in zip(present, answers, strict=True):
+                hits.sort(key=lambda h: (h["id"] != first, -h["cosine"], h["id"]))
+                if len(hits) >= 2:
+                    out.append(Group([Member(h["id"], 1.0 if h["id"] == first
+                                             else round(float(h["cosine"]), 6), h["source"])
+                                      for h in hits]))
+        return out

@@ -275,11 +275,12 @@ class PairFinder:
             self.store.refresh(self.index)
         answers = self.store.knn_many(list(vectors), index=self.index, k=self.k + 1,
                                       num_candidates=self.num_candidates, min_cosine=self.floor)
-        pairs = [(doc_id, other, cosine)
+        # A pair of two images of the batch is found from both sides: stored once.
+        pairs = {tuple(sorted((doc_id, other))): cosine
                  for doc_id, neighbours in zip(ids, answers, strict=True)
                  for other, cosine in neighbours
-                 if other != doc_id and cosine >= self.floor]
-        self.state.record(ids, pairs)
+                 if other != doc_id and cosine >= self.floor}
+        self.state.record(ids, [(a, b, cosine) for (a, b), cosine in pairs.items()])
         return len(pairs)
 
     def visit_missing(self, ids: Iterable[str] | None = None, *, page: int = 200,

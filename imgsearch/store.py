@@ -405,6 +405,30 @@ class ImageStore:
         return out
 
     @translated
+    def cosines_among(self, queries: list[tuple[Any, list[str]]], index: str) -> list[list[dict]]:
+        """For each ``(vector, ids)``: those documents as ``{"id", "cosine", "source"}`` (no
+        vectors), closest to ``vector`` first, in one ``_msearch`` of kNN queries filtered to
+        the ids (a filter that small makes Elasticsearch compare them all: exact cosines)."""
+        searches: list[dict] = []
+        for vector, ids in queries:
+            k = max(1, len(ids))
+            searches += [{"index": index}, {
+                "knn": {"field": VECTOR_FIELD, "query_vector": vector, "k": k,
+                        "num_candidates": max(k, 100), "filter": [{"ids": {"values": ids}}]},
+                "size": k, "_source": {"excludes": NOT_RETURNED}}]
+        if not searches:
+            return []
+        out = []
+        for answer in self.es.msearch(searches=searches).body["responses"]:
+            if "error" in answer:
+                raise StoreRefused(f"Elasticsearch refused a kNN query (status "
+                                   f"{answer.get('status')}): {answer['error'].get('reason')}",
+                                   answer.get("status"))
+            out.append([{"id": h["_id"], "cosine": cosine_of(h["_score"]),
+                         "source": h["_source"]} for h in answer["hits"]["hits"]])
+        return out
+
+    @translated
     def sources_with_vectors(self, ids: list[str], index: str, *,
                              only_vector: bool = False) -> dict[str, dict]:
         """The sources of ``ids`` in ``index``, vectors included (region vectors not), or
