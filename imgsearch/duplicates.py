@@ -6,15 +6,17 @@ photo re-encoded, resized, cropped, brightened or watermarked.
 Two ways, one answer:
 
 - :class:`DuplicateGroups` (the web app, ``python -m indexer duplicates``): from the pairs kept
-  as images are indexed (imgsearch/pairs.py, at the floor ``IMGSEARCH_DUPLICATE_FLOOR``). A
-  threshold at or above the floor reads the stored pairs that close (one scroll over the
-  pairs, never over the images), leaves out images hidden as copies and pairs said to be
-  distinct (imgsearch/decisions.py), and joins the rest with union-find: work proportional to
-  the pairs above the threshold. Only the groups of the page asked for are read (their
-  sources and vectors, for each group's medoid). Each process keeps the groups of a few
-  thresholds per state ``version``; the version is read by id with every request (real-time),
-  so a change made anywhere (a batch indexed, an image deleted, a decision) is seen by every
-  worker's next request. A threshold below the floor is refused (:class:`BelowFloor`).
+  as images are indexed (imgsearch/pairs.py, at the floor ``IMGSEARCH_DUPLICATE_FLOOR``). Once
+  per state ``version`` a process reads every stored pair (one scroll over the pairs, never
+  over the images) and the decisions about them (by id: images hidden as copies, pairs said to
+  be distinct, imgsearch/decisions.py); any threshold at or above the floor is then grouped
+  in memory, union-find over the pairs that close less those decisions: work proportional
+  to the pairs, not the images. Each group's medoid comes from its pairs' cosines; only the
+  groups of the page asked for are read from the index (the medoids' vectors, one filtered
+  kNN a group for the members' sources and cosines). The version is read by id with every
+  request (real-time) and renewed by every change (a batch indexed, an image deleted, a
+  decision), so no worker serves groups older than the last change. A threshold below the
+  floor is refused (:class:`BelowFloor`).
 - :func:`find_duplicates`: the exhaustive check, from the vectors of every image (one kNN
   query each, about 8 s per 1,000 images on two AVX2 cores: docs/BENCHMARKS.md,
   "Near-duplicate groups"); the tests and the benchmark compare the kept groups with it.
@@ -221,7 +223,7 @@ class PairGroups:
     version: str
     computed_at: str  # when the pairs state last changed
     pairs: int  # pairs at the threshold or closer, before decisions
-    seconds: float
+    seconds: float  # grouping them (and reading the state, when it had changed)
 
     @property
     def images(self) -> int:
@@ -284,6 +286,9 @@ class DuplicateGroups:
         self.decisions = decisions
         self.default_threshold = default_threshold
         self._kept: Recent[PairGroups] = Recent(keep)  # a few thresholds of the current state
+        # The pairs and decisions of the latest state versions (4,658 pairs at 1,452 images
+        # of the benchmark: about 1 MB of Python tuples).
+        self._read: Recent[tuple] = Recent(2)
 
     def state(self, index: str | None = None) -> tuple[str, PairState, StateInfo]:
         """``(index, state, its info)`` for ``index`` (default: the alias's); NoPairsState
@@ -313,14 +318,8 @@ class DuplicateGroups:
         if kept is not None:
             return kept, True
         started = time.perf_counter()
-        pairs = state.pairs_at_least(threshold)
-        ids = sorted({i for a, b, _ in pairs for i in (a, b)})
-        hidden: set[str] = set()
-        for chunk in _chunks(ids):
-            hidden |= set(self.decisions.hidden(chunk))
-        distinct: set[frozenset[str]] = set()
-        for chunk in _chunks([(a, b) for a, b, _ in pairs]):
-            distinct |= self.decisions.distinct(chunk)
+        every, hidden, distinct = self._state_pairs(index, state, info)
+        pairs = [p for p in every if p[2] >= threshold]
         components, weakest, medoids = group_pairs(pairs, hidden=hidden, distinct=distinct,
                                                    min_size=min_size)
         kept = PairGroups(components, weakest, medoids, threshold, index, info.floor,
@@ -328,6 +327,25 @@ class DuplicateGroups:
                           time.perf_counter() - started)
         self._kept.put(key, kept)
         return kept, False
+
+    def _state_pairs(self, index: str, state: PairState, info: StateInfo):
+        """``(every pair at the floor, hidden images among them, distinct pairs among them)``
+        of one state version: read once (a scroll over the pairs, the decisions about them by
+        id), then every threshold is grouped from memory."""
+        key = (index, info.version)
+        found = self._read.get(key)
+        if found is None:
+            pairs = state.pairs_at_least(info.floor)
+            ids = sorted({i for a, b, _ in pairs for i in (a, b)})
+            hidden: set[str] = set()
+            for chunk in _chunks(ids):
+                hidden |= set(self.decisions.hidden(chunk))
+            distinct: set[frozenset[str]] = set()
+            for chunk in _chunks([(a, b) for a, b, _ in pairs]):
+                distinct |= self.decisions.distinct(chunk)
+            found = (pairs, hidden, distinct)
+            self._read.put(key, found)
+        return found
 
     def page(self, threshold: float | None = None, *, limit: int | None = 20,
              offset: int = 0, min_size: int = 2) -> GroupsPage:
