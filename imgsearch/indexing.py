@@ -383,7 +383,7 @@ def finish(store: ImageStore, target: Target, root: Path, stats: RunStats, *,
         stale = set(store.ids_under_root(str(root), index)) - stats.hashes
         stats.deleted = store.delete_ids(stale, index) if stale else 0
     # This run's images whose pairs a batch could not store (Elasticsearch failed between the
-    # write and the pairs; an earlier run stopped there): one mget per 1,000 of them.
+    # write and the pairs; an earlier run stopped there): one mget per 200 of them.
     PairFinder(store, index, target.duplicate_floor).visit_missing(sorted(stats.hashes))
     if target.new_index:
         previous = store.indices.point_alias(index, target.replaces)
