@@ -41,6 +41,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     TF_CPP_MIN_LOG_LEVEL=2 \
     IMGSEARCH_CACHE_DIR=/opt/imgsearch/cache \
     IMGSEARCH_THUMBNAIL_DIR=/data/thumbnails \
+    IMGSEARCH_UPLOAD_DIR=/data/uploads \
     IMGSEARCH_MODEL_STORE=/data/models \
     WEBAPP_BIND=0.0.0.0:8000
 
@@ -50,13 +51,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx-light \
     && rm -rf /var/lib/apt/lists/*
 
-# The app's user, and the thumbnail and model stores it writes (a named volume mounted on
-# /data/thumbnails or /data/models starts out with this directory's owner).
+# The app's user, and the thumbnail, upload and model stores it writes (a named volume mounted
+# on /data/thumbnails, /data/uploads or /data/models starts out with this directory's owner).
 RUN groupadd --system --gid 10001 imgsearch \
     && useradd --system --uid 10001 --gid imgsearch --create-home --home-dir /home/imgsearch \
        --shell /usr/sbin/nologin imgsearch \
-    && mkdir -p /data/thumbnails /data/models \
-    && chown imgsearch:imgsearch /data/thumbnails /data/models
+    && mkdir -p /data/thumbnails /data/uploads /data/models \
+    && chown imgsearch:imgsearch /data/thumbnails /data/uploads /data/models
 
 COPY --from=build /opt/venv /opt/venv
 # Only the converted, verified weights (not the npm tarball); read-only for the app.

@@ -14,12 +14,16 @@ MODEL_OUT ?=
 FINETUNE_ARGS ?=
 # `make quantize`: an int8 model of MODEL (default: the base model) calibrated on IMAGES.
 QUANTIZE_ARGS ?=
+# `make backup` / `make restore`: the backup folder (default IMGSEARCH_BACKUP_DIR) and restore's
+# options.
+DIR ?=
+RESTORE_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint \
+.PHONY: help setup venv weights es-fetch es-up es-down es-status index search serve demo test lint backup restore \
         finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-feedback bench-explain bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
-        bench-scale bench-scale-1m bench-tags
+        bench-scale bench-scale-1m bench-tags bench-words
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
@@ -28,12 +32,13 @@ help:
 	@echo "make finetune IMAGES=<dir> [METADATA=<csv|jsonl>] [MODEL_OUT=<dir>]   domain model"
 	@echo "make quantize IMAGES=<dir> [MODEL=<model>] [MODEL_OUT=<dir>]   int8 model (OpenVINO)"
 	@echo "make search IMAGE=<file>        nearest indexed images"
+	@echo "make backup [DIR=<dir>] | restore [DIR=<dir>] [RESTORE_ARGS=--replace|--snapshot NAME|--list]   (IMGSEARCH_BACKUP_DIR)"
 	@echo "make serve                      web app on http://127.0.0.1:8000 (nginx + gunicorn)"
 	@echo "make demo IMAGES=<dir>          setup + es-up + index + serve"
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags | bench-words"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -79,6 +84,13 @@ finetune: venv weights
 search: venv
 	@test -n "$(IMAGE)" || (echo "usage: make search IMAGE=<file>"; exit 2)
 	$(PY) -m indexer search "$(IMAGE)" -k 10
+
+# Backups (README.md, "Backing up and restoring"): DIR under IMGSEARCH_BACKUP_DIR, default it.
+backup: venv
+	$(PY) -m indexer backup $(if $(DIR),"$(DIR)")
+
+restore: venv
+	$(PY) -m indexer restore $(if $(DIR),"$(DIR)") $(RESTORE_ARGS)
 
 # nginx in front of gunicorn (webapp/serve.py; README.md, "Limits"): both start and stop here.
 # Loopback only (127.0.0.1), so reads are public by default; IMGSEARCH_PUBLIC_READ=0 make serve
@@ -147,6 +159,11 @@ bench-duplicates: venv
 
 bench-tags: venv
 	$(PY) -m bench.tags --dataset $(DATASET)
+
+# Search by words: P@10 per word, and filter against re-rank with a photo (~1 min, no node):
+# docs/BENCHMARKS.md, "Search by words".
+bench-words: venv
+	$(PY) -m bench.words --dataset $(DATASET)
 
 # Relevance feedback: Rocchio weights chosen on the validation split, P@10 after one round of
 # marks on the test split (needs make es-up; ~10 min): docs/BENCHMARKS.md.

@@ -4,7 +4,8 @@ Trains with ``python -m indexer finetune``'s recipe on the clothing train split 
 validation split for early stopping), then scores the base and the tuned model on the test
 split, each indexed into a throwaway alias: precision@10, mAP@10 and mAP by exact search, P@10
 and mAP@10 through Elasticsearch's kNN, and the kNN's recall@10 against exact search. Prints
-the training wall time and rate, and the model card's validation scores per epoch.
+the training wall time and rate, the model card's validation scores per epoch, and the tuned
+model's predicted-label accuracy on the test split, per label (imgsearch/labels.py).
 
     python -m bench.finetune --dataset ../shared/datasets/clothing-small [--out var/models/x]
     python -m bench.finetune --model var/models/x     # score an existing model only
@@ -20,6 +21,8 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from bench.machine import cpu_model
 from bench.quality import measure
@@ -89,10 +92,42 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:6s} {m['exact']['p@10']:10.4f} {m['exact']['map@10']:7.4f} "
               f"{m['exact']['map']:7.4f} {m['es']['p@10']:8.4f} {m['es']['map@10']:9.4f} "
               f"{m['recall@10']:9.4f}")
+    labels = label_accuracy(test, Embedder(settings, model_dir=model_dir))
+    if labels is not None:
+        print(f"\npredicted labels on the test split (the tuned model's proxies): accuracy "
+              f"{labels['accuracy']:.3f}; at confidence >= 0.5, {labels['confident_share']:.2f} "
+              f"of the photos, accuracy {labels['confident_accuracy']:.3f}")
+        for label, (accuracy, n) in labels["per_label"].items():
+            print(f"  {label:10s} {accuracy:.3f} ({n})")
     if args.json:
         with args.json.open("a") as f:
             f.write(json.dumps({"cpu": cpu_model(), "flags": flags, "card": card,
-                                "test": rows}) + "\n")
+                                "test": rows, "labels": labels}) + "\n")
+
+
+def label_accuracy(test: Path, tuned: Embedder) -> dict | None:
+    """Each test photo's predicted label (imgsearch/labels.py) against its folder's; None for
+    a model without proxies."""
+    from imgsearch.labels import Labeler
+
+    if not isinstance(tuned.tagger, Labeler):
+        return None
+    photos = sorted(test.glob("*/*"))
+    predicted = []
+    for start in range(0, len(photos), 32):
+        batch = photos[start:start + 32]
+        pixels = np.stack([tuned.decode(p.read_bytes()).pixels for p in batch])
+        predicted += tuned.tagger.predict(tuned.embed(pixels))
+    truth = [p.parent.name for p in photos]
+    right = [label == t for (label, _), t in zip(predicted, truth, strict=True)]
+    confident = [r for r, (_, c) in zip(right, predicted, strict=True) if c >= 0.5]
+    per_label = {}
+    for label in sorted(set(truth)):
+        mine = [r for r, t in zip(right, truth, strict=True) if t == label]
+        per_label[label] = (sum(mine) / len(mine), len(mine))
+    return {"accuracy": sum(right) / len(right), "per_label": per_label,
+            "confident_share": len(confident) / len(right),
+            "confident_accuracy": sum(confident) / len(confident) if confident else None}
 
 
 if __name__ == "__main__":

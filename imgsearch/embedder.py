@@ -176,11 +176,18 @@ class Embedder:
                         self.precision, requested)
         # Tags come from the base model's own ImageNet head only (imgsearch/tags.py says why
         # not a tuned or int8 model's); None: this model does not tag.
+        # A tuned model predicts its own labels instead, from its proxies (imgsearch/labels.py)
+        # when its card names them; an int8 model's vectors are other vectors: neither.
         self.tagger = None
         if head is not None and settings.tags == "on" and self.card is None:
             from .tags import Tagger
 
             self.tagger = Tagger(*head)
+        elif (self.card is not None and self.card.get("proxies") and not self.is_quantized
+              and settings.tags == "on"):
+            from .labels import Labeler
+
+            self.tagger = Labeler.from_model_dir(model_dir, self.card["proxies"])
 
     @property
     def is_base(self) -> bool:
@@ -230,6 +237,9 @@ class Embedder:
         tag fields (:meth:`imgsearch.tags.Tagger.tag`), from the same forward pass."""
         if self.tagger is None or len(pixels) == 0:
             return self.embed(pixels), None
+        if not self.tagger.uses_norms:  # a tuned model's labels need the vectors only
+            vectors = self.embed(pixels)
+            return vectors, self.tagger.tag(vectors)
         vectors, norms = self.embed_with_norms(pixels)
         return vectors, self.tagger.tag(vectors, norms)
 

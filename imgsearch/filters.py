@@ -24,6 +24,10 @@ class Filters:
     folders: tuple[str, ...] = ()
     formats: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    # The model's own tags (imgsearch/tags.py: a class's name or a broader WordNet word).
+    model_tags: tuple[str, ...] = ()
+    # A tuned model's predicted label (imgsearch/labels.py).
+    predicted_labels: tuple[str, ...] = ()
     min_width: int | None = None
     max_width: int | None = None
     min_height: int | None = None
@@ -43,6 +47,8 @@ class Filters:
             ("folder", self.folders),
             ("format", self.formats),
             ("tags", self.tags),
+            ("model_tags", self.model_tags),
+            ("predicted_label", self.predicted_labels),
         ):
             if values:
                 clauses.append({"terms": {name: list(values)}})
@@ -62,7 +68,9 @@ class Filters:
     def from_params(cls, params: Mapping) -> Filters:
         """Parse query/form parameters (a werkzeug MultiDict or a plain dict of lists/strings).
 
-        Recognised: ``label``, ``folder``, ``format``, ``tag`` (repeatable), ``min_width``,
+        Recognised: ``label``, ``folder``, ``format``, ``tag``, ``model_tag``,
+        ``predicted_label`` (repeatable),
+        ``min_width``,
         ``max_width``, ``min_height``, ``max_height``, ``date_from``, ``date_to`` and
         ``extra.<name>``.
         """
@@ -71,6 +79,8 @@ class Filters:
             folders=_strings(params, "folder"),
             formats=tuple(v.upper() for v in _strings(params, "format")),
             tags=_strings(params, "tag"),
+            model_tags=_strings(params, "model_tag"),
+            predicted_labels=_strings(params, "predicted_label"),
             min_width=_int(params, "min_width"),
             max_width=_int(params, "max_width"),
             min_height=_int(params, "min_height"),

@@ -669,7 +669,9 @@ def finetune(
             "software": {"python": platform.python_version(), **_versions()},
         }
 
-    keeper = BestEpochKeeper(out_dir, base.model, card, log_epoch)
+    keeper = BestEpochKeeper(out_dir, base.model, card, log_epoch,
+                             proxies_of=lambda: (trainer.proxies.numpy(), data.labels,
+                                                 recipe.scale))
 
     def on_sigint(signum, frame):
         if trainer.stop_requested.is_set():  # a second Ctrl-C: stop at once
@@ -707,11 +709,16 @@ class BestEpochKeeper:
     (Ctrl-C, a crash) leaves a usable model. ``card_of(epochs, best, digest, interrupted)``
     makes the card."""
 
-    def __init__(self, out_dir: Path, network, card_of: CardOf, log_epoch: Callable[[str], None]):
+    def __init__(self, out_dir: Path, network, card_of: CardOf, log_epoch: Callable[[str], None],
+                 proxies_of: Callable[[], tuple] | None = None):
         self.out_dir = out_dir
         self.network = network  # the Keras model being trained, whose weights are saved
         self.card_of = card_of
         self.log_epoch = log_epoch
+        # ``(proxies, labels, scale)`` now: the best epoch's are written beside its weights
+        # (imgsearch/labels.py), so that the tuned model predicts labels as it indexes.
+        self.proxies_of = proxies_of
+        self.proxies: dict | None = None  # the card's entry for the best epoch's proxies
         self.epochs: list[EpochResult] = []
         self.best: EpochResult | None = None
         self.digest: str | None = None  # the best epoch's weights' digest
@@ -725,6 +732,11 @@ class BestEpochKeeper:
                        f"{epoch.p10:.4f} mAP@10 {epoch.map10:.4f} ({epoch.seconds:.0f} s){mark}")
         if is_best:
             self.best, self.digest = epoch, weights_digest(self.network)
+            if self.proxies_of is not None:
+                from .labels import write_proxies
+
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self.proxies = write_proxies(self.out_dir, *self.proxies_of())
             write_model_dir(self.out_dir, self.network, self._card(interrupted=False))
         elif self.best is not None:  # the card records every epoch run so far
             write_model_dir(self.out_dir, None, self._card(interrupted=False))
@@ -738,7 +750,10 @@ class BestEpochKeeper:
         return card
 
     def _card(self, interrupted: bool) -> dict:
-        return self.card_of(self.epochs, self.best, self.digest, interrupted)
+        card = self.card_of(self.epochs, self.best, self.digest, interrupted)
+        if self.proxies is not None:
+            card["proxies"] = self.proxies
+        return card
 
 
 def sample_per_label(items: list[LabelledImage], n: int, seed: int) -> list[LabelledImage]:

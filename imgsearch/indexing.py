@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Container, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from .decisions import Decisions
+from .images import ImageError, content_hash
 from .model import ImageModel
 from .pairs import PairFinder
 from .pipeline import (
+    Candidate,
     Decoded,
     Failure,
     RunStats,
@@ -331,6 +334,36 @@ def documents(group: list[Decoded], vectors: np.ndarray, regions: list[Regions] 
                     hidden=d.candidate.content_hash in hidden)
         for i, (d, v) in enumerate(zip(group, vectors, strict=True))
     ]
+
+
+def embed_one(data: bytes, path: Path, root: Path, target: Target, *, settings: Settings,
+              embedder: ImageModel, metadata: dict, indexed_at: str,
+              decode_slot: Callable[[], AbstractContextManager] = nullcontext) -> dict:
+    """The document of one image's bytes, stored at ``path`` below ``root`` (the write API's
+    upload), through the indexer's own stages: decoded under the query pixel cap (the bytes
+    come from the network) while holding ``decode_slot()``, its thumbnail stored, embedded
+    (tags and the region vectors of ``target``'s mode with it) and made a document with
+    ``metadata`` (label, tags, extra) as its sidecar row. Raises ImageError for bytes that
+    are not a usable image. Its label is the one given or none: the folders of the upload
+    store are hash prefixes, not the labels a folder's name is elsewhere."""
+    rel = path.relative_to(root).as_posix()
+    candidate = Candidate(path, rel, data, content_hash(data))
+    decode = make_decoder(embedder, ThumbnailStore(settings.thumbnail_dir),
+                          settings.thumbnail_size, settings.query_pixel_cap, target.regions)
+    with decode_slot():
+        decoded = decode(candidate)
+    if isinstance(decoded, Failure):
+        raise ImageError(decoded.reason, decoded.message)
+    ((group, vectors, regions),) = embed_batches(
+        [[decoded]], embedder.embed_and_tag if target.tagger else embedder.embed,
+        partial(embedder.region_vectors, mode=target.regions) if target.regions else None)
+    (doc,) = documents(group, vectors, regions, root=root, sidecar={rel: metadata},
+                       model_version=embedder.version, indexed_at=indexed_at)
+    doc["folder"] = "."
+    doc.pop("label", None)
+    if metadata.get("label"):
+        doc["label"] = metadata["label"]
+    return doc
 
 
 def near_duplicates(store: ImageStore, index: str, group: list, vectors: np.ndarray,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,8 @@ MAPPING_FILE = PROJECT_ROOT / "es_mappings" / "images.json"
 VECTOR_FIELD = "vector"
 REGIONS_FIELD = "regions"  # nested: {"vector", "box"} per region (imgsearch/regions.py)
 # The fields of the model's tags (imgsearch/tags.py), which indices made before them lack.
-TAG_FIELDS = ("model_tags", "model_synsets", "model_tagger")
+TAG_FIELDS = ("model_tags", "model_synsets", "model_tagger", "predicted_label",
+              "predicted_confidence")
 # True on images hidden as a copy of another (imgsearch/resolution.py); searches leave them out.
 HIDDEN_FIELD = "hidden"
 
@@ -181,6 +183,37 @@ class IndexManager:
                 ) from exc
             raise
         return previous  # type: ignore[return-value]
+
+    @translated
+    def swap_in_progress(self) -> str | None:
+        """The concrete index of this alias newer than the one it points at, if any: a
+        ``--new-index`` build under way (its index exists from its first batch to the swap)
+        or one that stopped before its swap. A write to the alias then would miss the new
+        index, which is about to replace it (the newest such index is named)."""
+        current = self.current_index()
+        pattern = re.compile(rf"^{re.escape(self.alias)}-\d{{8}}-\d{{6}}-\d{{6}}$")
+        try:
+            names = self.es.indices.get_settings(
+                index=f"{self.alias}-*", name="index.creation_date",
+                expand_wildcards="open,closed").body
+        except NotFoundError:
+            return None
+        # The names are timestamps (create_index), so they sort by age; another index whose
+        # name starts with the alias (its keys, its decisions) is not one of its indices.
+        newer = sorted(n for n in names if pattern.match(n) and (current is None or n > current))
+        return newer[-1] if newer else None
+
+    @translated
+    def refresh_interval(self, index: str) -> float | None:
+        """Seconds between the scheduled refreshes of ``index`` (after which a write is seen
+        by searches); None when refreshes are off (``-1``) or set in a unit not handled."""
+        body = self.es.indices.get_settings(index=index, name="index.refresh_interval",
+                                            include_defaults=True).body[index]
+        value = (body.get("settings") or body.get("defaults") or {}).get(
+            "index", {}).get("refresh_interval", "1s")
+        units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        match = re.match(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$", str(value))
+        return float(match.group(1)) * units[match.group(2)] if match else None
 
     def _alias_indices(self) -> list[str]:
         try:

@@ -30,7 +30,8 @@ class LocalCluster:
     ``ports[i]`` and talks to the others on ``transport_ports[i]``."""
 
     def __init__(self, base_dir: Path, size: int = 3, *, ports: list[int] | None = None,
-                 transport_ports: list[int] | None = None, heap: str = "512m"):
+                 transport_ports: list[int] | None = None, heap: str = "512m",
+                 backup_dir: Path | None = None):
         if size < 2:
             raise LocalNodeError("a cluster has at least 2 nodes; use LocalNode for one")
         self.base_dir = Path(base_dir).absolute()
@@ -44,7 +45,7 @@ class LocalCluster:
         self.nodes = [
             LocalNode(self.base_dir / f"node-{i + 1}", port=ports[i], heap=heap,
                       name=names[i], transport_port=transport_ports[i], seed_hosts=seeds,
-                      master_nodes=names)
+                      master_nodes=names, backup_dir=backup_dir)
             for i in range(size)
         ]
 

@@ -40,7 +40,9 @@ class ImageModel(Protocol):
     # The Keras network that defines it (an int8 model's fp32 source): what fine-tuning,
     # quantising and the OpenVINO conversion start from.
     model: Any
-    # The base model's ImageNet tagger (imgsearch/tags.py); None for a model that does not tag.
+    # What adds fields to each document from the vectors' pass: the base model's ImageNet
+    # tagger (imgsearch/tags.py), a tuned model's label predictions (imgsearch/labels.py), or
+    # None. Each has ``version``, ``uses_norms`` and ``tag(vectors[, norms]) -> [fields]``.
     tagger: Any
 
     # -- capabilities -----------------------------------------------------------------------

@@ -49,6 +49,15 @@ class RateLimiter:
             self._local.db = db
         return db
 
+    def peek(self, client: str, now: float | None = None) -> Verdict:
+        """Whether ``client`` has a token now, without taking it (a read, no transaction)."""
+        now = time.time() if now is None else now
+        row = self._connection().execute("SELECT tokens, at FROM buckets WHERE client = ?",
+                                          (client,)).fetchone()
+        tokens = float(self.burst) if row is None else min(
+            float(self.burst), row[0] + max(0.0, now - row[1]) * self.rate)
+        return Verdict(tokens >= 1.0, 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate)
+
     def check(self, client: str, now: float | None = None) -> Verdict:
         now = time.time() if now is None else now
         db = self._connection()

@@ -22,10 +22,12 @@ from .regions import RegionMode
 from .serving import ModelFollower, Route
 from .settings import Settings
 from .store import VECTOR_FIELD, ImageStore, StoreError
+from .tags import Tagger
+from .words import COMBINE_WEIGHT, WordParser, WordQuery
 
 MAX_K = 100
 MAX_NUM_CANDIDATES = 10_000
-FACET_FIELDS = ("label", "folder", "format")
+FACET_FIELDS = ("label", "folder", "format", "model_tags", "predicted_label")
 # Marked images one query may carry, of each kind (a page of results is 12-96).
 MAX_FEEDBACK = 100
 # Rocchio's weights of the query vector, the mean liked vector and the mean unliked vector,
@@ -50,6 +52,12 @@ class UnknownId(QueryError):
     """A parameter names an image id that is not in the index searched."""
 
     code = "unknown_id"
+
+
+class WordsUnavailable(QueryError):
+    """Words on an index whose model does not tag (a tuned or int8 model)."""
+
+    code = "words_unavailable"
 
 
 class RegionsMissing(QueryError):
@@ -102,8 +110,10 @@ def rocchio(query, liked, unliked, weights=FEEDBACK_WEIGHTS) -> np.ndarray:
 @dataclass
 class Hit:
     id: str
-    score: float  # Elasticsearch's kNN score: (1 + cosine) / 2 for unit vectors
-    cosine: float
+    # Elasticsearch's kNN score, (1 + cosine) / 2 for unit vectors; for words, the words'
+    # score (imgsearch/words.py); for an image with words, cosine + the weighted words' score.
+    score: float
+    cosine: float | None  # None when no image was compared (words alone)
     source: dict
 
     # With a box query: the indexed region that matched, {"box": [x0, y0, x1, y1]} as
@@ -111,7 +121,8 @@ class Hit:
     region: dict | None = None
 
     def to_json(self) -> dict:
-        return {"id": self.id, "score": round(self.score, 6), "cosine": round(self.cosine, 6),
+        cosine = round(self.cosine, 6) if self.cosine is not None else None
+        return {"id": self.id, "score": round(self.score, 6), "cosine": cosine,
                 **({"region": self.region} if self.region else {}), **self.source}
 
 
@@ -156,6 +167,7 @@ class SearchService:
         # request that waits longer than decode_wait for one.
         self.decodes = Slots("image decodes", settings.decode_slots, settings.decode_wait)
         self._region_modes: dict[str, RegionMode | None] = {}
+        self._parser: WordParser | None = None  # made on the first search by words
 
     @property
     def model(self) -> ImageModel:
@@ -184,16 +196,19 @@ class SearchService:
         offset: int = 0,
         box: tuple[float, float, float, float] | None = None,
         feedback: Feedback | None = None,
+        words: str | None = None,
     ) -> SearchResult:
         """Nearest indexed images to an uploaded image (raises ``ImageError`` if it is bad);
         with ``box`` (fractions ``x0, y0, x1, y1``), to that part of it, by region vectors;
-        with ``feedback``, to the query moved by the marked results."""
+        with ``feedback``, to the query moved by the marked results; with ``words``, the
+        visual neighbours re-ranked by how well their tags match the words."""
         k, num_candidates = check_limits(k, num_candidates, offset)
         feedback = feedback or Feedback()
         if box is not None and feedback:
             raise QueryError("like and unlike refine searches with the whole photo; they cannot "
                              "be combined with a box")
         route = self.route()
+        wanted = self._words(route, words) if words else None
         model = route.model
         query: dict = {"k": k, "num_candidates": num_candidates, "offset": offset}
         mode = self._box_mode(route) if box is not None else None
@@ -213,13 +228,49 @@ class SearchService:
             vector = model.embed_region(pixels)
         t2 = time.perf_counter()
         vector = self._refine(route, vector, feedback, query)
-        hits = self._knn(route, vector, k, num_candidates, filters, offset=offset,
-                         regions=mode is not None, exclude_ids=feedback.unlike)
+        if wanted is None:
+            hits = self._knn(route, vector, k, num_candidates, filters, offset=offset,
+                             regions=mode is not None, exclude_ids=feedback.unlike)
+        else:
+            query["words"] = wanted.to_json()
+            hits = self._knn(route, vector, num_candidates, num_candidates, filters,
+                             regions=mode is not None, exclude_ids=feedback.unlike,
+                             with_tags=True)
+            hits = rerank(hits, wanted)[offset : offset + k] if wanted else []
         t3 = time.perf_counter()
         return SearchResult(
             hits, milliseconds(decode=t1 - t0, embed=t2 - t1, search=t3 - t2, total=t3 - t0),
             query, route.model_version, route.index,
         )
+
+    def search_words(self, words: str, *, k: int = 10, filters: Filters | None = None,
+                     offset: int = 0) -> SearchResult:
+        """Images ranked by how strongly their tags match ``words`` (imgsearch/words.py): no
+        image decoded or embedded, one query. Words that name nothing are answered with no
+        hits and the nearest known words, not an error."""
+        k, _ = check_limits(k, None, offset)
+        route = self.route()
+        wanted = self._words(route, words)
+        t0 = time.perf_counter()
+        query: dict = {"k": k, "offset": offset, "words": wanted.to_json()}
+        raw = self.store.scored(wanted.es_query(), k=k, offset=offset, index=route.index,
+                                filters=filters.to_es() if filters else None) if wanted else []
+        hits = [Hit(h["id"], h["score"], None, h["source"]) for h in raw]
+        t1 = time.perf_counter()
+        return SearchResult(hits, milliseconds(search=t1 - t0, total=t1 - t0), query,
+                            route.model_version, route.index)
+
+    def _words(self, route, words: str) -> WordQuery:
+        """``words`` parsed, on an index whose model tags; WordsUnavailable otherwise."""
+        if not isinstance(getattr(route.model, "tagger", None), Tagger):
+            raise WordsUnavailable(
+                f"the index {route.index} was built by a model without tags "
+                f"({route.model_version}: only the base model tags its images), so it cannot "
+                "be searched by words. Build an index with the base model, or search with a "
+                "photo.")
+        if self._parser is None:
+            self._parser = WordParser(route.model.tagger.vocabulary)
+        return self._parser.parse(words)
 
     def _box_mode(self, route) -> RegionMode:
         """The region mode a box query on ``route`` is described in; RegionsMissing when its
@@ -353,7 +404,7 @@ class SearchService:
         }
 
     def _knn(self, route, vector, k, num_candidates, filters, *, offset=0, exclude_ids=(),
-             regions=False):
+             regions=False, with_tags=False):
         raw = self.store.knn(
             vector,
             index=route.index,
@@ -363,8 +414,20 @@ class SearchService:
             exclude_ids=exclude_ids,
             offset=offset,
             regions=regions,
+            with_tags=with_tags,
         )
         return [Hit(h["id"], h["score"], h["cosine"], h["source"], h.get("region")) for h in raw]
+
+
+def rerank(hits: list[Hit], words: WordQuery,
+           weight: float | None = None) -> list[Hit]:
+    """Visual neighbours re-ordered by cosine + ``weight`` x their words' score (the score
+    each hit then carries); the weight measured by bench/words.py."""
+    weight = COMBINE_WEIGHT if weight is None else weight
+    for hit in hits:
+        # The sparse vector was fetched for this only: answers show model_tags instead.
+        hit.score = hit.cosine + weight * words.score(hit.source.pop("model_synsets", None))
+    return sorted(hits, key=lambda h: -h.score)
 
 
 def milliseconds(**seconds: float) -> dict[str, float]:

@@ -83,6 +83,16 @@ def _default_node_dir() -> Path:
     return Path(base) / "imgsearch" / "nodes" / "demo"
 
 
+def _default_backup_dir() -> Path:
+    """Where backups go (``python -m indexer backup``), beside the demo node's data: the local
+    node lists it in ``path.repo``, so it must be a place its user can reach (SYSTEM_DIR as
+    root, whose home is out of that user's reach)."""
+    if os.geteuid() == 0:
+        return SYSTEM_DIR / "backups"
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "imgsearch" / "backups"
+
+
 def retry_delays(retries: int, backoff: float, max_backoff: float) -> list[float]:
     """The waits before each of ``retries`` retries: doubling from ``backoff``, capped."""
     return [min(backoff * 2**i, max_backoff) for i in range(retries)]
@@ -241,6 +251,10 @@ class Settings:
     thumbnail_dir: Path = setting(PROJECT_ROOT / "var" / "thumbnails",
                                   env="IMGSEARCH_THUMBNAIL_DIR", parse=Path)
     thumbnail_size: int = setting(256, env="IMGSEARCH_THUMBNAIL_SIZE", parse=_integer)
+    # Photos added through the API (POST /api/images), content-addressed like the thumbnails
+    # (imgsearch/uploads.py): the one folder whose files the API may delete.
+    upload_dir: Path = setting(PROJECT_ROOT / "var" / "uploads", env="IMGSEARCH_UPLOAD_DIR",
+                               parse=Path)
 
     # Decompression-bomb guard: images with more pixels than this are refused before decoding.
     max_image_pixels: int = setting(50_000_000, env="IMGSEARCH_MAX_IMAGE_PIXELS", parse=_integer)
@@ -348,6 +362,16 @@ class Settings:
     es_heap: str | None = setting(None, env="IMGSEARCH_ES_HEAP")
     es_nodes: int = setting(1, env="IMGSEARCH_ES_NODES", parse=_integer, check=_AT_LEAST_1)
     es_java_home: Path | None = setting(None, env="ES_JAVA_HOME", parse=Path)
+    # Backups (imgsearch/snapshots.py): the folder the local node lists in ``path.repo``, the
+    # only place Elasticsearch may write snapshots to; a backup goes into it or a folder below
+    # it (``python -m indexer backup [DIR]``, DIR defaulting to this one).
+    backup_dir: Path = setting(default_factory=_default_backup_dir, env="IMGSEARCH_BACKUP_DIR",
+                               parse=Path)
+    # The most bytes a second a snapshot reads from the node's disk (0: Elasticsearch's own
+    # limit, 40 MB/s): a backup of a live node competes with its searches for the disk; 40
+    # MB/s copies a million images' 9 GB in about 4 minutes.
+    backup_max_bytes_per_sec: int = setting(0, env="IMGSEARCH_BACKUP_MAX_BYTES_PER_SEC",
+                                            parse=_integer, check=_NOT_NEGATIVE)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

@@ -268,6 +268,48 @@ class ImageStore:
             forget_images(self.es, concrete, ids)
         return int(deleted)
 
+    # -- one image at a time (the write API) --------------------------------------------------
+
+    @translated
+    def put(self, doc: dict, index: str, *, wait: bool = True) -> None:
+        """Write one document (keyed by its ``content_hash``) to ``index``; with ``wait``,
+        return only once searches see it (``refresh=wait_for``: the next scheduled refresh,
+        at most the index's refresh interval, 1 s, and no extra refresh forced)."""
+        self.es.index(index=index, id=doc["content_hash"], document=doc,
+                      refresh="wait_for" if wait else None)
+
+    @translated
+    def update_fields(self, doc_id: str, fields: dict, index: str, *,
+                      wait: bool = True) -> dict | None:
+        """Set ``fields`` of the document ``doc_id`` in ``index``, each replaced (None: null);
+        the document's source afterwards (vectors left out), or None when there is no such
+        document. A partial update merges an object into the one stored, so a new ``extra``
+        is written over a null one: a change of extra says what extra is now. (A script
+        would do it in one request, but the local node's distribution has no Painless.)"""
+        try:
+            if isinstance(fields.get("extra"), dict):
+                self.es.update(index=index, id=doc_id, doc={"extra": None})
+            resp = self.es.update(index=index, id=doc_id, doc=fields,
+                                  refresh="wait_for" if wait else None,
+                                  source_excludes=NOT_RETURNED)
+        except NotFoundError:
+            return None
+        return resp.body["get"]["_source"]
+
+    @translated
+    def delete(self, doc_id: str, index: str, *, wait: bool = True) -> bool:
+        """Delete the document ``doc_id`` from ``index``, and its near-duplicate pairs
+        (imgsearch/pairs.py): True if there was one; with ``wait``, searches no longer see it
+        when this returns."""
+        try:
+            self.es.delete(index=index, id=doc_id, refresh="wait_for" if wait else None)
+        except NotFoundError:
+            return False
+        concrete = index if index != self.alias else self.indices.current_index()
+        if concrete:
+            forget_images(self.es, concrete, [doc_id])
+        return True
+
     # -- reads ----------------------------------------------------------------------------
 
     @translated
@@ -306,9 +348,12 @@ class ImageStore:
         offset: int = 0,
         index: str | None = None,
         regions: bool = False,
+        with_tags: bool = False,
     ) -> list[dict]:
         """Nearest documents as ``{"id", "score", "cosine", "source"}``, best first; with
-        ``regions``, by their best region, whose ``{"box"}`` is the hit's ``region``.
+        ``regions``, by their best region, whose ``{"box"}`` is the hit's ``region``; with
+        ``with_tags``, each source holds its ``model_synsets`` too (Elasticsearch 9 leaves
+        sparse vectors out of sources unless asked).
 
         ``vector`` is a list of floats or a float32 array (sent in its shortest float32 form).
 
@@ -339,9 +384,22 @@ class ImageStore:
             knn=knn,
             size=want,
             source_excludes=NOT_RETURNED,
+            source_exclude_vectors=False if with_tags else None,
         )
         hits = [_hit(h) for h in resp.body["hits"]["hits"] if h["_id"] not in exclude]
         return hits[offset : offset + k]
+
+    @translated
+    def scored(self, query: dict, *, k: int = 10, offset: int = 0,
+               filters: list[dict] | None = None, index: str | None = None) -> list[dict]:
+        """Documents ranked by ``query``'s score (search by words: imgsearch/words.py), as
+        ``{"id", "score", "source"}``, best first, ``filters`` applied as filters (no score)."""
+        if filters:
+            query = {"bool": {"must": [query], "filter": filters}}
+        resp = self.es.search(index=index or self.alias, query=query, size=k, from_=offset,
+                              source_excludes=NOT_RETURNED, track_total_hits=False)
+        return [{"id": h["_id"], "score": float(h["_score"]), "source": h["_source"]}
+                for h in resp.body["hits"]["hits"]]
 
     @translated
     def vector_pages(self, index: str, page_size: int = 500) -> Iterator[list[tuple[str, list]]]:

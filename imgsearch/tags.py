@@ -28,6 +28,7 @@ trained on, and an int8 model's graph is a model of its own (README "Tags").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -130,6 +131,20 @@ class Vocabulary:
         return sorted(self._by_lemma)
 
 
+@functools.cache
+def _class_names(path: Path = DATA_FILE) -> frozenset[str]:
+    vocabulary = Vocabulary.load(path)
+    return frozenset(vocabulary.class_name(i) for i in range(len(vocabulary.classes)))
+
+
+def classes_among(model_tags: list[str] | None) -> list[str]:
+    """Of a document's ``model_tags`` (its classes and every broader word), the ImageNet
+    classes themselves: what the model saw ("running shoe", not "footwear, covering,
+    clothing")."""
+    names = _class_names()
+    return [tag for tag in model_tags or () if tag in names]
+
+
 def _singulars(word: str) -> list[str]:
     forms = [word]
     if word.endswith("ies"):
@@ -143,6 +158,8 @@ def _singulars(word: str) -> list[str]:
 
 class Tagger:
     """The ImageNet head with the vocabulary: pooled features -> each image's tag fields."""
+
+    uses_norms = True  # the head takes pooled features: unit vectors times their norms
 
     def __init__(self, kernel: np.ndarray, bias: np.ndarray, vocabulary: Vocabulary | None = None,
                  *, max_tags: int = MAX_TAGS, min_probability: float = MIN_PROBABILITY):

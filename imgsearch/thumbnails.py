@@ -55,3 +55,12 @@ class ThumbnailStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return ref
+
+    def remove(self, key: str) -> bool:
+        """Delete the thumbnail of ``key`` (an image removed from the collection); True if
+        there was one."""
+        path = self.path(key)
+        if path is None:
+            return False
+        path.unlink(missing_ok=True)
+        return True

@@ -6,10 +6,11 @@
 
 import sys
 
-from . import duplicates, finetune, index, keys, quantize, search
+from . import backup, duplicates, finetune, index, keys, quantize, search
 
 VERBS = {"index": index.main, "search": search.main, "finetune": finetune.main,
          "quantize": quantize.main, "duplicates": duplicates.main, "keys": keys.main}
+VERBS.update(backup.VERBS)  # backup, restore
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,8 @@
 """Optional metadata sidecar: CSV or JSONL rows keyed by the image's path relative to the root.
 
 Known columns become document fields (``label``, ``tags``); any other column lands in the
-``extra`` object so that it is filterable without a mapping change.
+``extra`` object so that it is filterable without a mapping change (the rules are
+imgsearch/metadata.py's, which the write API shares).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import json
 from pathlib import Path, PurePosixPath
 
 from imgsearch.errors import BadInput
-
-KEY_COLUMNS = ("path", "rel_path", "file")
+from imgsearch.metadata import KEY_COLUMNS, row_fields
 
 
 class SidecarError(BadInput):
@@ -42,33 +42,9 @@ def load_sidecar(path: Path) -> dict[str, dict]:
         key = next((row[k] for k in KEY_COLUMNS if row.get(k)), None)
         if key is None:
             raise SidecarError(f"{path}: row {n} has no 'path' column")
-        table[_normalise_key(str(key))] = _fields(row)
+        table[_normalise_key(str(key))] = row_fields(row)
     return table
 
 
 def _normalise_key(key: str) -> str:
     return PurePosixPath(key.replace("\\", "/")).as_posix()
-
-
-def _fields(row: dict) -> dict:
-    out: dict = {}
-    extra = {}
-    for name, value in row.items():
-        if name in KEY_COLUMNS or value is None or value == "":
-            continue
-        if name == "label":
-            out["label"] = str(value)
-        elif name == "tags":
-            out["tags"] = _tags(value)
-        else:
-            extra[name] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
-    if extra:
-        out["extra"] = extra
-    return out
-
-
-def _tags(value) -> list[str]:
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    sep = ";" if ";" in str(value) else ","
-    return [t.strip() for t in str(value).split(sep) if t.strip()]

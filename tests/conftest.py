@@ -47,7 +47,8 @@ def es_node():
 
     node_dir = Path(tempfile.mkdtemp(prefix="imgsearch-test-es-", dir="/tmp"))
     os.chmod(node_dir, 0o755)  # the unprivileged ES user must reach it
-    node = LocalNode(node_dir, port=_free_port(), heap="1g")
+    # path.repo of its own, inside the throwaway directory (tests/imgsearch/test_snapshots.py).
+    node = LocalNode(node_dir, port=_free_port(), heap="1g", backup_dir=node_dir / "backups")
     node.start()
     yield node
     node.stop()
@@ -64,6 +65,7 @@ def settings(es_node, tmp_path_factory) -> Settings:
         # and one keys index for every app of the session, whatever its alias.
         public_read=True,
         keys_index="test-keys",
+        backup_dir=es_node.backup_dir,
     )
 
 

@@ -364,6 +364,28 @@ def test_elasticsearch_data_is_a_named_volume(raw_compose, services):
     assert data[0][0] in raw_compose["volumes"], "the data directory must be a named volume"
 
 
+def test_backups_go_to_a_host_folder_in_elasticsearchs_path_repo(raw_compose, services,
+                                                                 stages, env_example):
+    """Elasticsearch writes snapshots only under path.repo, and the indexer's backup verb must
+    see the folder where Elasticsearch does (imgsearch/snapshots.py): one host folder, the same
+    path in both; a bind mount, since backups must outlive `docker compose down -v`."""
+    es = services["elasticsearch"]
+    assert es["environment"]["path.repo"] == "/backups"
+    backups = f"${{BACKUPS_DIR:-{env_example['BACKUPS_DIR']}}}:/backups"
+    assert backups in raw_compose["services"]["elasticsearch"]["volumes"]
+    assert backups in raw_compose["services"]["indexer"]["volumes"]
+    sources = {s for name in ("elasticsearch", "indexer")
+               for s, t, _ in map(split_volume, services[name]["volumes"]) if t == "/backups"}
+    assert sources == {env_example["BACKUPS_DIR"]}
+    assert sources.pop().startswith(("./", "/")), "a host folder, not a named volume"
+    assert container_env(services["indexer"], stages)["IMGSEARCH_BACKUP_DIR"] == "/backups"
+    # The web app neither backs up nor restores: it does without the folder.
+    assert not any(t == "/backups" for _, t, _ in map(split_volume,
+                                                      services["webapp"]["volumes"]))
+    # The indexer keeps every mount the web app has, beside the backups.
+    assert set(services["webapp"]["volumes"]) < set(services["indexer"]["volumes"])
+
+
 def test_thumbnail_store_is_one_named_volume_at_the_configured_path(raw_compose, services,
                                                                     stages):
     sources = set()
@@ -379,6 +401,23 @@ def test_thumbnail_store_is_one_named_volume_at_the_configured_path(raw_compose,
     runs = " ".join(args for keyword, args in stages[-1] if keyword == "RUN")
     directory = container_env(services["webapp"], stages)["IMGSEARCH_THUMBNAIL_DIR"]
     assert f"mkdir -p {directory}" in runs and f"chown imgsearch:imgsearch {directory}" in runs
+
+
+def test_upload_folder_is_one_named_volume_at_the_configured_path(raw_compose, services,
+                                                                   stages):
+    """Photos added through the API must outlive the container, in one volume the web app
+    owns and the indexer sees (to index them into a new index)."""
+    sources = set()
+    for name in APP_SERVICES:
+        directory = container_env(services[name], stages)["IMGSEARCH_UPLOAD_DIR"]
+        mounts = {target: source for source, target, _ in map(split_volume,
+                                                              services[name]["volumes"])}
+        assert mounts.get(directory) in raw_compose["volumes"], f"{name}: no volume at {directory}"
+        sources.add(mounts[directory])
+    assert len(sources) == 1
+    runs = " ".join(args for keyword, args in stages[-1] if keyword == "RUN")
+    directory = container_env(services["webapp"], stages)["IMGSEARCH_UPLOAD_DIR"]
+    assert f"chown imgsearch:imgsearch /data/thumbnails {directory}" in runs
 
 
 def test_indexer_is_a_profile_indexing_the_mounted_folder(raw_compose, services):

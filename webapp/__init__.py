@@ -70,13 +70,14 @@ def create_app(
 
     from imgsearch.keys import KeyStore
 
-    from . import api, auth, duplicates, errors, limits, metrics, pages
+    from . import api, auth, duplicates, errors, images, limits, metrics, pages
 
     # Keys (and the session secret) in the same cluster as the images: imgsearch/keys.py.
     auth.register(app, KeyStore(store.es, settings.api_keys_index))
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(duplicates.bp)
+    images.register(app, settings)
     metrics.register(app)
     errors.register(app)
     limits.register(app, settings)

@@ -22,6 +22,7 @@ from .common import (
     query_options,
     result_json,
     service,
+    uploaded_image,
 )
 from .errors import Problem
 
@@ -35,10 +36,37 @@ def search():
     by region vectors."""
     if "url" in request.values:
         return _search_url()
-    data = _uploaded_image(or_else=", or its address as 'url'")
-    options = query_options(request.values, also=("box",))
+    if "q" in request.values and not request.files:
+        return _search_words()
+    data = uploaded_image(or_else=", or its address as 'url', or words as 'q'")
+    options = query_options(request.values, also=("box", "q"))
     box = request.values.get("box", "")
-    result = service().search_image(data, box=parse_box(box) if box else None, **options)
+    result = service().search_image(data, box=parse_box(box) if box else None,
+                                    words=_words(), **options)
+    return jsonify(result_json(result, options["filters"]))
+
+
+def _words() -> str | None:
+    """The words of ``q`` (one field; empty is none)."""
+    values = request.values.getlist("q")
+    if len(values) > 1:
+        raise Problem(400, "invalid_parameter", "Send the words as one field 'q'.")
+    return values[0].strip() or None if values else None
+
+
+def _search_words():
+    """Images ranked by their tags' match with the words of ``q`` alone."""
+    options = query_options(request.values, also=("q",))
+    words = _words()
+    if words is None:
+        raise Problem(400, "missing_query",
+                      "Say what to search for: words in 'q', a photo in the field 'image', "
+                      "or its address as 'url'.")
+    if options.pop("num_candidates") is not None or options.pop("feedback"):
+        raise Problem(400, "invalid_parameter",
+                      "num_candidates, like and unlike refine searches with a photo; a search "
+                      "by words alone takes k, offset and the filters.")
+    result = service().search_words(words, **options)
     return jsonify(result_json(result, options["filters"]))
 
 
@@ -53,13 +81,13 @@ def _search_url():
         )
     if len(urls) > 1:
         raise Problem(400, "too_many_urls", "Send one 'url'.")
-    options = query_options(request.values, also=("box", "url"))
+    options = query_options(request.values, also=("box", "url", "q"))
     check_limits(options["k"], options["num_candidates"], options["offset"])
     box = request.values.get("box", "")
     box = parse_box(box) if box else None
     fetched = _fetched(urls[0])
     with _image_at_url():
-        result = service().search_image(fetched.data, box=box, **options)
+        result = service().search_image(fetched.data, box=box, words=_words(), **options)
     result.query["url"] = fetched.url
     return jsonify(result_json(result, options["filters"]))
 
@@ -147,7 +175,7 @@ def explain(doc_id: str):
             with _image_at_url():
                 explanation = explainer().explain(doc_id, query_data=fetched.data)
         else:
-            explanation = explainer().explain(doc_id, query_data=_uploaded_image())
+            explanation = explainer().explain(doc_id, query_data=uploaded_image())
     elif "url" in params:
         raise Problem(400, "invalid_parameter", "POST a url to explain a match against it.")
     else:
@@ -174,25 +202,6 @@ def explain(doc_id: str):
             thumbnail = explanation.query.thumbnail_data_url()
         body["query"].update(url=fetched.url, thumbnail=thumbnail)
     return jsonify(body)
-
-
-def _uploaded_image(or_else: str = "") -> bytes:
-    """The one file of a multipart request, in the field ``image``; a Problem otherwise
-    (``or_else`` names the other way to give the query, if the endpoint has one)."""
-    uploads = request.files.getlist("image")
-    if not uploads:
-        raise Problem(
-            400, "missing_image",
-            f"Send the photo as a multipart/form-data field named 'image'{or_else}.",
-        )
-    if len(uploads) > 1 or len(request.files) > 1:
-        raise Problem(
-            400, "too_many_files", "Send exactly one file, in the field named 'image'."
-        )
-    data = uploads[0].read()
-    if not data:
-        raise Problem(400, "empty_upload", "The uploaded file is empty.")
-    return data
 
 
 @bp.get("/api/facets")

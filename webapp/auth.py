@@ -8,7 +8,8 @@ endpoint added later is closed by default. With ``IMGSEARCH_PUBLIC_READ=1`` anon
 have ``read``. Refusals: 401 with ``WWW-Authenticate`` (no key, a malformed header, a key
 unknown or revoked, a session cookie not signed by this deployment or expired), 403 (a key
 whose scope is too low), 400 (a key in the query string: URLs end up in access logs, browser
-history and ``Referer`` headers).
+history and ``Referer`` headers), 429 (an address that sent too many wrong keys: no lookup is
+made for it for a while, webapp/limits.py ``refuse_key_guessing``).
 
 The session cookie holds the key's hash (its id, not a credential: presenting a hash as a key
 fails), signed with the deployment's secret (itsdangerous, HMAC-SHA1 over the value and its
@@ -26,6 +27,7 @@ from imgsearch.keys import ApiKey, KeyStore
 
 from .accesslog import QUERY_KEY_PARAMS
 from .errors import Problem, respond
+from .limits import note_bad_key, refuse_key_guessing
 
 bp = Blueprint("auth", __name__)
 
@@ -93,8 +95,10 @@ def _identify() -> ApiKey | None:
                 "The Authorization header must be 'Bearer <key>', with the key that "
                 "`python -m indexer keys create` printed.",
                 challenge=f'{REALM}, error="invalid_request"')
+        refuse_key_guessing()  # 429 for an address that sent too many wrong keys
         key = keys().authenticate(token)
         if key is None:
+            note_bad_key()
             raise _unauthorized("invalid_key", "That API key is unknown or has been revoked.",
                                 challenge=f'{REALM}, error="invalid_token"')
         return key

@@ -6,12 +6,13 @@ import re
 from dataclasses import fields
 from pathlib import PurePath
 
-from flask import abort, current_app, url_for
+from flask import abort, current_app, request, url_for
 
 from imgsearch import telemetry
 from imgsearch.explain import Explainer
 from imgsearch.filters import Filters
 from imgsearch.search import Feedback, SearchResult, SearchService
+from imgsearch.tags import classes_among
 from imgsearch.thumbnails import ThumbnailStore
 
 from .auth import is_admin
@@ -50,7 +51,8 @@ def check_id(doc_id: str) -> str:
 # Every parameter the search endpoints understand; anything else is a typo or a client
 # guessing at features, and is refused (400) rather than silently ignored.
 QUERY_PARAMS = frozenset({
-    "k", "num_candidates", "offset", "label", "folder", "format", "tag", "min_width",
+    "k", "num_candidates", "offset", "label", "folder", "format", "tag", "model_tag",
+    "predicted_label", "min_width",
     "max_width", "min_height", "max_height", "date_from", "date_to", "like", "unlike",
 })
 
@@ -128,6 +130,9 @@ def doc_json(doc_id: str, source: dict, **scores) -> dict:
         "thumbnail_url": url_for("pages.thumbnail", name=f"{doc_id}.webp"),
         "detail_url": url_for("pages.detail", doc_id=doc_id),
         "similar_url": url_for("api.similar", doc_id=doc_id),
+        # What the model saw in it (its ImageNet classes among model_tags), for cards.
+        **({"model_classes": classes_among(source["model_tags"])}
+           if source.get("model_tags") else {}),
         "metadata": metadata,
     }
 
@@ -160,7 +165,8 @@ def result_json(result: SearchResult, filters: Filters) -> dict:
 
 def filters_json(filters: Filters) -> dict:
     """The filters in effect, as their parameter names (only those that are set)."""
-    names = {"labels": "label", "folders": "folder", "formats": "format", "tags": "tag"}
+    names = {"labels": "label", "folders": "folder", "formats": "format", "tags": "tag",
+             "model_tags": "model_tag", "predicted_labels": "predicted_label"}
     out = {}
     for f in fields(filters):
         value = getattr(filters, f.name)
@@ -176,3 +182,22 @@ def _check_not_empty() -> None:
     store = service().store
     if store.count() == 0:
         raise index_missing(store.alias)
+
+
+def uploaded_image(or_else: str = "") -> bytes:
+    """The one file of a multipart request, in the field ``image``; a Problem otherwise
+    (``or_else`` names the other way to give the query, if the endpoint has one)."""
+    uploads = request.files.getlist("image")
+    if not uploads:
+        raise Problem(
+            400, "missing_image",
+            f"Send the photo as a multipart/form-data field named 'image'{or_else}.",
+        )
+    if len(uploads) > 1 or len(request.files) > 1:
+        raise Problem(
+            400, "too_many_files", "Send exactly one file, in the field named 'image'."
+        )
+    data = uploads[0].read()
+    if not data:
+        raise Problem(400, "empty_upload", "The uploaded file is empty.")
+    return data

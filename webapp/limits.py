@@ -46,9 +46,14 @@ from .errors import Problem
 FORM_MEMORY_BYTES = 2 * 1024 * 1024
 FORM_PARTS = 1000
 # Endpoints that run the model: what admission control guards.
-INFERENCE_ENDPOINTS = frozenset({"api.search", "api.explain"})
+INFERENCE_ENDPOINTS = frozenset({"api.search", "api.explain", "images.add"})
 UNCOUNTED_PREFIXES = ("/static/", "/thumbnails/")
 UNCOUNTED_PATHS = frozenset({"/healthz"})
+# Wrong keys (or session cookies) one address may send: 10 at once, then one a second. A key
+# is 256 random bits, so this is not what stops guessing (nothing could guess one); it bounds
+# the lookups a stream of made-up keys costs Elasticsearch to one a second per address.
+BAD_KEYS_RATE = 1.0
+BAD_KEYS_BURST = 10
 
 
 class RetryLater(Problem):
@@ -62,8 +67,8 @@ class RetryLater(Problem):
 def note_refusal(kind: str) -> None:
     """One refusal of ``kind`` ("rate_limit" or "admission"), counted in the metrics
     (imgsearch_rate_limit_refusals_total, imgsearch_admission_refusals_total). Refusals the
-    proxy makes itself (its request cap, its connections per address) never reach the app and
-    are not counted here."""
+    proxy makes itself (its request cap, its connections per address) never reach the app:
+    webapp/metrics.py counts them from nginx's log of them."""
     from imgsearch.telemetry import ADMISSION_REFUSALS, RATE_LIMIT_REFUSALS
 
     (RATE_LIMIT_REFUSALS if kind == "rate_limit" else ADMISSION_REFUSALS).inc()
@@ -77,10 +82,46 @@ def client_id() -> str:
     principal = g.get("principal")
     if principal is not None:
         return "key:" + principal.id[:32]
+    return "address:" + client_address()
+
+
+def client_address() -> str:
+    """The request's address: behind nginx the X-Real-IP it sets, else the peer's."""
     address = None
     if os.environ.get("WEBAPP_BEHIND_PROXY") == "1":
         address = request.headers.get("X-Real-IP")
-    return "address:" + (address or request.remote_addr or "unknown")
+    return address or request.remote_addr or "unknown"
+
+
+def refuse_key_guessing() -> None:
+    """Before a key is looked up (webapp/auth.py): an address whose recent keys were wrong
+    too often gets 429 at once. A wrong key is refused before the rate limit runs (that needs
+    to know whose bucket to take from), and each well-formed one costs a GET of the keys
+    index, so without this an address could make Elasticsearch look up made-up keys as fast
+    as it can send them, unlimited (issue 21's note). The bucket is the address's own,
+    separate from its request bucket, so that clients with good keys behind the same address
+    are not slowed by it; a person who mistypes a key :data:`BAD_KEYS_BURST` times in a row
+    is still let through, one try every ``1 / BAD_KEYS_RATE`` s after that."""
+    limiter: RateLimiter | None = current_app.extensions.get("imgsearch.bad_keys")
+    if limiter is None:
+        return
+    verdict = limiter.peek(client_address())
+    if verdict.allowed:
+        return
+    note_refusal("rate_limit")
+    raise RetryLater(
+        429, "too_many_bad_keys",
+        f"Too many wrong API keys from this address (more than {limiter.burst}, then one "
+        f"every {1 / limiter.rate:g} s): no key is looked up for it until the seconds in "
+        "Retry-After have passed.", verdict.retry_after)
+
+
+def note_bad_key() -> None:
+    """A key (or session) from this request's address was refused: one token of its
+    bad-keys bucket."""
+    limiter: RateLimiter | None = current_app.extensions.get("imgsearch.bad_keys")
+    if limiter is not None:
+        limiter.check(client_address())
 
 
 def _limit_rate():
@@ -155,8 +196,13 @@ def _state_dir() -> Path:
 def register(app: Flask, settings: Settings) -> None:
     app.config["MAX_FORM_MEMORY_SIZE"] = FORM_MEMORY_BYTES
     app.config["MAX_FORM_PARTS"] = FORM_PARTS
+    state = _state_dir()
     app.extensions["imgsearch.rate_limiter"] = RateLimiter(
-        _state_dir() / "rate-limits.sqlite", settings.rate_limit, settings.rate_burst,
+        state / "rate-limits.sqlite", settings.rate_limit, settings.rate_burst,
+    ) if settings.rate_limit > 0 else None
+    # Wrong keys an address may send (webapp/auth.py asks): their own bucket, in the same file.
+    app.extensions["imgsearch.bad_keys"] = RateLimiter(
+        state / "bad-keys.sqlite", BAD_KEYS_RATE, BAD_KEYS_BURST,
     ) if settings.rate_limit > 0 else None
     app.extensions["imgsearch.admission"] = Admission(settings.admission_max_wait)
     # In this order: the cheapest refusal first, the form's before anything parses it, and a

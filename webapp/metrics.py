@@ -4,17 +4,19 @@ counters and latency histograms behind it (imgsearch/telemetry.py defines them).
 A scrape answers the sum over every gunicorn worker (multiprocess mode) plus two values read
 at scrape time, not stored: the serving model's version (``imgsearch_model_info``) and the
 number of documents behind the alias (``imgsearch_index_documents``; absent while
-Elasticsearch does not answer, which ``imgsearch_up`` then says).
+Elasticsearch does not answer, which ``imgsearch_up`` then says), and behind nginx the
+refusals nginx made itself (``imgsearch_proxy_refusals_total``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from imgsearch import telemetry
@@ -50,6 +52,49 @@ class _Live:
         yield up
 
 
+class _ProxyRefusals:
+    """nginx's own refusals (webapp/nginx.conf: 400, 404, 405, 413, 414, 429, 431, 503 made
+    before the app sees a request), read from the file nginx writes them to, one status a
+    line (``WEBAPP_PROXY_REFUSALS``, set by webapp/serve.py). Each worker reads the file
+    from its start, then only what was added, so every worker answers the same totals; the
+    file lasts as long as the server's run directory (a restart starts the counts again,
+    which Prometheus' rate() takes as a counter reset) and grows 4 bytes a refusal."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._offset = 0
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def collect(self):
+        with self._lock:
+            try:
+                with open(self.path, "rb") as log:
+                    log.seek(self._offset)
+                    chunk = log.read()
+            except FileNotFoundError:  # no refusal yet
+                chunk = b""
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line nginx is writing waits
+            self._offset += len(complete)
+            for line in complete.split():
+                status = line.decode("ascii", "replace")
+                self._counts[status] = self._counts.get(status, 0) + 1
+            family = CounterMetricFamily(
+                "imgsearch_proxy_refusals", "Requests nginx refused itself, by status",
+                labels=["status"])
+            for status, count in sorted(self._counts.items()):
+                family.add_metric([status], count)
+        yield family
+
+
+_proxy_refusals: dict[str, _ProxyRefusals] = {}
+
+
+def _proxy_refusals_of(path: str) -> _ProxyRefusals:
+    """One reader per file and process (its offset and counts carry over between scrapes)."""
+    return _proxy_refusals.setdefault(path, _ProxyRefusals(path))
+
+
 @bp.get("/metrics")
 @requires(ADMIN)
 def metrics():
@@ -60,6 +105,9 @@ def metrics():
         workers = REGISTRY
     live = CollectorRegistry()
     live.register(_Live(current_app.extensions["imgsearch"]))
+    refusals = os.environ.get("WEBAPP_PROXY_REFUSALS")
+    if refusals:  # behind nginx (make serve, the compose stack)
+        live.register(_proxy_refusals_of(refusals))
     body = generate_latest(workers) + generate_latest(live)
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Cache-Control": "no-store"})

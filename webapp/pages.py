@@ -49,6 +49,8 @@ def index():
         like=like if thumbnails().is_key(like) else None,
         # An image's address searched with; the API checks it (it is only ever sent there).
         url=request.args.get("url", "")[:2000] if not like else "",
+        # Words searched with (?q=, a tag's link): searched on load, as they cost no model.
+        words=request.args.get("q", "")[:200] if not like else "",
         counts=RESULT_COUNTS,
         # Drawing a box on the query is offered only where the index has region vectors.
         regions=svc.serving_regions() if facets else None,

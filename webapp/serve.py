@@ -3,7 +3,8 @@
 gunicorn (``webapp/gunicorn.conf.py``) listens on a Unix socket in a private run directory;
 nginx (``webapp/nginx.conf``) listens on ``WEBAPP_BIND`` (default ``127.0.0.1:8000``), reads
 every request in full before passing it on, and answers the refusals it makes itself (request
-line 414, headers 431, a body too large 413, too slow 408) in the product's JSON shape. Why:
+line 414, headers 431, a body too large 413) in the product's JSON shape, and closes a
+connection whose headers or body stop arriving (no 408: see the deadlines there). Why:
 the comment at the top of webapp/nginx.conf, and docs/RELIABILITY.md.
 
 Both run as children of this process: SIGTERM or SIGINT stops both gracefully, and when
@@ -106,6 +107,7 @@ def main() -> int:
     # The workers share their rate-limit buckets through a file in the run directory.
     env = dict(os.environ, WEBAPP_BIND=f"unix:{socket}", WEBAPP_BEHIND_PROXY="1",
                WEBAPP_STATE_DIR=str(run), WEBAPP_WORKERS=str(workers),
+               WEBAPP_PROXY_REFUSALS=str(run / "proxy-refusals.log"),
                WEBAPP_THREADS=str(threads))
     env.setdefault("PYTHONPATH", str(PROJECT))
     children = [

@@ -276,22 +276,27 @@ def _pid_alive(pid: int) -> bool:
 
 def _elasticsearch_yml(http_port: int, transport_port: int, data: Path, logs: Path, *,
                        name: str = "imgsearch-local", seed_hosts: list[str] | None = None,
-                       master_nodes: list[str] | None = None) -> str:
+                       master_nodes: list[str] | None = None,
+                       backup_dir: Path | None = None) -> str:
     """The node's configuration: a single-node cluster, or with ``seed_hosts`` a member of a
-    cluster on loopback (``master_nodes`` only for its first bootstrap)."""
+    cluster on loopback (``master_nodes`` only for its first bootstrap); ``backup_dir`` is its
+    ``path.repo``, where snapshots may be written (imgsearch/snapshots.py)."""
     if seed_hosts:
         discovery = f"discovery.seed_hosts: {json.dumps(seed_hosts)}\n"
         if master_nodes:
             discovery += f"cluster.initial_master_nodes: {json.dumps(master_nodes)}\n"
     else:
         discovery = "discovery.type: single-node\n"
+    # A filesystem snapshot repository must lie under path.repo; the node refuses any other
+    # location. Every node of a cluster needs the same folder (here: one machine, one folder).
+    repo = f"path.repo: {json.dumps([str(backup_dir)])}\n" if backup_dir else ""
     return f"""\
 # Written by imgsearch.localnode on every start; edits here are overwritten.
 cluster.name: {CLUSTER_NAME}
 node.name: {name}
 path.data: {data}
 path.logs: {logs}
-
+{repo}
 # Loopback only. That is also why security can be off: nothing outside this machine can
 # connect, and nodes bound to loopback skip the production bootstrap checks.
 network.host: 127.0.0.1
@@ -316,7 +321,7 @@ class LocalNode:
     def __init__(self, node_dir: Path, port: int = 9200, heap: str = "2g",
                  es_home: Path | None = None, *, name: str = "imgsearch-local",
                  transport_port: int | None = None, seed_hosts: list[str] | None = None,
-                 master_nodes: list[str] | None = None):
+                 master_nodes: list[str] | None = None, backup_dir: Path | None = None):
         if not _HEAP_RE.match(heap):
             raise LocalNodeError(f"heap must look like 512m or 2g, not {heap!r}")
         self.node_dir = Path(node_dir).absolute()
@@ -329,6 +334,8 @@ class LocalNode:
         self.transport_port = transport_port
         self.seed_hosts = seed_hosts
         self.master_nodes = master_nodes
+        # path.repo: the folder backups may go to (IMGSEARCH_BACKUP_DIR); None, no backups.
+        self.backup_dir = Path(backup_dir).absolute() if backup_dir else None
 
     def __repr__(self) -> str:
         return f"LocalNode({str(self.node_dir)!r}, port={self.port})"
@@ -427,8 +434,9 @@ class LocalNode:
         java_home = find_java_home()
         user = ensure_es_user() if _is_root() else None
         if user:
-            for path in (self.node_dir, es_home, java_home):
-                _check_reachable(path, user)
+            for path in (self.node_dir, es_home, java_home, self.backup_dir):
+                if path:
+                    _check_reachable(path, user)
         self._prepare(es_home, user, bootstrap)
         started = time.monotonic()
         self._launch(es_home, java_home, user, timeout)
@@ -450,13 +458,20 @@ class LocalNode:
         (self.config_dir / "elasticsearch.yml").write_text(_elasticsearch_yml(
             self.port, self.transport_port or free_port(), self.data_dir, self.logs_dir,
             name=self.name, seed_hosts=self.seed_hosts,
-            master_nodes=self.master_nodes if bootstrap else None))
+            master_nodes=self.master_nodes if bootstrap else None, backup_dir=self.backup_dir))
         options = self.config_dir / "jvm.options.d"
         options.mkdir(exist_ok=True)
         (options / "heap.options").write_text(f"-Xms{self.heap}\n-Xmx{self.heap}\n")
         self.pid_file.unlink(missing_ok=True)
+        if self.backup_dir:
+            _make_dirs(self.backup_dir)
         if user:
             _chown_tree(self.node_dir, user)
+            if self.backup_dir:
+                # Only the folder itself: the node writes snapshots into it and into folders a
+                # backup makes there (which take this owner, imgsearch/snapshots.py); what is
+                # already inside keeps its owner.
+                os.chown(self.backup_dir, user.pw_uid, user.pw_gid)
 
     def _launch(self, es_home: Path, java_home: Path, user: pwd.struct_passwd | None,
                 timeout: float) -> None:

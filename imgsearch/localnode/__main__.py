@@ -32,7 +32,8 @@ def _cluster(args: argparse.Namespace) -> LocalCluster:
     ports 100 above them, node directories under ``--node-dir``."""
     ports = [args.port + i for i in range(args.nodes)]
     return LocalCluster(args.node_dir, args.nodes, ports=ports,
-                        transport_ports=[p + 100 for p in ports], heap=args.heap)
+                        transport_ports=[p + 100 for p in ports], heap=args.heap,
+                        backup_dir=args.backup_dir)
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         print(f"Elasticsearch cluster of {args.nodes} nodes is green: "
               f"ES_URL={cluster.es_url} (data under {cluster.base_dir})")
         return 0
-    node = LocalNode(args.node_dir, port=args.port, heap=args.heap)
+    node = LocalNode(args.node_dir, port=args.port, heap=args.heap, backup_dir=args.backup_dir)
     was_running = node.is_running()
     node.start(timeout=args.timeout)
     verb = "already running" if was_running else "started"
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     # A cluster's nodes live beside the single node's directory, in cluster-N.
     args.node_dir = args.node_dir or (settings.es_node_dir if args.nodes == 1 else
                                       settings.es_node_dir.with_name(f"cluster-{args.nodes}"))
+    # The node's path.repo: the folder backups may go to (python -m indexer backup).
+    args.backup_dir = settings.backup_dir
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     commands = {"fetch": _cmd_fetch, "start": _cmd_start, "stop": _cmd_stop,
                 "status": _cmd_status}

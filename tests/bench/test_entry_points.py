@@ -245,6 +245,9 @@ def test_finetune_trains_then_scores_base_and_tuned(dataset, tmp_path, capsys):
         assert m["recall@10"] == 1.0  # 12 vectors: the kNN is exact
         (row,) = lines_starting(out, f"{name} ")
         assert len(figures(row)) >= 6
+    labels = written["labels"]
+    assert 0 <= labels["accuracy"] <= 1 and set(labels["per_label"]) == set(LABELS)
+    assert "predicted labels on the test split" in out
 
 
 def test_duplicates(test_split, es_node, tmp_path, capsys):
@@ -484,3 +487,16 @@ def test_load_script_open_loop(served, test_split):
     assert summary["refused_share"] == 0 and summary["refusals"] == {}
     admitted = summary["admitted_latency_ms"]
     assert admitted["n"] == summary["requests"] and 0 < admitted["p50"] <= admitted["p95"]
+
+
+def test_words(dataset, capsys):
+    from bench.words import main
+
+    results = main(["--dataset", str(dataset)])
+    out = capsys.readouterr().out
+    assert "chosen on validation:" in out
+    for split in ("validation", "test"):
+        image = results[split]["image"]
+        assert {"image", "filter"} <= set(image) and all(0 <= v <= 1 for v in image.values())
+        assert set(results[split]["alone"]) == {"dress", "hat", "longsleeve", "outwear", "pants",
+                                                "shirt", "shoes", "shorts", "skirt", "t-shirt"}

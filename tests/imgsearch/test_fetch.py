@@ -348,6 +348,31 @@ def test_every_iana_special_purpose_block_is_refused(block):
         assert str(ip) not in error.message
 
 
+def _python_non_global_blocks() -> list[str]:
+    """The blocks Python's ``ipaddress`` module holds as not global (its own transcription of
+    the same IANA registries, made by other people at another time) and as reserved,
+    multicast or link-local."""
+    import ipaddress
+
+    blocks = []
+    for constants in (ipaddress._IPv4Constants, ipaddress._IPv6Constants):
+        blocks += [str(n) for n in constants._private_networks]
+        blocks += [str(n) for n in getattr(constants, "_reserved_networks", ())]
+        for name in ("_reserved_network", "_multicast_network", "_linklocal_network"):
+            if getattr(constants, name, None) is not None:
+                blocks.append(str(getattr(constants, name)))
+    return sorted(set(blocks))
+
+
+@pytest.mark.parametrize("block", _python_non_global_blocks())
+def test_every_block_python_holds_as_not_global_is_refused_too(block):
+    """A second, independent source for the table: our registry transcription was made
+    offline, so each block Python's standard library lists as private, reserved, multicast
+    or link-local must be refused as well (first and last address)."""
+    for ip in _ends(block):
+        assert refusal(ip) is not None, ip
+
+
 @pytest.mark.parametrize("block", CARRIES_IPV4)
 def test_blocks_that_carry_an_ipv4_address_are_judged_by_it(block):
     """IPv4-mapped, NAT64 and 6to4 addresses go where the IPv4 address in them goes: refused

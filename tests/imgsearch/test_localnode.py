@@ -135,3 +135,16 @@ def test_cli_defaults_come_from_the_settings(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("IMGSEARCH_ES_NODES", "0")
     assert localnode_cli.main(["status"]) == 2
     assert "IMGSEARCH_ES_NODES must be at least 1" in capsys.readouterr().err
+
+
+def test_the_backup_dir_is_the_nodes_path_repo(tmp_path):
+    """Snapshots may only go under path.repo (imgsearch/snapshots.py): the node lists its
+    backup folder there, and without one lists nothing."""
+    import yaml
+
+    conf = yaml.safe_load(localnode._elasticsearch_yml(
+        9200, 9300, tmp_path / "data", tmp_path / "logs", backup_dir=tmp_path / "backups"))
+    assert conf["path.repo"] == [str(tmp_path / "backups")]
+    plain = yaml.safe_load(localnode._elasticsearch_yml(
+        9200, 9300, tmp_path / "data", tmp_path / "logs"))
+    assert "path.repo" not in plain

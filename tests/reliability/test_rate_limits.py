@@ -107,3 +107,24 @@ def test_searches_beyond_the_wait_bound_are_refused_at_once(server, clothing_tes
         assert json.loads(body)["error"]["code"] == "overloaded"
         # Refused at once: no wait for the model (generous for a busy 2-core machine).
         assert seconds < 2.0
+
+
+def test_an_address_sending_made_up_keys_is_refused_before_any_lookup(server, read_key):
+    """Wrong keys are refused with 401 (each one a GET of the keys index) until the address
+    has sent BAD_KEYS_BURST of them; then 429 at once, without a lookup, for every key it
+    sends, right or wrong, until a token is back; an address's good key still counts as its
+    own client elsewhere (its request bucket is untouched)."""
+    from webapp.limits import BAD_KEYS_BURST
+
+    made_up = [{"Authorization": f"Bearer isk_{uuid.uuid4().hex}{uuid.uuid4().hex[:11]}"}
+               for _ in range(BAD_KEYS_BURST + 3)]
+    statuses = [_request(server, "GET", "/api/facets", headers=h)[:3] for h in made_up]
+    assert [s for s, _, _ in statuses[:BAD_KEYS_BURST]] == [401] * BAD_KEYS_BURST
+    for status, headers, body in statuses[BAD_KEYS_BURST:]:
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        assert json.loads(body)["error"]["code"] == "too_many_bad_keys"
+    good = read_key()
+    assert _request(server, "GET", "/api/facets", headers=good)[0] == 429  # no lookup
+    assert _request(server, "GET", "/api/facets")[0] == 200  # anonymous reads: no key sent
+    time.sleep(1.2)  # one token back
+    assert _request(server, "GET", "/api/facets", headers=good)[0] == 200

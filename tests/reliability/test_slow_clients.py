@@ -171,6 +171,31 @@ def test_refusals_before_the_app_are_json(server, request_bytes, status, code):
         assert b"\r\nAllow: OPTIONS, POST\r\n" in answer
 
 
+def test_the_proxys_refusals_are_counted_in_the_metrics(server, admin_headers):
+    """Refusals nginx makes itself never reach the app; /metrics counts them by status, the
+    same totals whichever worker answers the scrape."""
+    def counts() -> dict[str, float]:
+        totals = []
+        for _ in range(4):  # two workers: each one answers some of the scrapes
+            conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+            conn.request("GET", "/metrics", headers=admin_headers)
+            body = conn.getresponse().read().decode()
+            conn.close()
+            totals.append({line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                           for line in body.splitlines()
+                           if line.startswith("imgsearch_proxy_refusals_total{")})
+        assert all(t == totals[0] for t in totals), totals
+        return totals[0]
+
+    before = counts()
+    for _ in range(3):
+        _raw(server, b"GARBAGE\r\n\r\n")
+    _raw(server, b"GET /api/facets?label=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    after = counts()
+    assert after.get("400", 0) - before.get("400", 0) == 3
+    assert after.get("414", 0) - before.get("414", 0) == 1
+
+
 def test_long_lists_fit_in_a_post_body(server, clothing_index):
     """The documented maxima (100 values of 512 characters a filter field, 100 like ids) do
     not fit a request line (414, above); POSTed as form fields they are searched with."""

@@ -633,3 +633,81 @@ def test_signing_in_with_a_key_searching_and_signing_out(private_server, browser
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "signin-key"))
     assert browser.get_cookie("imgsearch_session") is None
     assert "needs an API key" in browser.find_element(By.CSS_SELECTOR, ".error-message").text
+
+
+def test_searching_by_words_tags_on_cards_and_suggestions(server, browser):
+    """Words typed in the box find photos by their tags; a card's tag searches for it; an
+    unknown word is answered with the nearest known ones, one click away."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server}/")
+    severe_logs(browser)
+    box = browser.find_element(By.ID, "words-input")
+    box.send_keys("shoes")
+    browser.find_element(By.ID, "words-search").click()
+    cards = wait_for_cards(browser, lambda cs: len(cs) == 24)
+    assert {c["label"] for c in cards[:10]} == {"shoes"}
+    assert "q=shoes" in browser.current_url
+    first = browser.find_element(By.CSS_SELECTOR, "#results .card")
+    tag = first.find_element(By.CSS_SELECTOR, ".card-tags .tag")
+    name = tag.text
+    assert name
+    tag.click()  # a page searching for that class
+    WebDriverWait(browser, 30).until(EC.url_contains("q="))
+    cards = wait_for_cards(browser)
+    assert browser.find_element(By.ID, "words-input").get_attribute("value") == name
+
+    box = browser.find_element(By.ID, "words-input")
+    box.clear()
+    box.send_keys("sheo")
+    browser.find_element(By.ID, "words-search").click()
+    hint = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "words-hint")))
+    assert "sheo" in hint.text
+    hint.find_element(By.LINK_TEXT, "shoe").click()
+    cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs[:10]} == {"shoes"})
+    assert severe_logs(browser) == []
+
+
+def test_the_search_page_on_a_phone(server, browser, photos):
+    """At 390 x 844 the query (words, photo, URL) is on the first screen and the filters fold
+    behind one button that counts them; a search, then a filter from the panel."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True})
+    try:
+        browser.get(f"{server}/")
+        severe_logs(browser)
+        bottom = browser.execute_script(
+            "return document.getElementById('dropzone').getBoundingClientRect().bottom")
+        assert bottom <= 844  # the photo box without scrolling
+        assert browser.execute_script(  # nothing wider than the phone
+            "return document.documentElement.scrollWidth") <= 390
+        assert browser.find_element(By.ID, "words-input").is_displayed()
+        assert not browser.find_element(By.ID, "sidebar").is_displayed()
+        toggle = browser.find_element(By.ID, "filters-toggle")
+        assert toggle.is_displayed() and toggle.text == "Filters"
+
+        browser.find_element(By.ID, "file-input").send_keys(str(photos["pants"][0]))
+        wait_for_cards(browser)
+        width = browser.execute_script(
+            "return document.getElementById('results').getBoundingClientRect().width")
+        assert width >= 390 - 2 * 16 - 2  # the results fill the width (16 px margins)
+
+        toggle.click()
+        WebDriverWait(browser, 10).until(
+            lambda d: d.find_element(By.ID, "sidebar").is_displayed())
+        browser.find_element(By.CSS_SELECTOR, 'input[name="label"][value="pants"]').click()
+        browser.find_element(By.ID, "filters-done").click()
+        assert not browser.find_element(By.ID, "sidebar").is_displayed()
+        assert toggle.text == "Filters (1)"
+        cards = wait_for_cards(browser, lambda cs: {c["label"] for c in cs} == {"pants"})
+        assert cards
+        assert severe_logs(browser) == []
+    finally:
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1,
+            "mobile": False})

@@ -1,5 +1,5 @@
-// The search page: pick, drop or paste a photo, paste an image URL (or open ?like=<id>),
-// then show the neighbours that the JSON API returns. Data from the server only ever reaches
+// The search page: pick, drop or paste a photo, paste an image URL (or open ?like=<id>), or
+// type words (alone, or to re-rank a photo's neighbours), then show what the JSON API returns. Data from the server only ever reaches
 // the page through textContent and attributes, never as HTML.
 (() => {
   "use strict";
@@ -19,6 +19,9 @@
   const template = document.getElementById("card-template");
   const urlForm = document.getElementById("url-form");
   const urlInput = document.getElementById("url-input");
+  const wordsForm = document.getElementById("words-form");
+  const wordsInput = document.getElementById("words-input");
+  const wordsHint = document.getElementById("words-hint");
   // Present only when the index has region vectors (the page says so).
   const boxEditor = document.getElementById("box-editor");
   const feedbackBar = document.getElementById("feedback-bar");
@@ -30,6 +33,7 @@
     file: null, // the uploaded photo, kept so that filter changes can re-run the search
     like: root.dataset.like || null, // or the id of an indexed image ("more like this")
     url: null, // or the address of an image, which the server fetches
+    words: root.dataset.words || null, // words: alone, or re-ranking the photo's neighbours
     shown: 0,
     objectUrl: null,
     request: null,
@@ -51,10 +55,11 @@
     return params;
   }
 
-  function pageUrl(like, url = null) {
+  function pageUrl(like, url = null, words = null) {
     const params = new URLSearchParams();
     if (like) params.set("like", like);
     if (url) params.set("url", url);
+    if (words && !like) params.set("q", words);
     for (const [name, value] of filterParams()) params.append(name, value);
     params.set("k", kSelect.value);
     return `${location.pathname}?${params}`;
@@ -63,7 +68,7 @@
   function syncUrl() {
     // Filters, k and a "like" or "url" query live in the address, so reloading or sharing
     // keeps them.
-    history.replaceState(null, "", pageUrl(state.like, state.url));
+    history.replaceState(null, "", pageUrl(state.like, state.url, state.words));
   }
 
   // -- talking to the API -------------------------------------------------------------
@@ -80,19 +85,29 @@
       body.append("image", state.file, state.file.name || "pasted-image");
       for (const [name, value] of params) body.append(name, value);
       if (state.box) body.append("box", state.box.map((v) => v.toFixed(4)).join(","));
+      if (state.words) body.append("q", state.words);
       return fetch("/api/search", { method: "POST", body, signal });
     }
     if (state.url) {
       const body = new FormData();
       body.append("url", state.url);
       for (const [name, value] of params) body.append(name, value);
+      if (state.words) body.append("q", state.words);
+      return fetch("/api/search", { method: "POST", body, signal });
+    }
+    if (state.words && !state.like) {
+      const body = new FormData();
+      body.append("q", state.words);
+      for (const [name, value] of params) {
+        if (name !== "like" && name !== "unlike") body.append(name, value);
+      }
       return fetch("/api/search", { method: "POST", body, signal });
     }
     return fetch(`/api/images/${encodeURIComponent(state.like)}/similar?${params}`, { signal });
   }
 
   async function search({ append = false } = {}) {
-    if (!state.file && !state.like && !state.url) return;
+    if (!state.file && !state.like && !state.url && !state.words) return;
     // Marks refine whole-photo searches only (the API refuses them with a box).
     root.classList.toggle("boxed", Boolean(state.box));
     showMarks();
@@ -138,6 +153,7 @@
     state.shown = offset + data.hits.length;
     loadMore.hidden = data.hits.length < k || state.shown > MAX_OFFSET;
     showStatus(data.timings_ms);
+    if (!append) showWords(data.query.words);
     if (!append && state.file && data.query.box) {
       setCaption("The part of your photo you marked", [state.file.name, `${data.query.regions} regions`]);
     } else if (!append && state.url && data.query.width) {
@@ -167,10 +183,23 @@
     img.addEventListener("error", () => node.classList.add("no-thumbnail"), { once: true });
     img.src = hit.thumbnail_url;
 
+    // Words alone: how likely the model thinks the image shows them; else the cosine.
     const score = node.querySelector(".score");
-    score.textContent = hit.cosine.toFixed(3);
+    const value = hit.cosine === null ? hit.score : hit.cosine;
+    score.textContent = value.toFixed(3);
+    if (hit.cosine === null) score.title = "How likely the model thinks it shows the words";
     node.querySelector(".score-bar span").style.width =
-      `${Math.round(Math.max(0, Math.min(1, hit.cosine)) * 100)}%`;
+      `${Math.round(Math.max(0, Math.min(1, value)) * 100)}%`;
+
+    const tags = node.querySelector(".card-tags");
+    for (const name of hit.model_classes || []) {
+      const tag = document.createElement("a");
+      tag.className = "tag";
+      tag.textContent = name;
+      tag.href = pageUrl(null, null, name);
+      tag.title = `Seen by the model: search for "${name}"`;
+      tags.append(tag);
+    }
 
     const label = node.querySelector(".label");
     if (meta.label) label.textContent = meta.label;
@@ -339,6 +368,53 @@
     return `${n} bytes`;
   }
 
+  // What the server made of the words: unknown ones, with the nearest known words offered.
+  function showWords(words) {
+    wordsHint.replaceChildren();
+    wordsHint.hidden = true;
+    if (!words || !words.unknown.length) return;
+    const parts = [`Not a word the model knows: ${words.unknown.join(", ")}.`];
+    const offered = [...new Set(Object.values(words.suggestions).flat())];
+    wordsHint.append(parts[0]);
+    if (offered.length) {
+      wordsHint.append(" Did you mean ");
+      offered.forEach((word, i) => {
+        const link = document.createElement("a");
+        link.href = pageUrl(null, null, word);
+        link.textContent = word;
+        link.addEventListener("click", (event) => {
+          event.preventDefault();
+          wordsInput.value = word;
+          useWords(word);
+        });
+        wordsHint.append(link, i < offered.length - 1 ? ", " : "?");
+      });
+    }
+    wordsHint.hidden = false;
+  }
+
+  // Words with a photo or URL on show re-rank its neighbours; otherwise they are the query.
+  function useWords(text) {
+    const words = text.trim() || null;
+    if (!words && !state.words) return;
+    state.words = words;
+    if (state.like) {
+      state.like = null; // "more like this" takes no words: the words become the query
+      queryFrame.hidden = true;
+      dropzone.classList.remove("has-image");
+      caption.hidden = true;
+    }
+    clearMarks();
+    syncUrl();
+    if (state.file || state.url || state.words) search();
+    else clearResults();
+  }
+
+  wordsForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    useWords(wordsInput.value);
+  });
+
   // -- choosing the query -------------------------------------------------------------
 
   function useFile(file) {
@@ -474,7 +550,34 @@
 
   // -- filters and paging -------------------------------------------------------------
 
+  // On a phone the filters are a panel opened from the toolbar, whose button counts the
+  // filters that apply (style.css shows it below 820 px only).
+  const sidebar = document.getElementById("sidebar");
+  const filtersToggle = document.getElementById("filters-toggle");
+
+  function countFilters() {
+    const active = new Set([...filterParams().keys()].map((n) => n.replace(/^(min|max)_/, "")));
+    filtersToggle.textContent = active.size ? `Filters (${active.size})` : "Filters";
+  }
+
+  function openFilters(open) {
+    sidebar.classList.toggle("open", open);
+    filtersToggle.setAttribute("aria-expanded", String(open));
+    if (open) sidebar.querySelector("input, button")?.focus();
+  }
+
+  filtersToggle.addEventListener("click", () => openFilters(!sidebar.classList.contains("open")));
+  document.getElementById("filters-done").addEventListener("click", () => {
+    openFilters(false);
+    filtersToggle.focus();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && sidebar.classList.contains("open")) openFilters(false);
+  });
+  countFilters();
+
   filters.addEventListener("change", () => {
+    countFilters();
     syncUrl();
     search();
   });
@@ -485,6 +588,7 @@
       if (input.type === "checkbox") input.checked = false;
       else input.value = "";
     }
+    countFilters();
     syncUrl();
     search();
   });
@@ -567,6 +671,7 @@
   }
 
   if (state.like) useLike(state.like);
+  else if (state.words && !root.dataset.url) search();
   else if (root.dataset.url) {
     // An address in the page's own query string came from a link or a reload: the server
     // fetches only once the person has seen it and pressed the button (a link from another
