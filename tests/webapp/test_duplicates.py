@@ -40,12 +40,15 @@ def dups(test_settings, store, embedder, clothing_test_dir, tmp_path):
         (folder / f"{label}-q50.jpg").write_bytes(_q50(path))
         ids[label] = (content_hash(path.read_bytes()),
                       content_hash((folder / f"{label}-q50.jpg").read_bytes()))
-    settings = test_settings.with_(keys_index=f"{store.alias}-keys")
+    settings = test_settings.with_(keys_index=f"{store.alias}-keys",
+                                   upload_dir=tmp_path / "uploads")
     index_folder(folder, settings=settings, embedder=embedder, store=store, progress=False)
     key_store = KeyStore(store.es, settings.api_keys_index)
     keys = {scope: key_store.create(f"{scope}-{uuid.uuid4().hex[:6]}", scope)[0]
             for scope in ("read", "write")}
-    return build_app(settings, embedder, store).test_client(), keys, ids
+    client = build_app(settings, embedder, store).test_client()
+    client.folder = folder
+    return client, keys, ids
 
 
 def _bearer(key: str) -> dict:
@@ -168,3 +171,19 @@ def test_the_page_resolves_for_a_signed_in_write_key(dups):
     distinct = client.post("/duplicates/distinct", data={"images": list(ids["shoes"])})
     assert distinct.status_code == 303
     assert client.get("/duplicates").get_data(as_text=True).count('class="dup-group"') == 2
+
+
+def test_an_image_added_through_the_write_api_joins_its_group_and_leaves_it_deleted(dups):
+    client, keys, ids = dups
+    with Image.open(client.folder / "skirt.jpg") as im:
+        out = io.BytesIO()
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(out, "JPEG", quality=90)
+    data = out.getvalue()
+    added = client.post("/api/images", data={"image": (io.BytesIO(data), "skirt-half.jpg")},
+                        content_type="multipart/form-data", headers=_bearer(keys["write"]))
+    assert added.status_code == 201, added.get_json()
+    copy = content_hash(data)
+    assert frozenset({*ids["skirt"], copy}) in _groups(client)
+    deleted = client.delete(f"/api/images/{copy}", headers=_bearer(keys["write"]))
+    assert deleted.status_code == 204
+    assert _groups(client) == {frozenset(pair) for pair in ids.values()}
