@@ -24,6 +24,8 @@ from .pairs import PairState
 from .removal import delete_image
 from .search import UnknownId
 from .store import ImageStore
+from .thumbnails import ThumbnailStore
+from .uploads import UploadStore
 
 # Images one resolution may hide or delete: a page shows groups of up to a few dozen.
 MAX_IMAGES = 100
@@ -43,9 +45,13 @@ class Resolved:
 class Resolver:
     """Decisions about the duplicates of the index behind the alias."""
 
-    def __init__(self, store: ImageStore, decisions: Decisions):
+    def __init__(self, store: ImageStore, decisions: Decisions, *,
+                 uploads: UploadStore | None = None, thumbnails: ThumbnailStore | None = None):
         self.store = store
         self.decisions = decisions
+        # Where deleted images' uploaded files and thumbnails go from (imgsearch/removal.py).
+        self.uploads = uploads
+        self.thumbnails = thumbnails
 
     def _index(self) -> str:
         index = self.store.indices.current_index()
@@ -81,7 +87,8 @@ class Resolver:
             self._mark_hidden(index, doc_id, True)
             out.hidden.append(doc_id)
         for doc_id in delete:
-            if delete_image(self.store, self.decisions, doc_id, index=index, by=by):
+            if delete_image(self.store, self.decisions, doc_id, index=index, by=by,
+                            uploads=self.uploads, thumbnails=self.thumbnails):
                 out.deleted.append(doc_id)
         PairState(self.store.es, index).touch()
         return out

@@ -7,6 +7,7 @@ calls it after fork, so each loads the model once and shares it between its thre
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import Flask
 
@@ -42,6 +43,7 @@ def create_app(
     from imgsearch.search import SearchService
     from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore
+    from imgsearch.uploads import UploadStore
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -66,7 +68,9 @@ def create_app(
     decisions = Decisions(store.es, settings.image_decisions_index)
     app.extensions["imgsearch.duplicates"] = DuplicateGroups(store, decisions,
                                                              settings.duplicate_threshold)
-    app.extensions["imgsearch.resolver"] = Resolver(store, decisions)
+    app.extensions["imgsearch.resolver"] = Resolver(
+        store, decisions, uploads=UploadStore(Path(settings.upload_dir)),
+        thumbnails=app.extensions["imgsearch.thumbnails"])
 
     from imgsearch.keys import KeyStore
 

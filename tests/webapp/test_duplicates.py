@@ -187,3 +187,19 @@ def test_an_image_added_through_the_write_api_joins_its_group_and_leaves_it_dele
     deleted = client.delete(f"/api/images/{copy}", headers=_bearer(keys["write"]))
     assert deleted.status_code == 204
     assert _groups(client) == {frozenset(pair) for pair in ids.values()}
+
+    # Added again, then deleted as a copy from its group: an upload goes with its file (and
+    # is not excluded: its bytes may be added again).
+    again = client.post("/api/images", data={"image": (io.BytesIO(data), "skirt-half.jpg")},
+                        content_type="multipart/form-data", headers=_bearer(keys["write"]))
+    assert again.status_code == 201
+    uploads = client.application.extensions["imgsearch.uploads"].root
+    assert [p.name for p in uploads.rglob("*.jpg")] == [f"{copy}.jpg"]
+    done = client.post("/api/duplicates/resolve", json={"keep": ids["skirt"][0],
+                                                       "delete": [copy]},
+                       headers=_bearer(keys["write"]))
+    assert done.get_json()["deleted"] == [copy]
+    assert list(uploads.rglob("*.jpg")) == []
+    assert _groups(client) == {frozenset(pair) for pair in ids.values()}
+    decisions = client.application.extensions["imgsearch.resolver"].decisions
+    assert decisions.excluded([copy]) == set()
