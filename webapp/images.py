@@ -106,6 +106,8 @@ def add():
     doc = embed_one(data, path, uploads().root, target, settings=service().settings,
                     embedder=model, metadata=metadata, indexed_at=now_iso(),
                     decode_slot=service().decodes.hold)
+    if decisions().hidden([doc_id]):  # bytes a person hid as a copy stay hidden when re-added
+        doc["hidden"] = True
     wrote = sent = False
     try:
         _, wrote = uploads().put(doc_id, fmt, data)

@@ -184,15 +184,21 @@ def test_an_image_added_through_the_write_api_joins_its_group_and_leaves_it_dele
     assert added.status_code == 201, added.get_json()
     copy = content_hash(data)
     assert frozenset({*ids["skirt"], copy}) in _groups(client)
+    hidden = client.post("/api/duplicates/resolve", json={"keep": ids["skirt"][0],
+                                                         "hide": [copy]},
+                         headers=_bearer(keys["write"]))
+    assert hidden.status_code == 200
     deleted = client.delete(f"/api/images/{copy}", headers=_bearer(keys["write"]))
     assert deleted.status_code == 204
     assert _groups(client) == {frozenset(pair) for pair in ids.values()}
 
-    # Added again, then deleted as a copy from its group: an upload goes with its file (and
-    # is not excluded: its bytes may be added again).
+    # Added again (still hidden: the decision is about its bytes), then deleted as a copy
+    # from its group: an upload goes with its file, and is not excluded.
     again = client.post("/api/images", data={"image": (io.BytesIO(data), "skirt-half.jpg")},
                         content_type="multipart/form-data", headers=_bearer(keys["write"]))
     assert again.status_code == 201
+    store = client.application.extensions["imgsearch.resolver"].store
+    assert store.get(copy)["hidden"] is True
     uploads = client.application.extensions["imgsearch.uploads"].root
     assert [p.name for p in uploads.rglob("*.jpg")] == [f"{copy}.jpg"]
     done = client.post("/api/duplicates/resolve", json={"keep": ids["skirt"][0],
