@@ -160,7 +160,8 @@ class PairState:
         resp = self.es.bulk(operations=operations + self._touch_op(), refresh=True).body
         if resp.get("errors"):
             failed = next(i for i in resp["items"] if "error" in next(iter(i.values())))
-            raise RuntimeError(f"pairs state write refused: {next(iter(failed.values()))}")
+            raise StoreError(f"Elasticsearch refused a near-duplicate pairs write: "
+                             f"{next(iter(failed.values())).get('error')}")
 
     @translated
     def remove(self, ids: Iterable[str]) -> int:
