@@ -16,6 +16,12 @@ and the grouping time, and the share of each transform's copies grouped with the
 the false pairs at the chosen threshold (real photo with real photo: the set's own
 look-alikes); and, as a check of the approximate kNN, the share of the pairs an exact
 all-pairs search finds at that threshold that end up in one group.
+
+Then the upkeep of the kept pairs (imgsearch/pairs.py): the time the indexer's writer thread
+spent finding and storing each batch's pairs (per image), the same for every image again
+(``duplicates --rebuild``), whether the kept groups equal the exhaustive ones at each
+threshold, and what ``GET /api/duplicates`` costs from them (first request at a threshold,
+then kept), through the web app's test client.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import io
 import json
 import time
 import uuid
+from contextlib import contextmanager
 from itertools import combinations
 from pathlib import Path
 
@@ -126,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the threshold of the per-transform table (default: the setting's)")
     p.add_argument("--es-url", help="an Elasticsearch to use (default: a throwaway node)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--without-pairs", action="store_true",
+                   help="also index the same photos with the pairs hook off, for the "
+                   "indexing overhead of the kept pairs")
     args = p.parse_args(argv)
 
     from imgsearch.localnode import scratch_dir, throwaway_node
@@ -150,15 +160,20 @@ def run(args, folder: Path, es_url: str) -> None:
     chosen = args.chosen if args.chosen is not None else settings.duplicate_threshold
     started = time.perf_counter()
     truth_of = make_set(args.images, folder / "photos", args.originals)
+    args.photos = folder / "photos"
     made = time.perf_counter() - started
     copies = sum(1 for _, t, _ in truth_of.values() if t != "original")
     print(f"{len(truth_of)} images ({copies} copies of {args.originals} originals) made in "
           f"{made:.1f} s")
     store = ImageStore.from_settings(settings)
+    embedder = Embedder(settings)
     try:
-        report = index_folder(folder / "photos", settings=settings, embedder=Embedder(settings),
-                              store=store, progress=False)
-        print(f"indexed {report.stats.indexed} in {report.seconds:.1f} s")
+        with timed_pairs() as upkeep:
+            report = index_folder(folder / "photos", settings=settings, embedder=embedder,
+                                  store=store, progress=False)
+        print(f"indexed {report.stats.indexed} in {report.seconds:.1f} s, of which the writer "
+              f"thread found and stored pairs for {upkeep['seconds']:.1f} s "
+              f"({1000 * upkeep['seconds'] / report.stats.indexed:.1f} ms an image)")
         index = store.indices.current_index()
         rows_by_id = [row for page in store.vector_pages(index) for row in page]
         ids = [i for i, _ in rows_by_id]
@@ -229,10 +244,120 @@ def run(args, folder: Path, es_url: str) -> None:
                   f"{Path(pb).relative_to(folder)}")
         print(f"\nGrouping at {chosen}: {dup.queries} kNN queries in {dup.seconds:.2f} s "
               f"({1000 * dup.seconds / dup.queries:.1f} ms a document)")
+        out["upkeep"] = upkeep_figures(args, settings, store, embedder, reports, report,
+                                       upkeep["seconds"])
         if args.json:
             args.json.write_text(json.dumps(out, indent=2))
     finally:
         store.es.indices.delete(index=f"{store.alias}-*", ignore_unavailable=True)
+
+
+@contextmanager
+def timed_pairs():
+    """The seconds :meth:`PairFinder.after_write` (the indexer's pairs hook) runs, summed."""
+    from imgsearch.pairs import PairFinder
+
+    total = {"seconds": 0.0}
+    original = PairFinder.after_write
+
+    def after_write(self, docs, failed=()):
+        started = time.perf_counter()
+        try:
+            return original(self, docs, failed)
+        finally:
+            total["seconds"] += time.perf_counter() - started
+
+    PairFinder.after_write = after_write
+    try:
+        yield total
+    finally:
+        PairFinder.after_write = original
+
+
+def upkeep_figures(args, settings, store, embedder, reports, report, hook_seconds) -> dict:
+    """The kept pairs: their cost at indexing and again for every image, their agreement with
+    the exhaustive groups, and the API's cost from them."""
+    from imgsearch.pairs import PairFinder, PairState
+    from imgsearch.store import ImageStore
+    from indexer.index import index_folder
+    from webapp import create_app
+
+    index = store.indices.current_index()
+    images = report.stats.indexed
+    state = PairState(store.es, index)
+    visited, pairs = state.counts()
+    state.drop()
+    started = time.perf_counter()
+    again, found = PairFinder(store, index, settings.duplicate_floor).visit_missing()
+    rebuild = time.perf_counter() - started
+    print(f"\nKept pairs at the floor {settings.duplicate_floor}: {pairs} pairs of {visited} "
+          f"images; found at indexing in {hook_seconds:.1f} s "
+          f"({1000 * hook_seconds / images:.1f} ms an image); all again (--rebuild) in "
+          f"{rebuild:.1f} s ({1000 * rebuild / again:.1f} ms an image, {found} pairs)")
+    stored = state.counts()[1]
+    print(f"(stored: {stored} pairs; each pair is found from both sides)")
+    app = create_app(settings.with_(public_read=True), embedder=embedder, store=store)
+    finder = app.extensions["imgsearch.duplicates"]
+    client = app.test_client()
+    rows = []
+    print("\n| threshold | kept pairs | groups | = exhaustive | first request ms (grouping "
+          "ms) | kept ms |")
+    print("|---|---|---|---|---|---|")
+    for threshold in args.thresholds:
+        if threshold < settings.duplicate_floor:
+            continue
+        t0 = time.perf_counter()
+        response = client.get(f"/api/duplicates?threshold={threshold}&limit=20")
+        first = time.perf_counter() - t0
+        body = response.get_json()
+        assert response.status_code == 200, body
+        t0 = time.perf_counter()
+        for _ in range(5):
+            client.get(f"/api/duplicates?threshold={threshold}&limit=20")
+        kept = (time.perf_counter() - t0) / 5
+        same = None
+        if threshold in reports:
+            kept_groups, _ = finder.groups(threshold)
+            same = {frozenset(c) for c in kept_groups.components} == {
+                frozenset(m.id for m in g.members) for g in reports[threshold].groups}
+        rows.append({"threshold": threshold, "pairs": body["pairs"],
+                     "groups": body["total_groups"], "same_as_exhaustive": same,
+                     "first_ms": round(1000 * first, 1), "grouping_ms": 1000 * body["seconds"],
+                     "kept_ms": round(1000 * kept, 1)})
+        print(f"| {threshold:.2f} | {body['pairs']} | {body['total_groups']} | {same} | "
+              f"{1000 * first:.0f} ({1000 * body['seconds']:.0f}) | {1000 * kept:.0f} |")
+    without = None
+    if args.without_pairs:
+        # The same photos indexed again into an alias of their own with the pairs hook off:
+        # what the pairs cost the indexer's throughput, not only its writer thread.
+        alias = f"{settings.es_index}-nopairs"
+        other = ImageStore.from_settings(settings.with_(es_index=alias))
+        try:
+            with no_pairs():
+                plain = index_folder(args.photos, settings=settings.with_(es_index=alias),
+                                     embedder=embedder, store=other, progress=False)
+            without = round(plain.seconds, 1)
+            print(f"\nthe same {plain.stats.indexed} images indexed without pairs in "
+                  f"{plain.seconds:.1f} s (with: {report.seconds:.1f} s)")
+        finally:
+            other.es.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+    return {"floor": settings.duplicate_floor, "pairs": stored, "images": visited,
+            "index_seconds": round(report.seconds, 1), "index_seconds_without_pairs": without,
+            "index_hook_seconds": round(hook_seconds, 2), "rebuild_seconds": round(rebuild, 2),
+            "rows": rows}
+
+
+@contextmanager
+def no_pairs():
+    """The indexer's pairs hook turned off (for the comparison only)."""
+    from imgsearch.pairs import PairFinder
+
+    original = PairFinder.after_write
+    PairFinder.after_write = lambda self, docs, failed=(): None
+    try:
+        yield
+    finally:
+        PairFinder.after_write = original
 
 
 if __name__ == "__main__":

@@ -1,24 +1,34 @@
 """Near-duplicate groups: indexed images whose vectors lie within a cosine threshold.
 
 Exact copies are one document already (the id is the content hash); this finds the others, a
-photo re-encoded, resized, cropped, brightened or watermarked. It reads every vector of the
-index in pages and asks, for each page, one ``_msearch`` of kNN queries whose ``similarity``
-is the threshold, so Elasticsearch returns only neighbours that close: N approximate kNN
-queries rather than N^2 / 2 comparisons. The edges are joined with union-find into groups of
-two or more; each group's first member is its medoid (the member most like the others) and
-every member carries its cosine to it. Nothing is written to the index.
+photo re-encoded, resized, cropped, brightened or watermarked.
 
-Cost, measured on a 2-core AVX2 EPYC (docs/BENCHMARKS.md, "Near-duplicate groups"): 1,452
-images grouped in 11.9 s at 0.94, 8.2 ms an image, so about 8 s per 1,000 images (6.7-18.5 ms
-an image over eleven thresholds, with other work sharing the two cores); an HNSW query costs
-about log N, so the whole about N log N. Every pair an exact all-pairs search finds at the
-threshold ends up in one group (k = 10, 100 candidates; 0.999 at 0.75-0.80, where the groups
-swallow most of the set anyway).
+Two ways, one answer:
+
+- :class:`DuplicateGroups` (the web app, ``python -m indexer duplicates``): from the pairs kept
+  as images are indexed (imgsearch/pairs.py, at the floor ``IMGSEARCH_DUPLICATE_FLOOR``). Once
+  per state ``version`` a process reads every stored pair (one scroll over the pairs, never
+  over the images) and the decisions about them (by id: images hidden as copies, pairs said to
+  be distinct, imgsearch/decisions.py); any threshold at or above the floor is then grouped
+  in memory, union-find over the pairs that close less those decisions: work proportional
+  to the pairs, not the images. Each group's medoid comes from its pairs' cosines; only the
+  groups of the page asked for are read from the index (the medoids' vectors, one filtered
+  kNN a group for the members' sources and cosines). The version is read by id with every
+  request (real-time) and renewed by every change (a batch indexed, an image deleted, a
+  decision), so no worker serves groups older than the last change. A threshold below the
+  floor is refused (:class:`BelowFloor`).
+- :func:`find_duplicates`: the exhaustive check, from the vectors of every image (one kNN
+  query each, about 8 s per 1,000 images on two AVX2 cores: docs/BENCHMARKS.md,
+  "Near-duplicate groups"); the tests and the benchmark compare the kept groups with it.
+
+Either way, edges are joined with union-find into groups of two or more; each group's first
+member is its medoid (the member most like the others) and every member carries its cosine
+to it. Every pair an exact all-pairs search finds at the threshold ends up in one group
+(k = 10, 100 candidates; 0.999 at 0.75-0.80, where the groups swallow most of the set anyway).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,19 +36,16 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from .decisions import Decisions
+from .errors import Conflict
 from .esclient import IndexMissing
 from .indices import VECTOR_FIELD
+from .pairs import DEFAULT_K, NUM_CANDIDATES, PairState, StateInfo  # the same edges both ways
 from .recent import Recent
 from .search import QueryError
 from .settings import DUPLICATE_THRESHOLDS
 from .store import ImageStore
 
-# Neighbours asked of each image besides itself: a group larger than this still forms, by
-# chains of edges, but a photo with more than DEFAULT_K near-copies may miss some direct ones.
-DEFAULT_K = 10
-# HNSW candidates per query: at k = 10, 100 finds every pair the exact search finds at 0.85
-# and above on the benchmark's set (docs/BENCHMARKS.md).
-NUM_CANDIDATES = 100
 # Vectors read per scroll page, and kNN queries per _msearch: 200 x 2048 floats is ~5 MB of
 # JSON each way, and keeps ES's search threads busy without queueing.
 PAGE_SIZE = 200
@@ -182,31 +189,191 @@ def _groups(store: ImageStore, index: str, components: list[list[str]]) -> list[
     return groups
 
 
-class DuplicateFinder:
-    """Near-duplicate groups of the index behind the alias for the web app, computed once per
-    (concrete index, document count, threshold) and kept: a computation is one kNN query per
-    document (about 8 s per 1,000 images on two cores), too slow to repeat per request. One
-    computation runs at a time; requests for another wait for it rather than running side by
-    side on the same CPUs."""
+UPDATE_HINT = ("run `python -m indexer duplicates --update` (one kNN query per image without "
+               "pairs; later indexing keeps them current)")
 
-    def __init__(self, store: ImageStore, default_threshold: float, *, keep: int = 4):
+
+class NoPairsState(Conflict):
+    """The index has no near-duplicate pairs state (built before pairs were kept)."""
+
+    def __init__(self, index: str):
+        super().__init__(
+            "duplicates_not_maintained",
+            f"the near-duplicate pairs of {index} are not kept yet (it was indexed before "
+            f"they were): {UPDATE_HINT}.")
+
+
+class BelowFloor(QueryError):
+    """A threshold under the floor the pairs were kept at."""
+
+    code = "below_floor"
+
+
+@dataclass
+class PairGroups:
+    """The groups of one state version and threshold: member ids, largest group first, then
+    the tightest (highest least pair cosine), then the smallest id."""
+
+    components: list[list[str]]
+    weakest: list[float]  # each group's least pair cosine
+    medoids: list[str]  # each group's member with the highest sum of pair cosines
+    threshold: float
+    index: str
+    floor: float
+    version: str
+    computed_at: str  # when the pairs state last changed
+    pairs: int  # pairs at the threshold or closer, before decisions
+    seconds: float  # grouping them (and reading the state, when it had changed)
+
+    @property
+    def images(self) -> int:
+        return sum(len(c) for c in self.components)
+
+
+@dataclass
+class GroupsPage:
+    """What the API and the page show: a page of groups, with the totals."""
+
+    groups: list[Group]
+    kept: PairGroups
+    model_version: str | None
+    documents: int  # in the index now
+    unvisited: int  # of them without pairs state (run --update)
+    cached: bool
+
+
+def _chunks(items: list, size: int = 1000):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def group_pairs(pairs: list[tuple[str, str, float]], *, hidden: set[str] = frozenset(),
+                distinct: set[frozenset[str]] = frozenset(),
+                min_size: int = 2) -> tuple[list[list[str]], list[float], list[str]]:
+    """Union-find over ``pairs`` less those touching ``hidden`` images or said ``distinct``:
+    ``(components, weakest cosine of each, medoid of each)``, in the order
+    :class:`PairGroups` keeps. The medoid is the member whose pairs' cosines sum highest (the
+    one most like the others, from the pairs alone: no vector is read); ties, the smaller
+    id."""
+    edges = _UnionFind()
+    kept = []
+    closeness: dict[str, float] = {}
+    for a, b, cosine in pairs:
+        if a in hidden or b in hidden or frozenset((a, b)) in distinct:
+            continue
+        edges.union(a, b)
+        kept.append((a, cosine))
+        closeness[a] = closeness.get(a, 0.0) + cosine
+        closeness[b] = closeness.get(b, 0.0) + cosine
+    weakest: dict[str, float] = {}
+    for a, cosine in kept:
+        root = edges.find(a)
+        weakest[root] = min(weakest.get(root, 1.0), cosine)
+    components = [sorted(ids) for root, ids in edges.components().items()
+                  if len(ids) >= min_size]
+    components.sort(key=lambda ids: (-len(ids), -weakest[edges.find(ids[0])], ids[0]))
+    medoids = [min(ids, key=lambda i: (-closeness[i], i)) for ids in components]
+    return components, [weakest[edges.find(ids[0])] for ids in components], medoids
+
+
+class DuplicateGroups:
+    """Near-duplicate groups of the index behind the alias, from its kept pairs (see the
+    module's docstring); one per process, shared by its threads."""
+
+    def __init__(self, store: ImageStore, decisions: Decisions, default_threshold: float, *,
+                 keep: int = 8):
         self.store = store
+        self.decisions = decisions
         self.default_threshold = default_threshold
-        # Reports kept (e.g. a few thresholds of the current index).
-        self._reports: Recent[DuplicateReport] = Recent(keep)
-        self._lock = threading.Lock()  # one computation at a time
+        self._kept: Recent[PairGroups] = Recent(keep)  # a few thresholds of the current state
+        # The pairs and decisions of the latest state versions (4,658 pairs at 1,452 images
+        # of the benchmark: about 1 MB of Python tuples).
+        self._read: Recent[tuple] = Recent(2)
 
-    def report(self, threshold: float | None = None) -> tuple[DuplicateReport, bool]:
-        """``(report, from_cache)`` for the index the alias points at now."""
-        threshold = check_threshold(self.default_threshold if threshold is None else threshold)
-        index = self.store.indices.current_index()
+    def state(self, index: str | None = None) -> tuple[str, PairState, StateInfo]:
+        """``(index, state, its info)`` for ``index`` (default: the alias's); NoPairsState
+        when it has none, IndexMissing when there is no index."""
+        index = index or self.store.indices.current_index()
         if index is None:
             raise IndexMissing(f"no index behind the alias {self.store.alias!r}")
-        key = (index, self.store.count(index), threshold)
-        with self._lock:
-            report = self._reports.get(key)
-            if report is not None:
-                return report, True
-            report = find_duplicates(self.store, threshold, index=index)
-            self._reports.put(key, report)
-            return report, False
+        state = PairState(self.store.es, index)
+        info = state.info()
+        if info is None:
+            raise NoPairsState(index)
+        return index, state, info
+
+    def groups(self, threshold: float | None = None, *, index: str | None = None,
+               min_size: int = 2) -> tuple[PairGroups, bool]:
+        """``(groups, from_cache)`` at ``threshold`` (default: the setting's)."""
+        threshold = check_threshold(self.default_threshold if threshold is None else threshold)
+        index, state, info = self.state(index)
+        if threshold < info.floor:
+            raise BelowFloor(
+                f"the near-duplicate pairs of this index are kept at cosine {info.floor} or "
+                f"closer, so groups at {threshold} cannot be answered from them. To group at "
+                f"{threshold}, set IMGSEARCH_DUPLICATE_FLOOR={threshold} and run `python -m "
+                "indexer duplicates --rebuild` (one kNN query per image; more pairs kept).")
+        key = (index, info.version, threshold, min_size)
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept, True
+        started = time.perf_counter()
+        every, hidden, distinct = self._state_pairs(index, state, info)
+        pairs = [p for p in every if p[2] >= threshold]
+        components, weakest, medoids = group_pairs(pairs, hidden=hidden, distinct=distinct,
+                                                   min_size=min_size)
+        kept = PairGroups(components, weakest, medoids, threshold, index, info.floor,
+                          info.version, info.changed_at, len(pairs),
+                          time.perf_counter() - started)
+        self._kept.put(key, kept)
+        return kept, False
+
+    def _state_pairs(self, index: str, state: PairState, info: StateInfo):
+        """``(every pair at the floor, hidden images among them, distinct pairs among them)``
+        of one state version: read once (a scroll over the pairs, the decisions about them by
+        id), then every threshold is grouped from memory."""
+        key = (index, info.version)
+        found = self._read.get(key)
+        if found is None:
+            pairs = state.pairs_at_least(info.floor)
+            ids = sorted({i for a, b, _ in pairs for i in (a, b)})
+            hidden: set[str] = set()
+            for chunk in _chunks(ids):
+                hidden |= set(self.decisions.hidden(chunk))
+            distinct: set[frozenset[str]] = set()
+            for chunk in _chunks([(a, b) for a, b, _ in pairs]):
+                distinct |= self.decisions.distinct(chunk)
+            found = (pairs, hidden, distinct)
+            self._read.put(key, found)
+        return found
+
+    def page(self, threshold: float | None = None, *, limit: int | None = 20,
+             offset: int = 0, min_size: int = 2) -> GroupsPage:
+        """A page of groups (``limit`` None: all of them) with their members' sources."""
+        kept, cached = self.groups(threshold, min_size=min_size)
+        end = None if limit is None else offset + limit
+        groups = self._members(kept.index, kept.components[offset:end], kept.medoids[offset:end])
+        documents = self.store.count(kept.index)
+        visited, _ = PairState(self.store.es, kept.index).counts()
+        return GroupsPage(groups, kept, self.store.indices.index_model_version(kept.index),
+                          documents, max(0, documents - visited), cached)
+
+    def _members(self, index: str, components: list[list[str]],
+                 medoids: list[str]) -> list[Group]:
+        """The groups shown, each member with its source and cosine to the medoid: the
+        medoids' vectors (one search), then one filtered kNN query a group (one
+        ``_msearch``); a member deleted meanwhile is left out."""
+        out: list[Group] = []
+        for start in range(0, len(components), PAGE_SIZE // 10):
+            chunk = components[start:start + PAGE_SIZE // 10]
+            firsts = medoids[start:start + PAGE_SIZE // 10]
+            vectors = self.store.vectors(firsts, index=index)
+            present = [(ids, m) for ids, m in zip(chunk, firsts, strict=True) if m in vectors]
+            answers = self.store.cosines_among([(vectors[m], ids) for ids, m in present], index)
+            for (_, first), hits in zip(present, answers, strict=True):
+                hits.sort(key=lambda h: (h["id"] != first, -h["cosine"], h["id"]))
+                if len(hits) >= 2:
+                    out.append(Group([Member(h["id"], 1.0 if h["id"] == first
+                                             else round(float(h["cosine"]), 6), h["source"])
+                                      for h in hits]))
+        return out

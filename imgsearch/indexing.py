@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ import numpy as np
 from .decisions import Decisions
 from .images import ImageError, content_hash
 from .model import ImageModel
+from .pairs import PairFinder
 from .pipeline import (
     Candidate,
     Decoded,
@@ -76,6 +77,9 @@ class Target:
     # The version of the tagger whose fields every document gets (imgsearch/tags.py); None
     # when the model does not tag.
     tagger: str | None = None
+    # The floor of the near-duplicate pairs kept for the index (imgsearch/pairs.py), when it
+    # has no pairs state yet.
+    duplicate_floor: float = 0.90
 
 
 @dataclass
@@ -98,8 +102,9 @@ def prepare(store: ImageStore, settings: Settings, embedder: ImageModel, *,
     if tagger:
         # An index made before tags existed: its strict mapping would refuse the tag fields.
         store.indices.ensure_tag_fields(index)
+    store.indices.ensure_hidden_field(index)  # an index made before duplicates were resolved
     return Target(index, region_mode(store, index, settings, embedder), new_index, replaces,
-                  tagger)
+                  tagger, settings.duplicate_floor)
 
 
 def region_mode(store: ImageStore, index: str, settings: Settings,
@@ -142,10 +147,13 @@ class BulkWriter:
     it); :meth:`give_up` stops the rest the same way, and still counts the writes that
     succeeded, so that the summary says what is really stored."""
 
-    def __init__(self, store: ImageStore, index: str, stats: RunStats):
+    def __init__(self, store: ImageStore, index: str, stats: RunStats, *,
+                 after_write: Callable[[list[dict], list[str]], None] | None = None):
         self._store = store
         self._index = index
         self._stats = stats
+        # Told each written batch's documents and the ids refused (PairFinder.after_write).
+        self._after_write = after_write
         self._thread = ThreadPoolExecutor(1, "bulk")
         self._pending: deque[tuple[Future[BulkResult], list[Decoded]]] = deque()
         self._gave_up = threading.Event()
@@ -186,10 +194,13 @@ class BulkWriter:
         if self._gave_up.is_set():
             raise StoreError("an earlier bulk write failed; this one was not attempted")
         try:
-            return self._store.bulk_index(docs, self._index)
+            written = self._store.bulk_index(docs, self._index)
         except Exception:
             self._gave_up.set()
             raise
+        if self._after_write:
+            self._after_write(docs, [doc_id for doc_id, _ in written.failed])
+        return written
 
     def _collect(self, future: Future[BulkResult], group: list[Decoded]) -> None:
         written = future.result()
@@ -296,7 +307,10 @@ def run_partition(
             stored=stored)
     workers = workers or min(4, len(os.sched_getaffinity(0)) + 1)
     window = max(2 * settings.batch_size, 4 * workers)
-    writer = BulkWriter(store, target.index, stats)
+    # Each written batch's near-duplicate pairs, found on the writer's thread.
+    pairs = PairFinder(store, target.index, target.duplicate_floor)
+    writer = BulkWriter(store, target.index, stats, after_write=pairs.after_write)
+    decisions = Decisions(store.es, settings.image_decisions_index)
     unique = (NearDuplicateFilter(store, target.index, skip_near, stats, writer.drain)
               if skip_near is not None else None)
     try:
@@ -308,8 +322,10 @@ def run_partition(
                 group, vectors, regions = unique(batch) if unique else batch
                 if not group:
                     continue
+                hidden = decisions.hidden(d.candidate.content_hash for d in group)
                 writer.write(documents(group, vectors, regions, root=root, sidecar=sidecar or {},
-                                       model_version=embedder.version, indexed_at=indexed_at),
+                                       model_version=embedder.version, indexed_at=indexed_at,
+                                       hidden=hidden),
                              group)
                 if progress:
                     progress(stats.done + writer.in_flight)
@@ -328,11 +344,13 @@ def run_partition(
 
 def documents(group: list[Decoded], vectors: np.ndarray, regions: list[Regions] | None, *,
               root: Path, sidecar: dict[str, dict], model_version: str,
-              indexed_at: str) -> list[dict]:
-    """The Elasticsearch documents of an embedded batch."""
+              indexed_at: str, hidden: Container[str] = ()) -> list[dict]:
+    """The Elasticsearch documents of an embedded batch; those in ``hidden`` (hidden as
+    duplicates, imgsearch/decisions.py) are marked so."""
     return [
         to_document(d, v, root=root, sidecar=sidecar, model_version=model_version,
-                    indexed_at=indexed_at, regions=regions[i] if regions else None)
+                    indexed_at=indexed_at, regions=regions[i] if regions else None,
+                    hidden=d.candidate.content_hash in hidden)
         for i, (d, v) in enumerate(zip(group, vectors, strict=True))
     ]
 
@@ -416,6 +434,9 @@ def finish(store: ImageStore, target: Target, root: Path, stats: RunStats, *,
         store.refresh(index)
         stale = set(store.ids_under_root(str(root), index)) - stats.hashes
         stats.deleted = store.delete_ids(stale, index) if stale else 0
+    # This run's images whose pairs a batch could not store (Elasticsearch failed between the
+    # write and the pairs; an earlier run stopped there): one mget per 200 of them.
+    PairFinder(store, index, target.duplicate_floor).visit_missing(sorted(stats.hashes))
     if target.new_index:
         previous = store.indices.point_alias(index, target.replaces)
         if previous:

@@ -29,6 +29,8 @@ REGIONS_FIELD = "regions"  # nested: {"vector", "box"} per region (imgsearch/reg
 # The fields of the model's tags (imgsearch/tags.py), which indices made before them lack.
 TAG_FIELDS = ("model_tags", "model_synsets", "model_tagger", "predicted_label",
               "predicted_confidence")
+# True on images hidden as a copy of another (imgsearch/resolution.py); searches leave them out.
+HIDDEN_FIELD = "hidden"
 
 
 class ModelVersionMismatch(StoreError):
@@ -248,6 +250,19 @@ class IndexManager:
         self.es.indices.put_mapping(index=index,
                                     properties={f: properties[f] for f in missing})
         log.info("index %s: added the tag fields %s to its mapping", index, ", ".join(missing))
+        return True
+
+    @translated
+    def ensure_hidden_field(self, index: str) -> bool:
+        """Add ``hidden`` (images hidden as duplicates) to the mapping of ``index`` when it
+        lacks it, as :meth:`ensure_tag_fields` adds the tags. True if added."""
+        mapping = self.es.indices.get_mapping(index=index).body[index]["mappings"]
+        if HIDDEN_FIELD in mapping.get("properties", {}):
+            return False
+        properties = json.loads(MAPPING_FILE.read_text())["mappings"]["properties"]
+        self.es.indices.put_mapping(index=index,
+                                    properties={HIDDEN_FIELD: properties[HIDDEN_FIELD]})
+        log.info("index %s: added the field %s to its mapping", index, HIDDEN_FIELD)
         return True
 
     @translated

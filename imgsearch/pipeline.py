@@ -273,6 +273,7 @@ def to_document(
     model_version: str,
     indexed_at: str,
     regions: Regions | None = None,
+    hidden: bool = False,
 ) -> dict:
     c, img = item.candidate, item.image
     meta = sidecar.get(c.rel_path, {})
@@ -292,6 +293,8 @@ def to_document(
         "thumbnail": item.thumbnail_ref,
         "model_version": model_version,
         "indexed_at": indexed_at,
+        # Hidden as a copy of another image (imgsearch/decisions.py): kept out of searches.
+        "hidden": True if hidden else None,
         "vector": vector.astype(np.float32, copy=False),  # serialised as float32 (store.py)
         "regions": [
             {"vector": v, "box": [round(b, 6) for b in box]}

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import BadInput
 from .filters import Filters
+from .indices import HIDDEN_FIELD
 from .limits import Slots
 from .model import ImageModel
 from .regions import RegionMode
@@ -35,6 +36,12 @@ MAX_FEEDBACK = 100
 # precision of the next 10 unseen results to 0.751, against 0.575 for ranks 11-20 unmarked
 # and 0.703 with the textbook weights (docs/BENCHMARKS.md, "Relevance feedback").
 FEEDBACK_WEIGHTS = (1.0, 1.0, 1.0)
+
+
+# Images hidden as copies of another (imgsearch/resolution.py) are never results. A filter
+# inside the kNN query, so that k visible images come back; Elasticsearch caches a term
+# filter's bitset per segment, and on an index without the field it excludes nothing.
+NOT_HIDDEN = {"bool": {"must_not": [{"term": {HIDDEN_FIELD: True}}]}}
 
 
 class QueryError(BadInput):
@@ -403,7 +410,7 @@ class SearchService:
             index=route.index,
             k=k,
             num_candidates=num_candidates,
-            filters=filters.to_es() if filters else None,
+            filters=[*(filters.to_es() if filters else []), NOT_HIDDEN],
             exclude_ids=exclude_ids,
             offset=offset,
             regions=regions,

@@ -333,6 +333,18 @@ class Settings:
                     f"must be a cosine from {DUPLICATE_THRESHOLDS[0]} to "
                     f"{DUPLICATE_THRESHOLDS[1]}, not {{value}}"))
 
+    # The least cosine of the near-duplicate pairs kept as images are indexed
+    # (imgsearch/pairs.py): groups at this threshold or above are answered from the kept
+    # pairs, lower ones are refused. 0.90 is the lowest threshold whose pair precision stays
+    # above 0.95 on the benchmark's 1,452 images (0.955; 0.88: 0.904, 0.85: 0.391, where
+    # groups swallow different garments), so nothing useful is below it; each image keeps at
+    # most 10 pairs, so the state grows with the images, not their square.
+    duplicate_floor: float = setting(
+        0.90, env="IMGSEARCH_DUPLICATE_FLOOR", parse=_number,
+        check=_rule(lambda v: DUPLICATE_THRESHOLDS[0] <= v <= DUPLICATE_THRESHOLDS[1],
+                    f"must be a cosine from {DUPLICATE_THRESHOLDS[0]} to "
+                    f"{DUPLICATE_THRESHOLDS[1]}, not {{value}}"))
+
     # Access (imgsearch/keys.py, webapp/auth.py): with public_read, anonymous clients may search
     # and view (``make serve`` and ``make demo`` turn it on: they listen on loopback); without
     # it every read needs a key of scope read. Keys live in ``keys_index`` (empty: the alias

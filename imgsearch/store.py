@@ -43,6 +43,7 @@ from .indices import (
     ModelVersionMismatch,
     index_body,
 )
+from .pairs import forget_images
 from .settings import Settings, retry_delays
 
 log = logging.getLogger(__name__)
@@ -291,10 +292,15 @@ class ImageStore:
 
     @translated
     def delete_ids(self, ids: Iterable[str], index: str | None = None) -> int:
+        """Delete documents, and their near-duplicate pairs (imgsearch/pairs.py)."""
+        ids = list(ids)
         actions = (
             {"_op_type": "delete", "_index": index or self.alias, "_id": i} for i in ids
         )
         deleted, _ = helpers.bulk(self.es, actions, raise_on_error=False, stats_only=True)
+        concrete = index if index and index != self.alias else self.indices.current_index()
+        if concrete and ids:
+            forget_images(self.es, concrete, ids)
         return int(deleted)
 
     # -- one image at a time (the write API) --------------------------------------------------
@@ -327,12 +333,16 @@ class ImageStore:
 
     @translated
     def delete(self, doc_id: str, index: str, *, wait: bool = True) -> bool:
-        """Delete the document ``doc_id`` from ``index``: True if there was one; with
-        ``wait``, searches no longer see it when this returns."""
+        """Delete the document ``doc_id`` from ``index``, and its near-duplicate pairs
+        (imgsearch/pairs.py): True if there was one; with ``wait``, searches no longer see it
+        when this returns."""
         try:
             self.es.delete(index=index, id=doc_id, refresh="wait_for" if wait else None)
         except NotFoundError:
             return False
+        concrete = index if index != self.alias else self.indices.current_index()
+        if concrete:
+            forget_images(self.es, concrete, [doc_id])
         return True
 
     # -- reads ----------------------------------------------------------------------------
@@ -485,6 +495,30 @@ class ImageStore:
                                    f"{answer.get('status')}): {error.get('reason')}",
                                    answer.get("status"))
             out.append([(h["_id"], cosine_of(h["_score"])) for h in answer["hits"]["hits"]])
+        return out
+
+    @translated
+    def cosines_among(self, queries: list[tuple[Any, list[str]]], index: str) -> list[list[dict]]:
+        """For each ``(vector, ids)``: those documents as ``{"id", "cosine", "source"}`` (no
+        vectors), closest to ``vector`` first, in one ``_msearch`` of kNN queries filtered to
+        the ids (a filter that small makes Elasticsearch compare them all: exact cosines)."""
+        searches: list[dict] = []
+        for vector, ids in queries:
+            k = max(1, len(ids))
+            searches += [{"index": index}, {
+                "knn": {"field": VECTOR_FIELD, "query_vector": vector, "k": k,
+                        "num_candidates": max(k, 100), "filter": [{"ids": {"values": ids}}]},
+                "size": k, "_source": {"excludes": NOT_RETURNED}}]
+        if not searches:
+            return []
+        out = []
+        for answer in self.es.msearch(searches=searches).body["responses"]:
+            if "error" in answer:
+                raise StoreRefused(f"Elasticsearch refused a kNN query (status "
+                                   f"{answer.get('status')}): {answer['error'].get('reason')}",
+                                   answer.get("status"))
+            out.append([{"id": h["_id"], "cosine": cosine_of(h["_score"]),
+                         "source": h["_source"]} for h in answer["hits"]["hits"]])
         return out
 
     @translated

@@ -7,6 +7,7 @@ calls it after fork, so each loads the model once and shares it between its thre
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import Flask
 
@@ -35,11 +36,14 @@ def create_app(
     when the model store has it, and follows the alias to another model's index afterwards
     (``imgsearch/serving.py``), checking at most every ``check_interval`` seconds.
     """
-    from imgsearch.duplicates import DuplicateFinder
+    from imgsearch.decisions import Decisions
+    from imgsearch.duplicates import DuplicateGroups
     from imgsearch.explain import Explainer
+    from imgsearch.resolution import Resolver
     from imgsearch.search import SearchService
     from imgsearch.serving import initial_model
     from imgsearch.store import ImageStore
+    from imgsearch.uploads import UploadStore
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -60,8 +64,13 @@ def create_app(
     app.extensions["imgsearch.explainer"] = Explainer(app.extensions["imgsearch"])
     app.extensions["imgsearch.thumbnails"] = ThumbnailStore(settings.thumbnail_dir)
     app.extensions["imgsearch.url_fetcher"] = url_fetcher or UrlFetcher.from_settings(settings)
-    # Near-duplicate groups, computed once per index, document count and threshold.
-    app.extensions["imgsearch.duplicates"] = DuplicateFinder(store, settings.duplicate_threshold)
+    # Near-duplicate groups from the kept pairs, and their resolution (people's decisions).
+    decisions = Decisions(store.es, settings.image_decisions_index)
+    app.extensions["imgsearch.duplicates"] = DuplicateGroups(store, decisions,
+                                                             settings.duplicate_threshold)
+    app.extensions["imgsearch.resolver"] = Resolver(
+        store, decisions, uploads=UploadStore(Path(settings.upload_dir)),
+        thumbnails=app.extensions["imgsearch.thumbnails"])
 
     from imgsearch.keys import KeyStore
 
@@ -83,8 +92,9 @@ def create_app(
 
 
 # GET endpoints that cost inference or more (feature maps and a heat map, a kNN search, the
-# near-duplicate groups: one kNN query per document): another site's page must not make a
-# visitor's browser spend them either, as an <img> or a fetch would.
+# near-duplicate groups: a scroll over the pairs, the sources of a page of groups): another
+# site's page must not make a visitor's browser spend them either, as an <img> or a fetch
+# would.
 COSTLY_GETS = frozenset({"api.explain", "api.similar", "duplicates.api", "duplicates.page"})
 
 

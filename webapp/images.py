@@ -43,6 +43,7 @@ from imgsearch.images import ImageError, content_hash, sniff_format
 from imgsearch.indexing import Target, embed_one, prepare
 from imgsearch.metadata import MetadataError, checked, split_tags
 from imgsearch.model import ImageModel
+from imgsearch.pairs import PairFinder
 from imgsearch.pipeline import now_iso
 from imgsearch.settings import Settings
 from imgsearch.store import IndexMissing, ModelVersionMismatch, StoreError
@@ -68,8 +69,19 @@ def decisions() -> Decisions:
 
 def collection_changed(*, written: tuple[str, ...] = (), deleted: tuple[str, ...] = ()) -> None:
     """An image was just written (added, or its metadata changed) or deleted: the one place
-    where what depends on the collection hears of it. Nothing does yet; the near-duplicate
-    groups' upkeep (imgsearch/duplicates.py) is to be called from here."""
+    where what depends on the collection hears of it. The near-duplicate pairs of an image
+    written without them are found now (imgsearch/pairs.py: a refresh, one kNN query; a
+    metadata change has them already); a deleted image's went with it (the store's delete)."""
+    if not written:
+        return
+    store = service().store
+    index = store.indices.current_index()
+    if index is None:
+        return
+    try:
+        PairFinder(store, index, service().settings.duplicate_floor).visit_missing(list(written))
+    except StoreError as exc:  # the image is stored; `duplicates --update` finds its pairs
+        current_app.logger.warning("near-duplicate pairs of %s not found: %s", written, exc)
 
 
 @bp.post("/api/images")
@@ -94,6 +106,8 @@ def add():
     doc = embed_one(data, path, uploads().root, target, settings=service().settings,
                     embedder=model, metadata=metadata, indexed_at=now_iso(),
                     decode_slot=service().decodes.hold)
+    if decisions().hidden([doc_id]):  # bytes a person hid as a copy stay hidden when re-added
+        doc["hidden"] = True
     wrote = sent = False
     try:
         _, wrote = uploads().put(doc_id, fmt, data)

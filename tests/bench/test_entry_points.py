@@ -268,6 +268,10 @@ def test_duplicates(test_split, es_node, tmp_path, capsys):
     shares = figures_["per_transform"]["0.94"]
     assert shares.keys() == TRANSFORMS.keys()
     assert shares["jpeg_q90"] == 1.0  # a re-encoded copy is always found at the default
+    # The pairs kept at indexing group as the exhaustive search does, at each threshold.
+    upkeep = figures_["upkeep"]
+    assert upkeep["images"] == 30 and upkeep["pairs"] > 0
+    assert [r["same_as_exhaustive"] for r in upkeep["rows"]] == [True, True]
 
 
 def test_regions_product(test_split, capsys):

@@ -15,7 +15,14 @@ import uuid
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from imgsearch.duplicates import DuplicateFinder, check_threshold, find_duplicates
+from imgsearch.decisions import Decisions
+from imgsearch.duplicates import (
+    BelowFloor,
+    DuplicateGroups,
+    NoPairsState,
+    check_threshold,
+    find_duplicates,
+)
 from imgsearch.images import content_hash
 from imgsearch.search import QueryError
 from imgsearch.store import ImageStore, IndexMissing, connect
@@ -124,15 +131,53 @@ def test_a_missing_index_is_the_stores_error(settings):
         find_duplicates(store, 0.9)
 
 
-def test_the_finder_keeps_a_report_per_index_count_and_threshold(near_copies):
+def _groups(store, settings) -> DuplicateGroups:
+    return DuplicateGroups(store, Decisions(store.es, settings.image_decisions_index),
+                           settings.duplicate_threshold)
+
+
+def test_the_kept_pairs_group_as_the_exhaustive_search_does(near_copies):
+    """At every threshold from the floor up, the groups from the pairs kept while indexing are
+    the exhaustive search's; kept per state version and threshold."""
     settings, store, _, _ = near_copies
-    finder = DuplicateFinder(store, settings.duplicate_threshold)
-    first, cached = finder.report()
-    assert not cached
-    again, cached = finder.report(settings.duplicate_threshold)
-    assert cached and again is first
-    other, cached = finder.report(0.99)
-    assert not cached and other.threshold == 0.99
+    groups = _groups(store, settings)
+    for threshold in (settings.duplicate_floor, 0.92, settings.duplicate_threshold, 0.97, 1.0):
+        kept, cached = groups.groups(threshold)
+        assert not cached
+        exhaustive = find_duplicates(store, threshold)
+        assert {frozenset(c) for c in kept.components} == {
+            frozenset(m.id for m in g.members) for g in exhaustive.groups}, threshold
+        assert groups.groups(threshold) == (kept, True)
+    page = groups.page(settings.duplicate_threshold)
+    assert (page.documents, page.unvisited, page.cached) == (len(LABELS) + len(COPIES), 0, True)
+    assert [g.members[0].cosine for g in page.groups] == [1.0] * len(COPIES)
+
+
+def test_a_threshold_below_the_floor_is_refused_with_how_to_lower_it(near_copies):
+    settings, store, _, _ = near_copies
+    with pytest.raises(BelowFloor, match="IMGSEARCH_DUPLICATE_FLOOR=0.85.*--rebuild"):
+        _groups(store, settings).groups(0.85)
+
+
+def test_an_index_without_pairs_says_how_to_make_them(near_copies, monkeypatch, capsys):
+    """An index built before pairs were kept (here: its pairs dropped) is refused with the
+    command that makes them, and that command makes the same groups."""
+    from imgsearch.pairs import PairState
+
+    settings, store, _, _ = near_copies
+    state = PairState(store.es, store.indices.current_index())
+    before = {frozenset(c) for c in _groups(store, settings).groups()[0].components}
+    state.drop()
+    with pytest.raises(NoPairsState, match="duplicates --update"):
+        _groups(store, settings).groups()
+    code, _, err = _cli(monkeypatch, capsys, settings)
+    assert code == 1 and "duplicates --update" in err
+    code, _, err = _cli(monkeypatch, capsys, settings, "--update")
+    assert code == 0 and f"pairs of {len(LABELS) + len(COPIES)} images found" in err
+    assert state.counts()[0] == len(LABELS) + len(COPIES)
+    assert {frozenset(c) for c in _groups(store, settings).groups()[0].components} == before
+    code, _, err = _cli(monkeypatch, capsys, settings, "--update")  # nothing left to visit
+    assert code == 0 and "pairs of 0 images found" in err
 
 
 # -- the CLI verb ---------------------------------------------------------------------------
@@ -286,7 +331,7 @@ def test_indexing_can_skip_near_duplicates(test_settings, store, embedder, cloth
         (folder / "b-hat-small.jpg").write_bytes(COPIES["hat"](im.convert("RGB")))
     with Image.open(pants) as im:
         (folder / "c-pants-q50.jpg").write_bytes(COPIES["shoes"](im.convert("RGB")))
-    caplog.set_level("INFO", logger="indexer")
+    caplog.set_level("INFO", logger="imgsearch.indexing")
     report = index_folder(folder, settings=settings, embedder=embedder, store=store,
                           progress=False, skip_near_duplicates=True)
     assert (report.stats.indexed, report.stats.near_duplicates) == (1, 2)

@@ -83,6 +83,12 @@ def test_a_worker_node_removed_mid_job_loses_nothing(ray_cluster, photos, test_s
     assert report.stats.seen == 40 and report.stats.failed == []
     assert report.stats.indexed + report.stats.already_present == 40
     print(f"worker node removed with {written_before} of 40 photos written; the job went on")
+    # Every photo has its near-duplicate pairs state, found by the actors' writers (or by
+    # the driver's finish for a partition that stopped between writes and pairs).
+    from imgsearch.pairs import PairState
+
+    state = PairState(store.es, store.indices.current_index())
+    assert state.visited(sorted(ids)) == ids
 
     again = index_folder(photos, settings=test_settings, embedder=embedder, store=store,
                          progress=False,

@@ -444,6 +444,40 @@ def test_duplicates_page_shows_a_photo_with_its_copy(duplicates_server, browser)
     assert severe_logs(browser) == []
 
 
+def test_resolving_a_group_on_the_page(duplicates_server, browser, test_settings):
+    """Signed in with a write key, a person keeps the copy and hides the original; the group is
+    gone and the decision listed; Undo brings it back."""
+    import uuid
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from imgsearch.esclient import connect
+    from imgsearch.keys import KeyStore
+
+    url, original, copy = duplicates_server
+    key, _ = KeyStore(connect(test_settings), test_settings.api_keys_index).create(
+        f"resolver-{uuid.uuid4().hex[:6]}", "write")
+    browser.get(f"{url}/duplicates")
+    assert not browser.find_elements(By.CSS_SELECTOR, ".dup-resolve")  # not signed in
+    browser.find_element(By.ID, "signin-key").send_keys(key)
+    browser.find_element(By.ID, "signin").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "signed-in-as"))
+    browser.get(f"{url}/duplicates")
+    browser.find_element(By.CSS_SELECTOR, f'.dup-keep input[value="{copy}"]').click()
+    browser.find_element(By.CSS_SELECTOR, '.dup-resolve button[value="hide"]').click()
+    WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.ID, "no-groups")))
+    listed = browser.find_element(By.ID, "decisions").text
+    assert f"Hidden {original[:12]} as a copy of {copy[:12]}" in listed
+    browser.find_element(By.CSS_SELECTOR, ".dup-undo button").click()
+    WebDriverWait(browser, 60).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, ".dup-group")))
+    members = browser.find_elements(By.CSS_SELECTOR, ".dup-member")
+    assert {m.get_attribute("data-id") for m in members} == {original, copy}
+    assert severe_logs(browser) == []
+
+
 # -- more / less like these: marks on the results -------------------------------------------------
 
 
