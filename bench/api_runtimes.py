@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         for _, index, _ in runs:
             if store.es.indices.exists_alias(name=index):
                 for concrete in store.es.indices.get_alias(name=index):
-                    store.es.indices.delete(index=concrete)
+                    # With its near-duplicate state (imgsearch/pairs.py: <index>-duplicates).
+                    store.es.indices.delete(index=f"{concrete},{concrete}-*",
+                                            ignore_unavailable=True)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ of the indexer costs one ``mget`` whatever the size of the collection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from elasticsearch import BadRequestError, Elasticsearch, NotFoundError
 
@@ -100,9 +101,13 @@ def _from_source(source: dict) -> Decision:
 class Decisions:
     """The decisions of one index; thread-safe (the client is), one per process is enough."""
 
-    def __init__(self, es: Elasticsearch, index: str):
+    def __init__(self, es: Elasticsearch, index: str,
+                 read: Callable[[str, Callable], Any] | None = None):
         self.es = es
         self.index = index
+        # How lookups are sent: ``read(what, call)`` runs ``call(client)``; the indexer passes
+        # ImageStore.read_retrying so that they are retried like its writes.
+        self._read = read or (lambda what, call: call(self.es))
 
     @translated
     def ensure_index(self) -> None:
@@ -146,7 +151,8 @@ class Decisions:
         if not ids:
             return {}
         try:
-            docs = self.es.mget(index=self.index, ids=ids).body["docs"]
+            docs = self._read("decisions lookup",
+                              lambda es: es.mget(index=self.index, ids=ids)).body["docs"]
         except NotFoundError:  # no decisions index yet: no decisions
             return {}
         return {d["_id"]: _from_source(d["_source"]) for d in docs if d.get("found")}

@@ -157,6 +157,10 @@ class BulkWriter:
         self._thread = ThreadPoolExecutor(1, "bulk")
         self._pending: deque[tuple[Future[BulkResult], list[Decoded]]] = deque()
         self._gave_up = threading.Event()
+        # A write's outcome is counted as soon as Elasticsearch has answered it, on the bulk
+        # thread, before the after_write hook runs (a kNN pass for the batch's pairs): a run
+        # stopped meanwhile still counts what is stored.
+        self._counting = threading.Lock()
 
     def __enter__(self) -> BulkWriter:
         return self
@@ -167,7 +171,7 @@ class BulkWriter:
     def write(self, docs: list[dict], group: list[Decoded]) -> None:
         """Queue ``docs`` (made from ``group``); wait for the oldest writes beyond
         :data:`MAX_IN_FLIGHT`, raising the StoreError of one that failed."""
-        self._pending.append((self._thread.submit(self._bulk, docs), group))
+        self._pending.append((self._thread.submit(self._bulk, docs, group), group))
         while len(self._pending) > MAX_IN_FLIGHT:
             self._collect(*self._pending.popleft())
 
@@ -182,15 +186,12 @@ class BulkWriter:
             self._collect(*self._pending.popleft())
 
     def give_up(self) -> None:
-        """The run stops: queued writes not yet begun give up at once; those that finished
-        are counted."""
+        """The run stops: queued writes not yet begun give up at once; those Elasticsearch
+        answered are counted already."""
         self._gave_up.set()
-        while self._pending:
-            future, group = self._pending.popleft()
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._collect(future, group)
+        self._pending.clear()
 
-    def _bulk(self, docs: list[dict]) -> BulkResult:
+    def _bulk(self, docs: list[dict], group: list[Decoded]) -> BulkResult:
         if self._gave_up.is_set():
             raise StoreError("an earlier bulk write failed; this one was not attempted")
         try:
@@ -198,16 +199,21 @@ class BulkWriter:
         except Exception:
             self._gave_up.set()
             raise
+        self._count(written, group)
         if self._after_write:
             self._after_write(docs, [doc_id for doc_id, _ in written.failed])
         return written
 
-    def _collect(self, future: Future[BulkResult], group: list[Decoded]) -> None:
-        written = future.result()
-        self._stats.indexed += written.indexed
+    def _count(self, written: BulkResult, group: list[Decoded]) -> None:
         by_id = {d.candidate.content_hash: d.candidate.rel_path for d in group}
-        for doc_id, reason in written.failed:
-            self._stats.failed.append(Failure(by_id.get(doc_id, doc_id), "rejected", reason))
+        with self._counting:
+            self._stats.indexed += written.indexed
+            for doc_id, reason in written.failed:
+                self._stats.failed.append(Failure(by_id.get(doc_id, doc_id), "rejected",
+                                                  reason))
+
+    def _collect(self, future: Future[BulkResult], group: list[Decoded]) -> None:
+        future.result()  # counted on the bulk thread; this raises the write's StoreError
 
 
 class NearDuplicateFilter:
@@ -259,7 +265,7 @@ def embedded_batches(paths: list[Path], root: Path, target: Target, *, settings:
     # A document without this model's tags (indexed before tags, or by another tagger) is
     # embedded again and overwritten: same id, same vector, now with its tags.
     tagger = target.tagger
-    decisions = Decisions(store.es, settings.image_decisions_index)
+    decisions = Decisions(store.es, settings.image_decisions_index, read=store.read_retrying)
     fresh = skip_known(read, partial(store.indexed, index=target.index, tagged_by=tagger),
                        stats, excluded=decisions.excluded, relocate=relocate)
     decoder = make_decoder(embedder, ThumbnailStore(settings.thumbnail_dir),
@@ -310,7 +316,7 @@ def run_partition(
     # Each written batch's near-duplicate pairs, found on the writer's thread.
     pairs = PairFinder(store, target.index, target.duplicate_floor)
     writer = BulkWriter(store, target.index, stats, after_write=pairs.after_write)
-    decisions = Decisions(store.es, settings.image_decisions_index)
+    decisions = Decisions(store.es, settings.image_decisions_index, read=store.read_retrying)
     unique = (NearDuplicateFilter(store, target.index, skip_near, stats, writer.drain)
               if skip_near is not None else None)
     try:

@@ -167,6 +167,13 @@ class ImageStore:
         raise AssertionError("unreachable")
 
     @translated
+    def read_retrying(self, what: str, call: Callable[[Any], Any]) -> Any:
+        """``call(client)``, one read of another index of this cluster, retried as the store's
+        own requests are (the indexer's lookups of people's decisions: without it, the first
+        moment Elasticsearch is away would end a run that its writes would have ridden out)."""
+        return self._retrying(what, lambda last: call(self._once))
+
+    @translated
     def refresh(self, index: str | None = None) -> None:
         """Make every write so far visible to searches."""
         self.es.indices.refresh(index=index or self.alias)

@@ -48,3 +48,12 @@ def test_each_kind_is_seen_at_once_by_another_process_and_undone(decisions, test
 def test_a_decision_that_makes_no_sense_is_refused(decisions, call):
     with pytest.raises(DecisionError):
         call(decisions)
+
+
+def test_lookups_through_the_stores_retries_work_before_the_index_exists(decisions, store):
+    """The indexer sends its lookups through ImageStore.read_retrying (retried like its
+    writes): no decisions index yet still means no decisions, and one made is seen."""
+    retried = Decisions(decisions.es, decisions.index, read=store.read_retrying)
+    assert retried.excluded([A]) == set()
+    decisions.decide("excluded", A)
+    assert retried.excluded([A, B]) == {A}

@@ -85,6 +85,25 @@ def test_giving_up_still_counts_the_writes_that_finished():
     assert stats.indexed == 2 and writer.in_flight == 0
 
 
+def test_a_write_is_counted_once_stored_even_while_its_hook_runs():
+    """Ctrl-C while the after-write hook (the batch's pairs) still runs: the write is stored,
+    so the summary counts it (a re-run's total must match what is in the index)."""
+    store, stats = Writes(), RunStats()
+    in_hook, release = threading.Event(), threading.Event()
+
+    def hook(docs, failed):
+        in_hook.set()
+        release.wait(10)
+
+    writer = BulkWriter(store, "images-v1", stats, after_write=hook)
+    with writer:
+        writer.write(_docs([_decoded(0)]), [_decoded(0)])
+        assert in_hook.wait(10)
+        writer.give_up()
+        assert stats.indexed == 1
+        release.set()
+
+
 class Searchable:
     """A store whose kNN check finds nothing (an empty index) and whose refreshes are
     recorded, with the writes that were drained before each."""

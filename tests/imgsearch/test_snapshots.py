@@ -110,6 +110,15 @@ def restored(collection, backed_up, second_node, tmp_path_factory):
     return there, report
 
 
+def assert_same_answers(got, expected) -> None:
+    """The same ids in the same order, and the same scores to float32's last bits: two nodes'
+    float32 sums may differ by 1e-7 even when warm (seen once in a full suite run, with the
+    same segments)."""
+    assert [[i for i, _ in a] for a in got] == [[i for i, _ in a] for a in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-6)
+
+
 def _answers(settings, queries) -> list[list[tuple[str, float]]]:
     """The top 10 (ids and scores) of each query vector, from a warm node: a node's first
     queries score in another code path, whose float32 sums differ in the last bit (measured
@@ -129,11 +138,15 @@ def test_the_manifest_says_what_a_backup_holds(collection, backed_up):
     index = IndexManager(connect(local), local.es_index).current_index()
     assert entry["index"] == index and entry["alias"] == local.es_index
     assert entry["model_version"] == IndexManager(connect(local), index).index_model_version(index)
+    pairs = entry["indices"].pop(f"{index}-duplicates")
+    # The near-duplicate state (imgsearch/pairs.py): a mark per image, a state document, and
+    # the pairs found (how many depends on the CPU's precision near the floor).
+    assert pairs["role"] == "duplicates" and pairs["documents"] >= 24 + 1
     assert entry["indices"] == {
         index: {"role": "images", "documents": 24},
         local.api_keys_index: {"role": "keys", "documents": 1},
         local.image_decisions_index: {"role": "decisions", "documents": 1},
-    }  # no duplicate-state index yet: left out (ignore_unavailable), not an error
+    }
     assert entry["files"]["thumbnails"]["files"] == 24
     assert entry["files"]["uploads"]["files"] == 1
     assert (folder / REPOSITORY_DIR / "index.latest").is_file()
@@ -145,7 +158,7 @@ def test_restore_into_an_empty_node_gives_the_same_answers(collection, restored)
     assert report.previous is None and report.replaced == [] and not report.mismatched
     before = _answers(local, queries)
     assert len(before) == 20 and all(len(top) == 10 for top in before)
-    assert _answers(there, queries) == before
+    assert_same_answers(_answers(there, queries), before)
     es = connect(there)
     assert IndexManager(es, there.es_index).current_index() == report.index
     # A key made before the backup authenticates after the restore; the decision holds.
@@ -170,7 +183,7 @@ def test_a_backup_restores_under_another_alias(collection, restored, backed_up):
         report = Backups(es, elsewhere, backed_up[0]).restore()
         assert report.index.startswith(f"{alias}-") and report.previous is None
         assert IndexManager(es, alias).current_index() == report.index
-        assert _answers(elsewhere, queries) == _answers(local, queries)
+        assert_same_answers(_answers(elsewhere, queries), _answers(local, queries))
         assert KeyStore(es, f"{alias}-keys").authenticate(key) is not None
         assert not report.mismatched
     finally:
@@ -196,7 +209,7 @@ def test_replace_moves_the_alias_and_keeps_the_old_index(collection, restored, b
     assert es.indices.exists(index=first.index)  # kept, not searched
     assert sorted(report.replaced) == sorted([there.api_keys_index,
                                               there.image_decisions_index])
-    assert _answers(there, queries) == _answers(local, queries)
+    assert_same_answers(_answers(there, queries), _answers(local, queries))
     keys = KeyStore(es, there.api_keys_index)
     assert keys.authenticate(key) is not None
     assert keys.authenticate(extra) is None  # the keys are the backup's

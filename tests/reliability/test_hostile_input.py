@@ -283,12 +283,16 @@ def test_out_of_range_and_malformed_parameters(params, client, jpeg, shoe_id):
 
 
 def test_unknown_parameters_are_refused(client, jpeg, shoe_id):
-    for params in ({"lable": "dress"}, {"size": "10"}, {"q": "*"}, {"extra.": "x"},
+    for params in ({"lable": "dress"}, {"size": "10"}, {"query": "*"}, {"extra.": "x"},
                    {"knn": '{"k": 1}'}):
         error = _error(_post(client, jpeg, **params), 400, "unknown_parameter")
         assert next(iter(params)) in error["message"]
         _error(client.get(f"/api/images/{shoe_id}/similar", query_string=params), 400,
                "unknown_parameter")
+    # q is words (search by words), never query syntax: "*" names nothing.
+    _error(_post(client, jpeg, q="*"), 400, "invalid_words")
+    _error(client.get(f"/api/images/{shoe_id}/similar", query_string={"q": "shoe"}), 400,
+           "unknown_parameter")
 
 
 @pytest.mark.parametrize("value", ["*", "dress OR 1=1", "dress*", '{"match_all": {}}',
@@ -501,12 +505,13 @@ def test_costly_gets_from_other_sites_are_refused(client, jpeg):
         assert client.get(url, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
 
 
-def test_no_endpoint_writes(app):
-    """The app has no endpoint that writes to the collection: every route is GET/HEAD/OPTIONS
-    except those that take a query in a body and only read (the search upload, the
-    explanation of a match against an uploaded photo, "more like this" with lists too long for
-    a query string), the page's sign-in and sign-out (a cookie), and the admin's key
-    management (webapp/auth.py: the keys index, not the images)."""
+def test_only_write_keys_write(app):
+    """Every route is GET/HEAD/OPTIONS except those that take a query in a body and only read
+    (the search upload, the explanation of a match against an uploaded photo, "more like
+    this" with lists too long for a query string), the page's sign-in and sign-out (a
+    cookie), the admin's key management (webapp/auth.py: the keys index, not the images), and
+    the writes to the collection (webapp/images.py, webapp/duplicates.py), each of which needs
+    a key of scope write or more."""
     writes = {
         (rule.rule, m) for rule in app.url_map.iter_rules()
         for m in rule.methods - {"GET", "HEAD", "OPTIONS"}
@@ -515,5 +520,16 @@ def test_no_endpoint_writes(app):
              ("/api/images/<doc_id>/similar", "POST")}
     keys = {("/signin", "POST"), ("/signout", "POST"), ("/api/keys", "POST"),
             ("/api/keys/<name>", "DELETE")}
-    assert writes == reads | keys
+    collection = {("/api/images", "POST"), ("/api/images/<doc_id>", "PATCH"),
+                  ("/api/images/<doc_id>", "DELETE"), ("/api/duplicates/resolve", "POST"),
+                  ("/api/duplicates/distinct", "POST"), ("/api/duplicates/undo", "POST"),
+                  ("/duplicates/resolve", "POST"), ("/duplicates/distinct", "POST"),
+                  ("/duplicates/undo", "POST")}
+    assert writes == reads | keys | collection
+    guarded = collection | {k for k in keys if k[0].startswith("/api/keys")}
+    for rule in app.url_map.iter_rules():
+        for method in rule.methods:
+            if (rule.rule, method) in guarded:
+                scope = getattr(app.view_functions[rule.endpoint], "required_scope", "read")
+                assert scope in ("write", "admin"), (rule.rule, method, scope)
 

@@ -476,6 +476,9 @@ def test_resolving_a_group_on_the_page(duplicates_server, browser, test_settings
     members = browser.find_elements(By.CSS_SELECTOR, ".dup-member")
     assert {m.get_attribute("data-id") for m in members} == {original, copy}
     assert severe_logs(browser) == []
+    # Cookies belong to a host, not a port: this server's session must not reach the next
+    # test's server on 127.0.0.1 (which did not sign it).
+    browser.delete_all_cookies()
 
 
 # -- more / less like these: marks on the results -------------------------------------------------
@@ -613,6 +616,8 @@ def test_signing_in_with_a_key_searching_and_signing_out(private_server, browser
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, key = private_server
+    browser.get(f"{url}/")
+    browser.delete_all_cookies()  # another test's session on 127.0.0.1 (cookies ignore ports)
     browser.get(f"{url}/")
     assert "needs an API key" in browser.find_element(By.CSS_SELECTOR, ".error-message").text
     browser.find_element(By.ID, "signin-key").send_keys(key)
