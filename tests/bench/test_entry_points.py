@@ -505,8 +505,8 @@ def test_words(dataset, capsys):
 def test_int8_variants(dataset, capsys):
     from bench.int8_variants import main
 
-    results = main(["--dataset", str(dataset), "--variants", "A", "D2", "--calibration", "6"])
-    assert {"A", "D2"} <= set(results)
+    results = main(["--dataset", str(dataset), "--variants", "D2", "--calibration", "6"])
+    assert "D2" in results  # the mixed-precision path (A is test_int8's product model)
     for r in results.values():
         assert 0 <= r["overlap"] <= 1 and 0 <= r["p10"] <= 1 and r["cos"] > 0.9
     assert "overlap@10" in capsys.readouterr().out

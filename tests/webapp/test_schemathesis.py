@@ -33,7 +33,10 @@ from imgsearch.keys import KeyStore
 from tests.support import PROJECT, served
 
 HERE = Path(__file__).resolve().parent
-MAX_EXAMPLES = 20
+# 15 examples per operation and phase: with the write and duplicates endpoints (22 operations)
+# the run took 61 s at 20 on the Zen 5 machine, the suite's costliest test; 15 keeps every
+# phase and check on every operation.
+MAX_EXAMPLES = 15
 DEADLINE_S = 420
 
 
