@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from imgsearch.settings import Settings
@@ -48,8 +46,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None):
 
 def _set_up_logging() -> None:
     # SIGTERM stops like Ctrl-C: a backup deletes its unrecorded snapshot on the way out.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda s, f: signal.raise_signal(signal.SIGINT))
+    cli.stop_on_sigterm()
     cli.set_up_logging(logging.WARNING)
     # The client's warnings would only repeat, a line earlier, the one error line that says
     # why a verb stopped (a node that failed: the verb fails with it; nothing is retried).

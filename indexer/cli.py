@@ -9,7 +9,9 @@ listed).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from imgsearch.errors import BadInput, Conflict, Unavailable
@@ -38,6 +40,33 @@ def set_up_logging(level: int = logging.INFO) -> None:
     transport.setLevel(logging.WARNING)
     for name in ("elastic_transport.transport", "elastic_transport.node_pool"):
         logging.getLogger(name).addFilter(_WithoutTraceback())
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: each verb says what stopping means for it (the indexer
+    prints its summary and exits 1, the watcher abandons its batch and exits 0)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C raises
+    KeyboardInterrupt (``docker stop``, systemd and kill send SIGTERM)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def model_overrides(args) -> dict:
+    """The settings an indexing verb's options override: ``--batch-size``, ``--model``,
+    ``--regions``."""
+    overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
+    if args.model:
+        overrides["model"] = args.model
+    if args.regions:
+        overrides["regions"] = args.regions
+    return overrides
 
 
 def error(message: object) -> None:

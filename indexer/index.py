@@ -11,9 +11,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,24 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the run stops, prints its summary and exits 1."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    cli.stop_on_sigterm()
     cli.set_up_logging()
-    overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
-    if args.model:
-        overrides["model"] = args.model
-    if args.regions:
-        overrides["regions"] = args.regions
+    overrides = cli.model_overrides(args)
     return cli.run(lambda settings: index_command(args, settings),
                    settings=lambda: Settings.from_env(**overrides),
                    interrupted="interrupted before indexing began; nothing was written")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -543,24 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the watcher stops and exits 0."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    cli.stop_on_sigterm()
     cli.set_up_logging()
-    overrides: dict = {"batch_size": args.batch_size} if args.batch_size else {}
-    if args.model:
-        overrides["model"] = args.model
-    if args.regions:
-        overrides["regions"] = args.regions
+    overrides = cli.model_overrides(args)
     return cli.run(lambda settings: watch_command(args, settings),
                    settings=lambda: Settings.from_env(**overrides),
                    interrupted="stopped before watching began")
