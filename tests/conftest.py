@@ -56,6 +56,22 @@ def es_node():
 
 
 @pytest.fixture(scope="session")
+def fault_node():
+    """A node of its own that a test may stop and start again (its data dir persists): the
+    reliability tests' and the watcher's. A test that stops it starts it again, even when it
+    fails (tests/support.py ``restarted``)."""
+    from imgsearch.localnode import LocalNode, free_port
+
+    node_dir = Path(tempfile.mkdtemp(prefix="imgsearch-fault-es-", dir="/tmp"))
+    node_dir.chmod(0o755)  # the unprivileged ES user must reach it
+    node = LocalNode(node_dir, port=free_port(), heap="512m")
+    node.start()
+    yield node
+    node.stop()
+    shutil.rmtree(node_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def settings(es_node, tmp_path_factory) -> Settings:
     return Settings.from_env(
         es_url=es_node.url,

@@ -110,3 +110,25 @@ def _running(args: list[str], settings: Settings, log: Path, env: dict[str, str]
                 proc.wait(timeout=stop_within)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def restarted(node):
+    """Whatever happens inside, ``node`` is running again afterwards."""
+    try:
+        yield node
+    finally:
+        if not node.is_running():
+            node.start()
+
+
+def jpeg_q50(path: Path) -> bytes:
+    """A real photo re-encoded as a JPEG of quality 50: a near-duplicate of it."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    with Image.open(path) as im:
+        im.convert("RGB").save(out, "JPEG", quality=50)
+    return out.getvalue()

@@ -4,11 +4,9 @@ searches and groups then show; and that the decisions hold in an index rebuilt w
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import pytest
-from PIL import Image
 
 from imgsearch.decisions import DecisionError, Decisions
 from imgsearch.duplicates import DuplicateGroups
@@ -16,15 +14,10 @@ from imgsearch.images import content_hash
 from imgsearch.pairs import PairState
 from imgsearch.resolution import Resolver
 from imgsearch.search import SearchService, UnknownId
+from tests.support import jpeg_q50
 
 LABELS = ("dress", "hat", "pants", "shoes")
 
-
-def _q50(path) -> bytes:
-    out = io.BytesIO()
-    with Image.open(path) as im:
-        im.convert("RGB").save(out, "JPEG", quality=50)
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -39,7 +32,7 @@ def indexed(test_settings, store, embedder, clothing_test_dir, tmp_path):
     for label in LABELS:
         path = sorted((clothing_test_dir / label).glob("*.jpg"))[2]
         shutil.copyfile(path, folder / f"{label}.jpg")
-        (folder / f"{label}-q50.jpg").write_bytes(_q50(path))
+        (folder / f"{label}-q50.jpg").write_bytes(jpeg_q50(path))
         ids[label] = (content_hash(path.read_bytes()),
                       content_hash((folder / f"{label}-q50.jpg").read_bytes()))
     index_folder(folder, settings=test_settings, embedder=embedder, store=store,

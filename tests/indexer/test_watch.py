@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, connect
 from imgsearch.watchstate import WatchState
 from indexer.watch import Watcher
+from tests.support import restarted
 
 PROJECT = Path(__file__).resolve().parents[2]
 LABELS = ("dress", "hat", "pants", "shoes", "t-shirt")
@@ -396,30 +396,16 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 # -- faults -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def watch_node():
-    """A node of this test's own, which it stops and starts again (data kept)."""
-    from imgsearch.localnode import LocalNode, free_port
-
-    node_dir = Path(tempfile.mkdtemp(prefix="imgsearch-watch-es-", dir="/tmp"))
-    node_dir.chmod(0o755)  # the unprivileged ES user must reach it
-    node = LocalNode(node_dir, port=free_port(), heap="512m")
-    node.start()
-    yield node
-    node.stop()
-    shutil.rmtree(node_dir, ignore_errors=True)
-
-
-def test_elasticsearch_away_loses_no_event(watch_node, watch_dir, spare, watch_settings,
+def test_elasticsearch_away_loses_no_event(fault_node, watch_dir, spare, watch_settings,
                                            embedder, tmp_path):
-    local = watch_settings.with_(es_url=watch_node.url, es_index=f"watch-{uuid.uuid4().hex[:8]}",
+    local = watch_settings.with_(es_url=fault_node.url, es_index=f"watch-{uuid.uuid4().hex[:8]}",
                                  bulk_retries=1, bulk_backoff=0.2, bulk_max_backoff=1.0,
                                  es_request_timeout=5)
     store = ImageStore(connect(local), local.es_index, retries=1, backoff=0.2, max_backoff=1.0)
-    with Running(watch_dir, local, embedder, store) as running:
+    with restarted(fault_node), Running(watch_dir, local, embedder, store) as running:
         watcher = running.watcher
         assert in_step(store, watch_dir)
-        watch_node.stop()
+        fault_node.stop()
         stopped = time.monotonic()
         for f in spare[:5]:
             shutil.copyfile(f, watch_dir / "hat" / f.name)
@@ -427,7 +413,7 @@ def test_elasticsearch_away_loses_no_event(watch_node, watch_dir, spare, watch_s
         (watch_dir / "pants").rename(watch_dir / "trousers")
         wait_for("the watcher waiting for Elasticsearch", lambda: watcher.waits > 0, 30)
         assert watcher.waiting >= 5  # the events are still queued
-        watch_node.start()
+        fault_node.start()
         print(f"node away for {time.monotonic() - stopped:.1f}s, {watcher.waits} waits")
         wait_for("every change written after the restart", lambda: in_step(store, watch_dir),
                  60)

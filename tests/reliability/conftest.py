@@ -8,24 +8,9 @@ fixtures come from tests/conftest.py: every response is checked for a leaked sta
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def fault_node():
-    """A node of its own that a test may stop and start again (its data dir persists)."""
-    from imgsearch.localnode import LocalNode, free_port
-
-    node_dir = Path(tempfile.mkdtemp(prefix="imgsearch-fault-es-", dir="/tmp"))
-    node_dir.chmod(0o755)  # the unprivileged ES user must reach it
-    node = LocalNode(node_dir, port=free_port(), heap="512m")
-    node.start()
-    yield node
-    node.stop()
-    shutil.rmtree(node_dir, ignore_errors=True)
 
 
 @pytest.fixture

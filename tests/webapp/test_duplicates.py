@@ -13,16 +13,10 @@ from PIL import Image
 
 from imgsearch.images import content_hash
 from imgsearch.keys import KeyStore
-from tests.support import build_app
+from tests.support import build_app, jpeg_q50
 
 LABELS = ("hat", "shoes", "skirt")
 
-
-def _q50(path) -> bytes:
-    out = io.BytesIO()
-    with Image.open(path) as im:
-        im.convert("RGB").save(out, "JPEG", quality=50)
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -37,7 +31,7 @@ def dups(test_settings, store, embedder, clothing_test_dir, tmp_path):
     for label in LABELS:
         path = sorted((clothing_test_dir / label).glob("*.jpg"))[3]
         shutil.copyfile(path, folder / f"{label}.jpg")
-        (folder / f"{label}-q50.jpg").write_bytes(_q50(path))
+        (folder / f"{label}-q50.jpg").write_bytes(jpeg_q50(path))
         ids[label] = (content_hash(path.read_bytes()),
                       content_hash((folder / f"{label}-q50.jpg").read_bytes()))
     settings = test_settings.with_(keys_index=f"{store.alias}-keys",
