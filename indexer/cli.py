@@ -58,6 +58,21 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def add_model_options(p) -> None:
+    """The options of every verb that embeds photos (index, watch): which model, which
+    regions, how large a batch, how many decode threads; :func:`model_overrides` reads them."""
+    from imgsearch.regions import REGION_MODES
+
+    p.add_argument("--model", help="a fine-tuned model: its directory or its model version in "
+                   "the model store (default: IMGSEARCH_MODEL, else the base model)")
+    p.add_argument("--regions", choices=sorted(REGION_MODES),
+                   help="give a new index region vectors, for searching with part of a photo "
+                   "(default: IMGSEARCH_REGIONS, else none); an index that has them keeps "
+                   "getting them")
+    p.add_argument("--batch-size", type=int, help="images per inference batch")
+    p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
+
+
 def model_overrides(args) -> dict:
     """The settings an indexing verb's options override: ``--batch-size``, ``--model``,
     ``--regions``."""

@@ -21,7 +21,6 @@ from tqdm import tqdm
 from imgsearch.indexing import aborted_because, finish, prepare, run_partition
 from imgsearch.model import ImageModel
 from imgsearch.pipeline import RunStats, now_iso
-from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings
 from imgsearch.store import ImageStore, StoreError
 from imgsearch.walk import walk_files
@@ -180,12 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete documents of files under this folder that are gone")
     p.add_argument("--new-index", action="store_true",
                    help="build a fresh index and switch the alias to it when complete")
-    p.add_argument("--model", help="a fine-tuned model: its directory or its model version in "
-                   "the model store (default: IMGSEARCH_MODEL, else the base model)")
-    p.add_argument("--regions", choices=sorted(REGION_MODES),
-                   help="give a new index region vectors, for searching with part of a photo "
-                   "(default: IMGSEARCH_REGIONS, else none); an index that has them keeps "
-                   "getting them")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this process; ray: partitions of the files over a Ray "
                    "cluster's workers (README, 'Indexing on Ray')")
@@ -198,12 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out each image as close as IMGSEARCH_DUPLICATE_THRESHOLD to one "
                    "already indexed or earlier in this run (counted in the summary; local "
                    "engine only)")
-    p.add_argument("--batch-size", type=int, help="images per inference batch")
-    p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
+    cli.add_model_options(p)
     p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,6 @@ from imgsearch.esclient import RETRY_STATUSES
 from imgsearch.indexing import INTERRUPTED, Target, prepare, run_partition
 from imgsearch.model import ImageModel
 from imgsearch.pipeline import moved_from, now_iso, relocated_fields
-from imgsearch.regions import REGION_MODES
 from imgsearch.settings import Settings, retry_delays
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
 from imgsearch.walk import walk_files
@@ -529,18 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", type=Path, help="folder of images, watched recursively")
     p.add_argument("--metadata", type=Path, help="CSV or JSONL sidecar keyed by relative path")
-    p.add_argument("--model", help="a fine-tuned model: its directory or its model version")
-    p.add_argument("--regions", choices=sorted(REGION_MODES),
-                   help="give a new index region vectors (an index that has them keeps "
-                   "getting them)")
     p.add_argument("--skip-near-duplicates", action="store_true",
                    help="leave out each image as close as IMGSEARCH_DUPLICATE_THRESHOLD to one "
                    "already indexed")
-    p.add_argument("--batch-size", type=int, help="images per inference batch")
-    p.add_argument("--workers", type=int, help="decode threads (default: cores + 1, max 4)")
+    cli.add_model_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar while catching up")
     return p
-
 
 
 def main(argv: list[str] | None = None) -> int:
