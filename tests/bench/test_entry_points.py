@@ -510,3 +510,13 @@ def test_int8_variants(dataset, capsys):
     for r in results.values():
         assert 0 <= r["overlap"] <= 1 and 0 <= r["p10"] <= 1 and r["cos"] > 0.9
     assert "overlap@10" in capsys.readouterr().out
+
+
+def test_stages(test_split, capsys):
+    """bench.stages without its node (the bulk write's own check is the indexer's)."""
+    from bench.stages import main
+
+    out = main(["--images", str(test_split), "-n", "12", "--no-node"])
+    assert out["stages"]["embed (batch 32, every core)"] > 0
+    assert 0 < out["ceiling"] <= out["forward_rate"]
+    assert "ceiling of the whole pipeline" in capsys.readouterr().out
