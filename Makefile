@@ -23,7 +23,7 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index watch search serve demo test lint backup restore \
         finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-feedback bench-explain bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
-        bench-scale bench-scale-1m bench-tags bench-words
+        bench-scale bench-scale-1m bench-tags bench-words bench-stages bench-int8-variants
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
@@ -39,7 +39,7 @@ help:
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags | bench-words"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags | bench-words | bench-stages | bench-int8-variants"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -170,6 +170,16 @@ bench-tags: venv
 # docs/BENCHMARKS.md, "Search by words".
 bench-words: venv
 	$(PY) -m bench.words --dataset $(DATASET)
+
+# Each indexing stage's core-ms per photo and the pipeline's ceiling (~2 min, starts its own
+# node): docs/BENCHMARKS.md, "Where an indexed photo's time goes".
+bench-stages: venv
+	$(PY) -m bench.stages --images $(DATASET)/images/test
+
+# int8 quantisation variants against strict fp32 (~6 min, no node): docs/BENCHMARKS.md,
+# "int8 as the default?".
+bench-int8-variants: venv weights
+	$(PY) -m bench.int8_variants --dataset $(DATASET)
 
 # Relevance feedback: Rocchio weights chosen on the validation split, P@10 after one round of
 # marks on the test split (needs make es-up; ~10 min): docs/BENCHMARKS.md.
