@@ -171,10 +171,10 @@ bench-tags: venv
 bench-words: venv
 	$(PY) -m bench.words --dataset $(DATASET)
 
-# Each indexing stage's core-ms per photo and the pipeline's ceiling (~2 min, starts its own
+# Each indexing stage's core-ms per photo and the pipeline's ceiling (~3 min, starts its own
 # node): docs/BENCHMARKS.md, "Where an indexed photo's time goes".
 bench-stages: venv
-	$(PY) -m bench.stages --images $(DATASET)/images/test
+	$(PY) -m bench.stages --images $(DATASET)/images --pair-candidates 50 30 20
 
 # int8 quantisation variants against strict fp32 (~6 min, no node): docs/BENCHMARKS.md,
 # "int8 as the default?".

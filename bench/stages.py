@@ -1,6 +1,6 @@
 """Where an indexed photo's time goes: each stage's cost per photo, and the ceiling they set.
 
-    python -m bench.stages --images ../shared/datasets/clothing-small/images/test [-n 200]
+    python -m bench.stages --images ../shared/datasets/clothing-small/images [-n 1000]
 
 On ``-n`` photos, one stage at a time, the product's own functions: read, hash (SHA-256),
 decode to the model's input (JPEG DCT-scaled draft, as the indexer does, and without it for
@@ -54,7 +54,12 @@ def _process_cpu_s(pid: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, required=True)
-    p.add_argument("-n", type=int, default=200)
+    # 1,000: at 200 the node's fixed costs (its first refreshes, JIT warm-up) doubled its
+    # per-photo figures (bulk 5.45 against 2.32 core-ms, the pairs' kNN 5.95 against 2.21).
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--pair-candidates", type=int, nargs="*", default=[],
+                   help="also time the pairs' kNN with these num_candidates (and what each "
+                   "still finds)")
     p.add_argument("--no-node", action="store_true",
                    help="skip the bulk write (no local node started)")
     args = p.parse_args(argv)
@@ -120,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     stages["document + JSON"] = _cpu_ms(doc_json, range(len(items)))
     if not args.no_node:
-        bulk, pairs = _bulk_cost(settings, embedder, items, vectors, args.images)
+        bulk, pairs = _bulk_cost(settings, embedder, items, vectors, args.images,
+                                 tuple(args.pair_candidates))
         stages["bulk write (Elasticsearch's CPU)"] = bulk
         stages["near-duplicate pairs (Elasticsearch's CPU)"] = pairs
     total = sum(stages.values())
@@ -157,7 +163,8 @@ def _jpeg(im, size: int) -> bytes:
     return out.getvalue()
 
 
-def _bulk_cost(settings, embedder, items, vectors, root) -> tuple[float, float]:
+def _bulk_cost(settings, embedder, items, vectors, root,
+               pair_candidates: tuple[int, ...] = ()) -> tuple[float, float]:
     """Elasticsearch's CPU milliseconds a photo to index the documents (HNSW included, and a
     refresh), and to find their near-duplicate pairs, on a node of its own."""
     from imgsearch.localnode import LocalNode, free_port
@@ -183,13 +190,33 @@ def _bulk_cost(settings, embedder, items, vectors, root) -> tuple[float, float]:
             store.refresh(index)
             bulk = (_process_cpu_s(node.pid()) - before) * 1000 / len(docs)
             # The kept near-duplicate pairs (imgsearch/pairs.py): each written batch's kNN
-            # queries at the floor, as the writer thread sends them after each bulk.
-            before = _process_cpu_s(node.pid())
-            for start in range(0, len(docs), 32):
-                store.knn_many(list(vectors[start:start + 32]), index=index, k=11,
-                               num_candidates=100, min_cosine=settings.duplicate_floor)
-            pairs = (_process_cpu_s(node.pid()) - before) * 1000 / len(docs)
-            return bulk, pairs
+            # queries at the floor, as the writer thread sends them after each bulk; then the
+            # same with fewer HNSW candidates, and the share of the pairs each still finds.
+            from imgsearch.pairs import DEFAULT_K, NUM_CANDIDATES
+
+            costs, found = {}, {}
+            # A first pass unmeasured: the node's first kNN queries also warm its code.
+            store.knn_many(list(vectors[:32]), index=index, k=DEFAULT_K + 1,
+                           num_candidates=NUM_CANDIDATES, min_cosine=settings.duplicate_floor)
+            for candidates in dict.fromkeys((NUM_CANDIDATES, *pair_candidates)):
+                before = _process_cpu_s(node.pid())
+                pairs = set()
+                for start in range(0, len(docs), 32):
+                    answers = store.knn_many(
+                        list(vectors[start:start + 32]), index=index, k=DEFAULT_K + 1,
+                        num_candidates=candidates, min_cosine=settings.duplicate_floor)
+                    for doc, hits in zip(docs[start:start + 32], answers, strict=True):
+                        pairs |= {tuple(sorted((doc["content_hash"], other)))
+                                  for other, _ in hits if other != doc["content_hash"]}
+                costs[candidates] = (_process_cpu_s(node.pid()) - before) * 1000 / len(docs)
+                found[candidates] = pairs
+            reference = found[NUM_CANDIDATES]
+            for candidates, cost in costs.items():
+                share = len(found[candidates] & reference) / len(reference) if reference else 1
+                print(f"pairs' kNN with num_candidates {candidates}: {cost:.2f} core-ms a photo, "
+                      f"{len(found[candidates])} pairs, {share:.3f} of the "
+                      f"{NUM_CANDIDATES}-candidate ones")
+            return bulk, costs[NUM_CANDIDATES]
         finally:
             node.stop()
 
