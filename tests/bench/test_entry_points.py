@@ -471,7 +471,10 @@ def test_load_script_with_an_indexer_alongside(served, test_split, datasets_dir,
         assert indexer["exit_code"] == 0
         assert summary["documents"]["end"] == summary["documents"]["start"] + 2
     else:  # stopped with SIGTERM at the end of the load, as load.py documents
-        assert indexer["exit_code"] != 0
+        # ... unless it was finishing as the signal came (seen once in a full run: exit 0
+        # with both photos stored), which is a finished run.
+        assert indexer["exit_code"] != 0 or (
+            summary["documents"]["end"] == summary["documents"]["start"] + 2)
 
 
 
