@@ -54,9 +54,14 @@ class RateLimiter:
         now = time.time() if now is None else now
         row = self._connection().execute("SELECT tokens, at FROM buckets WHERE client = ?",
                                           (client,)).fetchone()
-        tokens = float(self.burst) if row is None else min(
-            float(self.burst), row[0] + max(0.0, now - row[1]) * self.rate)
+        tokens = self._tokens(row, now)
         return Verdict(tokens >= 1.0, 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate)
+
+    def _tokens(self, row, now: float) -> float:
+        """The tokens a bucket row ``(tokens, at)`` holds at ``now`` (full when there is none)."""
+        if row is None:
+            return float(self.burst)
+        return min(float(self.burst), row[0] + max(0.0, now - row[1]) * self.rate)
 
     def check(self, client: str, now: float | None = None) -> Verdict:
         now = time.time() if now is None else now
@@ -65,8 +70,7 @@ class RateLimiter:
         try:
             row = db.execute("SELECT tokens, at FROM buckets WHERE client = ?",
                              (client,)).fetchone()
-            tokens = float(self.burst) if row is None else min(
-                float(self.burst), row[0] + max(0.0, now - row[1]) * self.rate)
+            tokens = self._tokens(row, now)
             allowed = tokens >= 1.0
             if allowed:
                 tokens -= 1.0

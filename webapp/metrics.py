@@ -87,14 +87,6 @@ class _ProxyRefusals:
         yield family
 
 
-_proxy_refusals: dict[str, _ProxyRefusals] = {}
-
-
-def _proxy_refusals_of(path: str) -> _ProxyRefusals:
-    """One reader per file and process (its offset and counts carry over between scrapes)."""
-    return _proxy_refusals.setdefault(path, _ProxyRefusals(path))
-
-
 @bp.get("/metrics")
 @requires(ADMIN)
 def metrics():
@@ -105,9 +97,9 @@ def metrics():
         workers = REGISTRY
     live = CollectorRegistry()
     live.register(_Live(current_app.extensions["imgsearch"]))
-    refusals = os.environ.get("WEBAPP_PROXY_REFUSALS")
-    if refusals:  # behind nginx (make serve, the compose stack)
-        live.register(_proxy_refusals_of(refusals))
+    refusals = current_app.extensions.get("imgsearch.proxy_refusals")
+    if refusals is not None:  # behind nginx (make serve, the compose stack)
+        live.register(refusals)
     body = generate_latest(workers) + generate_latest(live)
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Cache-Control": "no-store"})
@@ -129,6 +121,9 @@ def _count(response):
 
 def register(app) -> None:
     app.register_blueprint(bp)
+    # One reader of nginx's refusals a worker: its offset and counts carry over between scrapes.
+    refusals = os.environ.get("WEBAPP_PROXY_REFUSALS")
+    app.extensions["imgsearch.proxy_refusals"] = _ProxyRefusals(refusals) if refusals else None
     # First of the before_request hooks, so that refusals (401, 403, 400) are counted too.
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
     app.after_request(_count)
