@@ -133,12 +133,18 @@ def index_folder(
             try:
                 report.carry = carry_over(store, target, settings=settings, embedder=embedder,
                                           indexed_at=now_iso())
-                report.aborted = report.carry.aborted
+                why = report.carry.aborted
                 report.embedded += report.carry.embedded
                 # Carried images have their files: --sync must not take them for gone ones.
                 part.stats.hashes |= report.carry.stats.hashes
             except (StoreError, KeyboardInterrupt) as exc:  # the replaced index's pages
-                report.aborted = aborted_because(exc)
+                why = aborted_because(exc)
+            if why:
+                report.aborted = (
+                    f"carrying the images of {target.replaces} into {target.index} stopped: "
+                    f"{why}. The alias was not moved ({target.replaces} still serves); run the "
+                    "same command again (it builds a new index), and delete "
+                    f"{target.index} if you do not")
         if not report.aborted:
             try:
                 finish(store, target, root, part.stats, sync=sync)

@@ -180,3 +180,27 @@ def test_a_later_sidecar_edit_wins_over_an_earlier_change(row, expected):
     doc = {"label": row.get("label", "dresses"), "tags": ["a"]}
     out = with_decision(doc, row, {"label": "gown", "tags": None}, {"label": "dress"})
     assert out["label"] == expected and "tags" not in out
+
+
+def test_carrying_that_cannot_read_the_replaced_index_leaves_the_alias(
+        test_settings, store, embedder, squash_model, clothing_test_dir, tmp_path):
+    """A fault: the replaced index cannot be read when carrying begins (closed here, as an
+    operator or a failing disk would leave it). The run aborts and the alias stays: nothing the
+    new index lacks is dropped from search."""
+    folder_a = _copy(clothing_test_dir, tmp_path / "a", ("hat",), 1)
+    folder_b = _copy(clothing_test_dir, tmp_path / "b", ("shoes",), 1)
+    for folder in (folder_a, folder_b):
+        index_folder(folder, settings=test_settings, embedder=embedder, store=store,
+                     progress=False)
+    old = store.indices.current_index()
+    store.es.indices.close(index=old)
+    try:
+        report = index_folder(folder_a, settings=test_settings, embedder=squash_model,
+                              store=store, new_index=True, progress=False)
+    finally:
+        store.es.indices.open(index=old, wait_for_active_shards="1")
+    assert report.exit_code == 1 and report.carry is None
+    assert f"carrying the images of {old} into {report.index} stopped" in report.aborted
+    assert "The alias was not moved" in format_summary(report)
+    assert store.indices.current_index() == old and store.count() == 2
+    assert store.indices.swap_in_progress() == report.index
