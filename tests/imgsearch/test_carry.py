@@ -153,6 +153,13 @@ def test_an_excluded_image_stays_excluded_and_a_changed_file_is_named(
 
 
 def test_metadata_decisions_merge_and_remember_what_they_replaced(test_settings, store):
+    from imgsearch.decisions import MAPPING
+
+    # A decisions index made before metadata decisions: its strict mapping lacks their fields.
+    older = {k: v for k, v in MAPPING["mappings"]["properties"].items()
+             if k not in ("fields", "replaced")}
+    store.es.indices.create(index=test_settings.image_decisions_index,
+                            mappings={"dynamic": "strict", "properties": older})
     decisions = Decisions(store.es, test_settings.image_decisions_index)
     image = "a" * 64
     first, before = decisions.set_metadata(image, {"label": "gown"}, {"label": "dress"},
@@ -204,3 +211,32 @@ def test_carrying_that_cannot_read_the_replaced_index_leaves_the_alias(
     assert "The alias was not moved" in format_summary(report)
     assert store.indices.current_index() == old and store.count() == 2
     assert store.indices.swap_in_progress() == report.index
+
+
+def test_a_change_that_fails_leaves_the_decision_it_had(test_settings, store, embedder,
+                                                        clothing_test_dir, tmp_path, write_key):
+    settings = test_settings.with_(decisions_index=f"{store.alias}-decisions",
+                                   upload_dir=tmp_path / "uploads")
+    folder = _copy(clothing_test_dir, tmp_path / "a", ("hat",), 1)
+    index_folder(folder, settings=settings, embedder=embedder, store=store, progress=False)
+    (doc_id,) = _docs(store)
+    client = build_app(settings, embedder, store, check_interval=0.0).test_client()
+    decisions = Decisions(store.es, settings.image_decisions_index)
+    index = store.indices.current_index()
+
+    def patch(label: str) -> int:
+        return client.patch(f"/api/images/{doc_id}", json={"label": label},
+                            headers=write_key).status_code
+
+    def blocked(label: str) -> int:
+        store.es.indices.put_settings(index=index, settings={"index.blocks.write": True})
+        try:
+            return patch(label)
+        finally:
+            store.es.indices.put_settings(index=index, settings={"index.blocks.write": None})
+
+    assert blocked("cap") == 503 and decisions.metadata([doc_id]) == {}
+    assert patch("cap") == 200
+    assert blocked("beanie") == 503
+    assert decisions.metadata([doc_id])[doc_id].fields == {"label": "cap"}
+    assert _docs(store)[doc_id]["label"] == "cap"
