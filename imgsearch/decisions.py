@@ -8,7 +8,7 @@ bytes (a ``--new-index`` rebuild with another model, a restore) and for every wr
 indexer, the watcher, the write API). A changed file has another hash, so a decision about its
 old bytes no longer applies to it: "excluded until it changes" needs nothing more.
 
-Three kinds, one document each (its id says kind and images, so deciding twice is one
+Four kinds, one document each (its id says kind and images, so deciding twice is one
 document, and a retry is safe):
 
 - ``excluded:<id>``: the image was deleted through the API while its file stays in a watched
@@ -16,6 +16,11 @@ document, and a retry is safe):
 - ``hidden:<id>``: kept out of searches and duplicate groups as a copy of ``kept``.
 - ``distinct:<a>:<b>`` (``a < b``): a person said these two are not duplicates; groupings
   never join them by that pair.
+- ``metadata:<id>``: the metadata fields (label, tags, extra) a person set through the API
+  (``PATCH``, or ``POST``'s fields), each with the value it replaced: every indexing run
+  writes them over the sidecar's, so a ``--new-index`` rebuild, a re-embedding and the
+  watcher keep them (the rule against a later sidecar edit: imgsearch/metadata.py
+  ``with_decision``).
 
 Lookups are by document id (``mget``): real-time in Elasticsearch (read from the translog, no
 refresh), so a decision made by one worker holds for the next request of any other, and a batch
@@ -29,12 +34,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from elasticsearch import BadRequestError, Elasticsearch, NotFoundError
+from elasticsearch import BadRequestError, ConflictError, Elasticsearch, NotFoundError
 
 from .errors import BadInput
 from .esclient import translated
 
-KINDS = ("excluded", "hidden", "distinct")
+KINDS = ("excluded", "hidden", "distinct", "metadata")
+# A metadata decision changed by two writers at once: each reads, merges and writes back only
+# if nobody wrote in between (seq_no), trying this many times.
+METADATA_ATTEMPTS = 5
 
 MAPPING = {
     "settings": {"number_of_shards": 1, "number_of_replicas": 0},
@@ -47,6 +55,7 @@ MAPPING = {
             "path": {"type": "keyword", "index": False},  # excluded: where the file was
             "decided_at": {"type": "date"},
             "decided_by": {"type": "keyword"},  # the key's name; None from the CLI
+            **{name: {"type": "object", "enabled": False} for name in ("fields", "replaced")},
         },
     },
 }
@@ -66,14 +75,17 @@ class Decision:
     kept: str | None = None
     path: str | None = None
     decided_by: str | None = None
+    # metadata: the fields set (None: cleared) and the value each replaced (what the document
+    # held before the person's first change of it).
+    fields: dict | None = None
+    replaced: dict | None = None
 
     def to_json(self) -> dict:
         out = {"kind": self.kind, "images": list(self.images), "decided_at": self.decided_at,
                "decided_by": self.decided_by}
-        if self.kept:
-            out["kept"] = self.kept
-        if self.path:
-            out["path"] = self.path
+        for name in ("kept", "path", "fields", "replaced"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
 
@@ -95,7 +107,8 @@ def _now() -> str:
 
 def _from_source(source: dict) -> Decision:
     return Decision(source["kind"], tuple(source["images"]), source["decided_at"],
-                    source.get("kept"), source.get("path"), source.get("decided_by"))
+                    source.get("kept"), source.get("path"), source.get("decided_by"),
+                    source.get("fields"), source.get("replaced"))
 
 
 class Decisions:
@@ -108,6 +121,7 @@ class Decisions:
         # How lookups are sent: ``read(what, call)`` runs ``call(client)``; the indexer passes
         # ImageStore.read_retrying so that they are retried like its writes.
         self._read = read or (lambda what, call: call(self.es))
+        self._metadata_mapped = False
 
     @translated
     def ensure_index(self) -> None:
@@ -118,6 +132,18 @@ class Decisions:
                 if exc.error != "resource_already_exists_exception":
                     raise
 
+    @translated
+    def _ensure_metadata_fields(self) -> None:
+        """A decisions index made before metadata decisions: its strict mapping would refuse
+        their fields (adding fields to a mapping is allowed; once per process)."""
+        if self._metadata_mapped:
+            return
+        self.ensure_index()
+        props = MAPPING["mappings"]["properties"]
+        self.es.indices.put_mapping(index=self.index, properties={
+            name: props[name] for name in ("fields", "replaced")})
+        self._metadata_mapped = True
+
     # -- deciding ---------------------------------------------------------------------------
 
     @translated
@@ -125,6 +151,8 @@ class Decisions:
                by: str | None = None) -> Decision:
         """Record a decision (again: the same document, its time updated)."""
         doc_id = decision_id(kind, *images)
+        if kind == "metadata":
+            raise DecisionError("metadata decisions are made by set_metadata")
         if kind == "hidden" and (not kept or kept == images[0]):
             raise DecisionError("a hidden image names another image kept in its place")
         decision = Decision(kind, tuple(sorted(images)), _now(), kept, path, by)
@@ -132,6 +160,58 @@ class Decisions:
         body = {k: v for k, v in decision.to_json().items() if v is not None}
         self.es.index(index=self.index, id=doc_id, document=body, refresh="wait_for")
         return decision
+
+    @translated
+    def set_metadata(self, image: str, fields: dict, replaced: dict, *,
+                     by: str | None = None) -> tuple[Decision, Decision | None]:
+        """Record that a person set ``fields`` (label, tags, extra; None clears one) of
+        ``image``, which held ``replaced`` (those fields' values before this change), merged
+        into what they set earlier: a field set again takes the new value and keeps the value
+        it replaced the first time (what the sidecar or the folder had said, not the person's
+        own earlier value). ``(the decision now, the one before or None)``: a caller whose
+        write then fails puts the earlier one back (:meth:`restore`)."""
+        doc_id = decision_id("metadata", image)
+        self._ensure_metadata_fields()
+        for attempt in range(METADATA_ATTEMPTS):
+            try:
+                current = self.es.get(index=self.index, id=doc_id)
+            except NotFoundError:
+                current = None
+            before = _from_source(current.body["_source"]) if current is not None else None
+            earlier_fields = (before.fields or {}) if before else {}
+            earlier_replaced = (before.replaced or {}) if before else {}
+            merged = Decision(
+                "metadata", (image,), _now(), decided_by=by,
+                fields={**earlier_fields, **fields},
+                replaced={**{f: replaced.get(f) for f in fields}, **earlier_replaced},
+            )
+            body = {k: v for k, v in merged.to_json().items() if v is not None}
+            # Only over the version read: a change by another worker meanwhile is merged, not
+            # lost (Elasticsearch refuses the write with 409, and this reads again).
+            guard = ({"if_seq_no": current.body["_seq_no"],
+                      "if_primary_term": current.body["_primary_term"]}
+                     if current is not None else {"op_type": "create"})
+            try:
+                # No refresh wait: every reader looks decisions up by id, which is real-time
+                # (a wait would add up to the refresh interval, 1 s, to an add's 0.25 s).
+                self.es.index(index=self.index, id=doc_id, document=body, **guard)
+            except ConflictError:
+                if attempt == METADATA_ATTEMPTS - 1:
+                    raise
+                continue
+            return merged, before
+        raise AssertionError("unreachable")
+
+    @translated
+    def restore(self, kind: str, image: str, previous: Decision | None) -> None:
+        """Put back ``previous`` as the decision of its kind about ``image`` (None: there was
+        none), undoing a decision whose write then failed."""
+        if previous is None:
+            self.undo(kind, image)
+            return
+        body = {k: v for k, v in previous.to_json().items() if v is not None}
+        self.es.index(index=self.index, id=decision_id(kind, image), document=body,
+                      refresh="wait_for")
 
     @translated
     def undo(self, kind: str, *images: str) -> bool:
@@ -166,6 +246,21 @@ class Decisions:
         """Those of ``images`` hidden as duplicates: ``{hidden: kept}``."""
         found = self.find(decision_id("hidden", i) for i in images)
         return {d.images[0]: d.kept for d in found.values()}
+
+    def metadata(self, images: Iterable[str]) -> dict[str, Decision]:
+        """Those of ``images`` whose metadata a person set: ``{image: decision}``."""
+        found = self.find(decision_id("metadata", i) for i in images)
+        return {d.images[0]: d for d in found.values()}
+
+    def for_documents(self, images: Iterable[str]) -> tuple[dict[str, str], dict[str, Decision]]:
+        """What a batch of documents about to be written needs, in one lookup: ``(hidden,
+        metadata)`` as :meth:`hidden` and :meth:`metadata` answer."""
+        images = list(images)
+        found = self.find([decision_id("hidden", i) for i in images]
+                          + [decision_id("metadata", i) for i in images])
+        hidden = {d.images[0]: d.kept for d in found.values() if d.kind == "hidden"}
+        metadata = {d.images[0]: d for d in found.values() if d.kind == "metadata"}
+        return hidden, metadata
 
     def distinct(self, pairs: Iterable[tuple[str, str]]) -> set[frozenset[str]]:
         """Those of ``pairs`` that a person said are not duplicates."""

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .decisions import Decisions
+from .decisions import Decision, Decisions
 from .images import ImageError, content_hash
+from .metadata import with_decision
 from .model import ImageModel
 from .pairs import PairFinder
 from .pipeline import (
@@ -292,12 +293,17 @@ def run_partition(
     progress: Callable[[int], None] | None = None,
     skip_near: float | None = None,
     record_paths: bool = False,
+    kept: dict[str, dict] | None = None,
 ) -> PartitionResult:
     """Read, skip known, decode, embed and write ``paths`` (files below ``root``); with
     ``skip_near`` (a cosine), leave out each image that close to one already indexed or to an
     earlier one of this run (:class:`NearDuplicateFilter`). An indexed image met at a new
     path, its old file gone, keeps its document and vector and gets the new path fields
     (``stats.moved``). ``record_paths``: ``stats.by_path`` holds every read file's hash.
+    ``kept``: fields by relative path written over each new document's, last (carrying a
+    replaced index's documents: imgsearch/carry.py). People's decisions apply to every
+    document: hidden duplicates stay hidden, metadata set through the API is written over
+    the sidecar's (:func:`documents`).
 
     Reading and decoding run in a thread pool (Pillow releases the GIL) while this thread runs
     inference, and bulk writes go to a writer thread (:class:`BulkWriter`), so the model never
@@ -328,10 +334,12 @@ def run_partition(
                 group, vectors, regions = unique(batch) if unique else batch
                 if not group:
                     continue
-                hidden = decisions.hidden(d.candidate.content_hash for d in group)
+                # One lookup a batch for both kinds (by id: real-time, whatever the size).
+                hidden, metadata = decisions.for_documents(
+                    d.candidate.content_hash for d in group)
                 writer.write(documents(group, vectors, regions, root=root, sidecar=sidecar or {},
                                        model_version=embedder.version, indexed_at=indexed_at,
-                                       hidden=hidden),
+                                       hidden=hidden, metadata=metadata, kept=kept),
                              group)
                 if progress:
                     progress(stats.done + writer.in_flight)
@@ -350,15 +358,31 @@ def run_partition(
 
 def documents(group: list[Decoded], vectors: np.ndarray, regions: list[Regions] | None, *,
               root: Path, sidecar: dict[str, dict], model_version: str,
-              indexed_at: str, hidden: Container[str] = ()) -> list[dict]:
+              indexed_at: str, hidden: Container[str] = (),
+              metadata: Mapping[str, Decision] | None = None,
+              kept: Mapping[str, dict] | None = None) -> list[dict]:
     """The Elasticsearch documents of an embedded batch; those in ``hidden`` (hidden as
-    duplicates, imgsearch/decisions.py) are marked so."""
-    return [
-        to_document(d, v, root=root, sidecar=sidecar, model_version=model_version,
-                    indexed_at=indexed_at, regions=regions[i] if regions else None,
-                    hidden=d.candidate.content_hash in hidden)
-        for i, (d, v) in enumerate(zip(group, vectors, strict=True))
-    ]
+    duplicates, imgsearch/decisions.py) are marked so, those in ``metadata`` get the fields a
+    person set through the API over their sidecar row's (imgsearch/metadata.py
+    ``with_decision`` says when the sidecar wins), and then ``kept``'s fields of their
+    relative path (None: left out) over everything."""
+    docs = []
+    for i, (d, v) in enumerate(zip(group, vectors, strict=True)):
+        c = d.candidate
+        doc = to_document(d, v, root=root, sidecar=sidecar, model_version=model_version,
+                          indexed_at=indexed_at, regions=regions[i] if regions else None,
+                          hidden=c.content_hash in hidden)
+        decision = (metadata or {}).get(c.content_hash)
+        if decision is not None:
+            with_decision(doc, sidecar.get(c.rel_path, {}), decision.fields or {},
+                          decision.replaced or {})
+        for name, value in ((kept or {}).get(c.rel_path) or {}).items():
+            if value is None:
+                doc.pop(name, None)
+            else:
+                doc[name] = value
+        docs.append(doc)
+    return docs
 
 
 def embed_one(data: bytes, path: Path, root: Path, target: Target, *, settings: Settings,

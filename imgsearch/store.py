@@ -469,6 +469,22 @@ class ImageStore:
             yield page
 
     @translated
+    def source_pages(self, index: str, fields: list[str], page_size: int = 1000,
+                     keep_alive: str = "30m") -> Iterator[list[tuple[str, dict]]]:
+        """Every document of ``index`` as ``(id, the source's fields)``, ``page_size`` at a
+        time, in one scroll that lives ``keep_alive`` between pages (the caller may work a
+        while on each: carrying embeds a page's images, ~70 s for 1,000 on 2 cores)."""
+        page: list[tuple[str, dict]] = []
+        for hit in helpers.scan(self.es, index=index, query={"query": {"match_all": {}}},
+                                source_includes=fields, size=page_size, scroll=keep_alive):
+            page.append((hit["_id"], hit.get("_source") or {}))
+            if len(page) == page_size:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    @translated
     def knn_many(
         self,
         vectors: list,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from imgsearch.carry import CarryResult, carry_over
 from imgsearch.indexing import aborted_because, finish, prepare, run_partition
 from imgsearch.model import ImageModel
 from imgsearch.pipeline import RunStats, now_iso
@@ -44,12 +45,15 @@ class IndexReport:
     # The model's version and what it computed in here (the Ray engine's workers load the same
     # model on their own machines; this is the driver's view of it).
     model: dict | None = None
+    # --new-index: the replaced index's images this run carried (imgsearch/carry.py).
+    carry: CarryResult | None = None
 
     @property
     def exit_code(self) -> int:
         if self.aborted:
             return cli.EXIT_ABORTED
-        return cli.EXIT_PARTIAL if self.stats.failed else cli.EXIT_OK
+        failed = self.stats.failed or (self.carry is not None and self.carry.failed)
+        return cli.EXIT_PARTIAL if failed else cli.EXIT_OK
 
     def to_json(self) -> dict:
         s = self.stats
@@ -67,6 +71,8 @@ class IndexReport:
             "moved": s.moved,
             "deleted": s.deleted,
             "failed": [vars(f) for f in s.failed],
+            "carried": self.carry.carried if self.carry else None,
+            "carry": self.carry.to_json() if self.carry else None,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.embedded / self.seconds, 2) if self.seconds else None,
             "aborted": self.aborted,
@@ -91,7 +97,10 @@ def index_folder(
     """Index every image below ``root``: in this process as one partition of every file, or
     with ``engine`` (:class:`indexer.distributed.RayEngine`) as many partitions over a
     cluster. Safe to re-run, and to run again after a crash. ``skip_near_duplicates``: leave
-    out images at ``settings.duplicate_threshold`` or closer to an indexed one (local only)."""
+    out images at ``settings.duplicate_threshold`` or closer to an indexed one (local only).
+    ``new_index``: the index it replaces has its images carried over (imgsearch/carry.py:
+    uploads, other folders, with their metadata) before the alias moves, in this process
+    whatever the engine."""
     if skip_near_duplicates and engine is not None:
         raise ValueError("--skip-near-duplicates needs the local engine: each batch is checked "
                          "against everything written before it")
@@ -120,6 +129,22 @@ def index_folder(
                              model={"version": embedder.version,
                                     "precision": embedder.precision,
                                     "runtime": embedder.runtime})
+        if not report.aborted and target.new_index and target.replaces:
+            try:
+                report.carry = carry_over(store, target, settings=settings, embedder=embedder,
+                                          indexed_at=now_iso())
+                why = report.carry.aborted
+                report.embedded += report.carry.embedded
+                # Carried images have their files: --sync must not take them for gone ones.
+                part.stats.hashes |= report.carry.stats.hashes
+            except (StoreError, KeyboardInterrupt) as exc:  # the replaced index's pages
+                why = aborted_because(exc)
+            if why:
+                report.aborted = (
+                    f"carrying the images of {target.replaces} into {target.index} stopped: "
+                    f"{why}. The alias was not moved ({target.replaces} still serves); run the "
+                    "same command again (it builds a new index), and delete "
+                    f"{target.index} if you do not")
         if not report.aborted:
             try:
                 finish(store, target, root, part.stats, sync=sync)
@@ -161,6 +186,18 @@ def format_summary(report: IndexReport) -> str:
         lines.append(f"    {f.rel_path}: [{f.reason}] {f.message}")
     if len(s.failed) > MAX_LISTED_FAILURES:
         lines.append(f"    ... and {len(s.failed) - MAX_LISTED_FAILURES} more (see --report)")
+    c = report.carry
+    if c is not None:
+        lines.append(f"  carried:          {c.carried} of {c.missing} image(s) of the replaced "
+                     f"index {c.replaced} missing from this folder (uploads, other folders; "
+                     "re-embedded from their files)")
+        if c.not_carried:
+            lines.append(f"  not carried:      {len(c.not_carried)}")
+        for n in c.not_carried[:MAX_LISTED_FAILURES]:
+            lines.append(f"    {n.path or n.id}: [{n.reason}] {n.message}")
+        if len(c.not_carried) > MAX_LISTED_FAILURES:
+            lines.append(f"    ... and {len(c.not_carried) - MAX_LISTED_FAILURES} more "
+                         "(see --report)")
     if report.aborted:
         lines.append(f"ABORTED: {report.aborted}")
     return "\n".join(lines)

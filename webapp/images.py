@@ -14,6 +14,12 @@
 - ``PATCH /api/images/<id>``: JSON ``label``, ``tags``, ``extra`` (each replaced; null
   clears), 200 once searches see the change (changes are a person's, one at a time: the
   refresh interval's wait is worth an answer that means done).
+- Metadata set by an add or a PATCH is also recorded as a person's decision
+  (imgsearch/decisions.py ``metadata``, with the values it replaced) before the document
+  changes, so that every later indexing run (a ``--new-index`` rebuild, the watcher, a
+  re-embedding) writes it over the sidecar's (imgsearch/metadata.py ``with_decision`` has the
+  rule for a sidecar edited afterwards); a write that then fails puts the earlier decision
+  back. A DELETE forgets it.
 - ``DELETE /api/images/<id>``: 204 once searches no longer see it. A file of the upload
   folder goes with its document and its thumbnail; a file of an indexed or watched folder is
   never touched: its document and thumbnail go, and its bytes are recorded as excluded
@@ -22,9 +28,10 @@
 
 Model switches: while a ``--new-index`` build is under way (a newer index of the alias exists
 that the alias does not point at yet), every write is refused, 409 ``index_swap_in_progress``:
-a write to the current index would vanish when the new one replaces it, and the new one's
-model may not be this worker's. Refusing says what is going on and what to do; carrying
-writes over would need the new model loaded here. While this worker still serves the previous
+a write to the current index could be missed by the build, which carries the replaced index's
+images and metadata into the new one (imgsearch/carry.py) as it finishes, and the new one's
+model may not be this worker's. Refusing says what is going on and what to do; writing to both
+indices would need the new model loaded here. While this worker still serves the previous
 model after a swap (it loads the new one in the background), adds are 503 ``model_switching``
 with Retry-After: an image must be embedded by the index's own model.
 """
@@ -98,7 +105,7 @@ def add():
     existing = store.get(doc_id, index=target.index)
     if existing is not None:
         if metadata:
-            existing = store.update_fields(doc_id, metadata, target.index) or existing
+            existing = _set_metadata(doc_id, existing, metadata, target.index) or existing
             collection_changed(written=(doc_id,))
         return _added(doc_id, existing, target, status=200)
     path = uploads().path(doc_id, fmt)
@@ -109,8 +116,11 @@ def add():
     if decisions().hidden([doc_id]):  # bytes a person hid as a copy stay hidden when re-added
         doc["hidden"] = True
     wrote = sent = False
+    decided: tuple | None = None
     try:
         _, wrote = uploads().put(doc_id, fmt, data)
+        if metadata:  # recorded before the document, as a PATCH does
+            decided = decisions().set_metadata(doc_id, metadata, {}, by=principal().name)
         sent = True
         store.put(doc, target.index, wait=False)
         # A build that began while this image was embedded would not have it: undo, refuse.
@@ -118,6 +128,8 @@ def add():
     except BaseException:
         if sent:
             _forget(doc_id, target.index)
+        if decided is not None:
+            _restore_metadata(doc_id, decided[1])
         if wrote:
             uploads().remove(path)
         if not had_thumbnail:
@@ -138,6 +150,32 @@ def _forget(doc_id: str, index: str) -> None:
         service().store.delete(doc_id, index, wait=False)
     except StoreError as exc:
         current_app.logger.warning("could not undo the write of %s: %s", doc_id, exc)
+
+
+def _set_metadata(doc_id: str, source: dict, fields: dict, index: str) -> dict | None:
+    """Change ``fields`` of the document ``doc_id`` (whose source is ``source``), recording
+    them first as a person's decision with the values they replace; the decision before is
+    put back if the change fails. The document's source afterwards, None if it went."""
+    replaced = {name: source.get(name) for name in fields}
+    _, before = decisions().set_metadata(doc_id, fields, replaced, by=principal().name)
+    try:
+        changed = service().store.update_fields(doc_id, fields, index)
+    except BaseException:
+        _restore_metadata(doc_id, before)
+        raise
+    if changed is None:  # deleted meanwhile: nothing was changed
+        _restore_metadata(doc_id, before)
+    return changed
+
+
+def _restore_metadata(doc_id: str, before) -> None:
+    """Undo a metadata decision whose write failed (one attempt: the store may be what
+    failed; a decision left behind holds only values the person asked for)."""
+    try:
+        decisions().restore("metadata", doc_id, before)
+    except StoreError as exc:
+        current_app.logger.warning("could not undo the metadata decision of %s: %s", doc_id,
+                                   exc)
 
 
 def _added(doc_id: str, source: dict, target: Target, status: int):
@@ -198,7 +236,10 @@ def patch(doc_id: str):
         raise Problem(400, "invalid_body", "Nothing to change: give label, tags or extra.")
     fields = checked(body)
     index = _write_index()
-    source = service().store.update_fields(doc_id, fields, index)
+    current = service().store.get(doc_id, index=index)
+    if current is None:
+        raise _unknown(doc_id)
+    source = _set_metadata(doc_id, current, fields, index)
     if source is None:
         raise _unknown(doc_id)
     collection_changed(written=(doc_id,))
@@ -234,6 +275,8 @@ def delete(doc_id: str):
             raise
         how = f"its file left in place and excluded ({path})"
     thumbnails().remove(doc_id)
+    with suppress(StoreError):  # best effort: a decision left holds only for these bytes
+        decisions().undo("metadata", doc_id)
     collection_changed(deleted=(doc_id,))
     current_app.logger.info("image %s deleted by %r, %s", doc_id, who, how)
     return "", 204
