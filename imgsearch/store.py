@@ -547,9 +547,11 @@ class ImageStore:
         return {h["_id"]: h["_source"] for h in resp.body["hits"]["hits"]}
 
     @translated
-    def facets(self, fields: Iterable[str], size: int = 50) -> dict:
-        """Document counts per value of each keyword field over the whole index, plus the
-        ranges of width, height and EXIF date: ``{"total", "fields": {...}, "ranges": {...}}``."""
+    def facets(self, fields: Iterable[str], size: int = 50, *,
+               filters: list[dict] | None = None) -> dict:
+        """Document counts per value of each keyword field over the whole index (or over the
+        documents ``filters`` keep), plus the ranges of width, height and EXIF date:
+        ``{"total", "fields": {...}, "ranges": {...}}``."""
         fields = list(fields)
         aggs: dict[str, Any] = {
             f: {"terms": {"field": f, "size": size, "order": {"_count": "desc"}}} for f in fields
@@ -557,7 +559,9 @@ class ImageStore:
         for name in ("width", "height", "exif_datetime"):
             aggs[f"{name}_min"] = {"min": {"field": name}}
             aggs[f"{name}_max"] = {"max": {"field": name}}
-        resp = self.es.search(index=self.alias, size=0, aggs=aggs, track_total_hits=True).body
+        query = {"bool": {"filter": filters}} if filters else None
+        resp = self.es.search(index=self.alias, size=0, aggs=aggs, query=query,
+                              track_total_hits=True).body
         out = resp["aggregations"]
         ranges = {}
         for name in ("width", "height", "exif_datetime"):
