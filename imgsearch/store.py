@@ -210,18 +210,39 @@ class ImageStore:
             not tagged_by or (d.get("_source") or {}).get("model_tagger") == tagged_by)}
 
     @translated
-    def update_many(self, updates: dict[str, dict], index: str | None = None) -> int:
+    def update_many(self, updates: dict[str, dict], index: str | None = None, *,
+                    first: dict[str, dict] | None = None, what: str = "path update") -> int:
         """Set the given fields of existing documents (``{id: fields}``; one bulk request of
-        partial updates, retried like the writes); how many were updated."""
+        partial updates, retried like the writes); how many were updated. ``first`` holds a
+        partial update to make of a document before its own, in the same request (which
+        Elasticsearch applies in order): ``{"extra": None}`` replaces the stored object
+        instead of merging the new one into it, which would keep the keys the new one
+        lacks (a search refreshed in between may see the first alone)."""
         if not updates:
             return 0
         target = index or self.alias
         operations: list[dict] = []
         for doc_id, fields in updates.items():
-            operations += [{"update": {"_index": target, "_id": doc_id}}, {"doc": fields}]
+            for doc in ((first or {}).get(doc_id), fields):
+                if doc is not None:
+                    operations += [{"update": {"_index": target, "_id": doc_id}}, {"doc": doc}]
         items = self._retrying(
-            "path update", lambda last: self._once.bulk(operations=operations)).body["items"]
-        return sum(1 for i in items if 200 <= i.get("update", {}).get("status", 0) < 300)
+            what, lambda last: self._once.bulk(operations=operations)).body["items"]
+        failed = {i.get("update", {}).get("_id") for i in items
+                  if not 200 <= i.get("update", {}).get("status", 0) < 300}
+        return sum(1 for doc_id in updates if doc_id not in failed)
+
+    @translated
+    def indexed_sources(self, ids: Iterable[str], fields: list[str],
+                        index: str | None = None) -> dict[str, dict]:
+        """The ``fields`` of those of ``ids`` that have a document, by id: one multi-get,
+        retried like the writes (the watcher's read of what it is to update)."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        resp = self._retrying("document read", lambda last: self._once.mget(
+            index=index or self.alias, ids=ids, source=fields))
+        return {d["_id"]: d.get("_source") or {} for d in resp.body["docs"] if d.get("found")}
 
     @translated
     def bulk_index(
