@@ -198,16 +198,9 @@ class ImageStore:
         """:meth:`existing_ids` with each document's path fields (``path``, ``rel_path``,
         ``root``, ``label``): what the indexer needs to see that a file has moved. One round
         trip, retried like the writes; the fields are a few hundred bytes a document."""
-        ids = list(ids)
-        if not ids:
-            return {}
-        resp = self._retrying(
-            "existence check",
-            lambda last: self._once.mget(index=index or self.alias, ids=ids,
-                                         source=PATH_FIELDS),
-        )
-        return {d["_id"]: d.get("_source") or {} for d in resp.body["docs"] if d.get("found") and (
-            not tagged_by or (d.get("_source") or {}).get("model_tagger") == tagged_by)}
+        found = self.indexed_sources(ids, PATH_FIELDS, index, what="existence check")
+        return {doc_id: source for doc_id, source in found.items()
+                if not tagged_by or source.get("model_tagger") == tagged_by}
 
     @translated
     def update_many(self, updates: dict[str, dict], index: str | None = None, *,
@@ -234,13 +227,15 @@ class ImageStore:
 
     @translated
     def indexed_sources(self, ids: Iterable[str], fields: list[str],
-                        index: str | None = None) -> dict[str, dict]:
+                        index: str | None = None, *, what: str = "document read"
+                        ) -> dict[str, dict]:
         """The ``fields`` of those of ``ids`` that have a document, by id: one multi-get,
-        retried like the writes (the watcher's read of what it is to update)."""
+        retried like the writes (the indexer's existence checks, the watcher's read of what
+        it is to update)."""
         ids = list(ids)
         if not ids:
             return {}
-        resp = self._retrying("document read", lambda last: self._once.mget(
+        resp = self._retrying(what, lambda last: self._once.mget(
             index=index or self.alias, ids=ids, source=fields))
         return {d["_id"]: d.get("_source") or {} for d in resp.body["docs"] if d.get("found")}
 

@@ -593,7 +593,6 @@ class Watcher:
         moved = self.store.update_many(moves, self.target.index) if moves else 0
         return deleted, moved
 
-
     # -- the metadata sidecar -----------------------------------------------------------------
 
     def reload_sidecar(self) -> None:
