@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ from imgsearch.keys import KeyStore
 from imgsearch.localnode import LocalNode, free_port
 from imgsearch.snapshots import Backups
 from imgsearch.store import ImageStore, StoreError
-from tests.test_docker_compose import COMPOSE_FILE
+from tests.test_docker_compose import COMPOSE_FILE, setup_roles
 
 INDEX = "images"
 # Test-only passwords and their bcrypt hashes, made once with the distribution's
@@ -48,11 +47,8 @@ USERS = {
 
 def compose_roles() -> dict[str, dict]:
     """The roles the setup script PUTs, for ``ES_INDEX=images``."""
-    script = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["setup"]["command"][0]
-    script = script.replace("$$", "$")
-    found = re.findall(r'/_security/role/(\w+) \\\n\s+"(.*)"\n', script)
-    return {name: json.loads(body.replace('\\"', '"').replace("$ES_INDEX", INDEX))
-            for name, body in found}
+    roles = setup_roles(yaml.safe_load(COMPOSE_FILE.read_text()))
+    return json.loads(json.dumps(roles).replace("$ES_INDEX", INDEX))
 
 
 class SecureNode(LocalNode):

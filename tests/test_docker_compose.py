@@ -523,7 +523,7 @@ def test_setup_creates_the_users_the_services_use(raw_compose, services):
         "ES_INDEX"]
 
 
-def _roles(raw_compose) -> dict[str, dict]:
+def setup_roles(raw_compose) -> dict[str, dict]:
     """The roles the setup script PUTs, as Elasticsearch receives them (``$ES_INDEX`` left as
     it is): ``{name: body}``."""
     script = interpolate(_setup_script(raw_compose), {})
@@ -536,7 +536,7 @@ def test_setup_creates_the_backup_role_and_user(raw_compose, services):
     (imgsearch/snapshots.py; each privilege checked necessary against a node with security
     on: docs/DOCKER.md, "Backups"): no `manage` or `all`, no document writes, the app's
     indices only."""
-    roles = _roles(raw_compose)
+    roles = setup_roles(raw_compose)
     assert set(roles) == {"imgsearch_app", "imgsearch_backup"}
     role = roles["imgsearch_backup"]
     assert role["cluster"] == ["monitor", "create_snapshot", "cluster:admin/repository/put",
