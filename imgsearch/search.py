@@ -38,9 +38,11 @@ MAX_FEEDBACK = 100
 FEEDBACK_WEIGHTS = (1.0, 1.0, 1.0)
 
 
-# Images hidden as copies of another (imgsearch/resolution.py) are never results. A filter
-# inside the kNN query, so that k visible images come back; Elasticsearch caches a term
-# filter's bitset per segment, and on an index without the field it excludes nothing.
+# Images hidden as copies of another (imgsearch/resolution.py) are never results, nor counted
+# among the filters' values: every search (a filter inside the kNN query, so that k visible
+# images come back; a filter of the words' query) and the facets apply it. Elasticsearch
+# caches a term filter's bitset per segment, and on an index without the field (made before
+# duplicates could be hidden) it excludes nothing.
 NOT_HIDDEN = {"bool": {"must_not": [{"term": {HIDDEN_FIELD: True}}]}}
 
 
@@ -254,7 +256,8 @@ class SearchService:
         t0 = time.perf_counter()
         query: dict = {"k": k, "offset": offset, "words": wanted.to_json()}
         raw = self.store.scored(wanted.es_query(), k=k, offset=offset, index=route.index,
-                                filters=filters.to_es() if filters else None) if wanted else []
+                                filters=[*(filters.to_es() if filters else []), NOT_HIDDEN]
+                                ) if wanted else []
         hits = [Hit(h["id"], h["score"], None, h["source"]) for h in raw]
         t1 = time.perf_counter()
         return SearchResult(hits, milliseconds(search=t1 - t0, total=t1 - t0), query,
@@ -349,8 +352,9 @@ class SearchService:
         return self.store.get(doc_id)
 
     def facets(self, size: int = 50) -> dict:
-        """Counts per label, folder and format over the whole index, and the value ranges."""
-        return self.store.facets(FACET_FIELDS, size=size)
+        """Counts per label, folder and format, and the value ranges, over what a search can
+        return: the whole index less the images hidden as copies."""
+        return self.store.facets(FACET_FIELDS, size=size, filters=[NOT_HIDDEN])
 
     def health(self) -> dict:
         """What ``/healthz`` reports. ``ok`` needs Elasticsearch reachable, an index behind the

@@ -198,30 +198,46 @@ class ImageStore:
         """:meth:`existing_ids` with each document's path fields (``path``, ``rel_path``,
         ``root``, ``label``): what the indexer needs to see that a file has moved. One round
         trip, retried like the writes; the fields are a few hundred bytes a document."""
-        ids = list(ids)
-        if not ids:
-            return {}
-        resp = self._retrying(
-            "existence check",
-            lambda last: self._once.mget(index=index or self.alias, ids=ids,
-                                         source=PATH_FIELDS),
-        )
-        return {d["_id"]: d.get("_source") or {} for d in resp.body["docs"] if d.get("found") and (
-            not tagged_by or (d.get("_source") or {}).get("model_tagger") == tagged_by)}
+        found = self.indexed_sources(ids, PATH_FIELDS, index, what="existence check")
+        return {doc_id: source for doc_id, source in found.items()
+                if not tagged_by or source.get("model_tagger") == tagged_by}
 
     @translated
-    def update_many(self, updates: dict[str, dict], index: str | None = None) -> int:
+    def update_many(self, updates: dict[str, dict], index: str | None = None, *,
+                    first: dict[str, dict] | None = None, what: str = "path update") -> int:
         """Set the given fields of existing documents (``{id: fields}``; one bulk request of
-        partial updates, retried like the writes); how many were updated."""
+        partial updates, retried like the writes); how many were updated. ``first`` holds a
+        partial update to make of a document before its own, in the same request (which
+        Elasticsearch applies in order): ``{"extra": None}`` replaces the stored object
+        instead of merging the new one into it, which would keep the keys the new one
+        lacks (a search refreshed in between may see the first alone)."""
         if not updates:
             return 0
         target = index or self.alias
         operations: list[dict] = []
         for doc_id, fields in updates.items():
-            operations += [{"update": {"_index": target, "_id": doc_id}}, {"doc": fields}]
+            for doc in ((first or {}).get(doc_id), fields):
+                if doc is not None:
+                    operations += [{"update": {"_index": target, "_id": doc_id}}, {"doc": doc}]
         items = self._retrying(
-            "path update", lambda last: self._once.bulk(operations=operations)).body["items"]
-        return sum(1 for i in items if 200 <= i.get("update", {}).get("status", 0) < 300)
+            what, lambda last: self._once.bulk(operations=operations)).body["items"]
+        failed = {i.get("update", {}).get("_id") for i in items
+                  if not 200 <= i.get("update", {}).get("status", 0) < 300}
+        return sum(1 for doc_id in updates if doc_id not in failed)
+
+    @translated
+    def indexed_sources(self, ids: Iterable[str], fields: list[str],
+                        index: str | None = None, *, what: str = "document read"
+                        ) -> dict[str, dict]:
+        """The ``fields`` of those of ``ids`` that have a document, by id: one multi-get,
+        retried like the writes (the indexer's existence checks, the watcher's read of what
+        it is to update)."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        resp = self._retrying(what, lambda last: self._once.mget(
+            index=index or self.alias, ids=ids, source=fields))
+        return {d["_id"]: d.get("_source") or {} for d in resp.body["docs"] if d.get("found")}
 
     @translated
     def bulk_index(
@@ -563,9 +579,11 @@ class ImageStore:
         return {h["_id"]: h["_source"] for h in resp.body["hits"]["hits"]}
 
     @translated
-    def facets(self, fields: Iterable[str], size: int = 50) -> dict:
-        """Document counts per value of each keyword field over the whole index, plus the
-        ranges of width, height and EXIF date: ``{"total", "fields": {...}, "ranges": {...}}``."""
+    def facets(self, fields: Iterable[str], size: int = 50, *,
+               filters: list[dict] | None = None) -> dict:
+        """Document counts per value of each keyword field over the whole index (or over the
+        documents ``filters`` keep), plus the ranges of width, height and EXIF date:
+        ``{"total", "fields": {...}, "ranges": {...}}``."""
         fields = list(fields)
         aggs: dict[str, Any] = {
             f: {"terms": {"field": f, "size": size, "order": {"_count": "desc"}}} for f in fields
@@ -573,7 +591,9 @@ class ImageStore:
         for name in ("width", "height", "exif_datetime"):
             aggs[f"{name}_min"] = {"min": {"field": name}}
             aggs[f"{name}_max"] = {"max": {"field": name}}
-        resp = self.es.search(index=self.alias, size=0, aggs=aggs, track_total_hits=True).body
+        query = {"bool": {"filter": filters}} if filters else None
+        resp = self.es.search(index=self.alias, size=0, aggs=aggs, query=query,
+                              track_total_hits=True).body
         out = resp["aggregations"]
         ranges = {}
         for name in ("width", "height", "exif_datetime"):

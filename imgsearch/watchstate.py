@@ -19,11 +19,18 @@ Before a batch's documents are written, its paths are recorded as *intents* (com
 first): a batch cut short may have stored documents of files that are then deleted or changed
 before it is tried again, bytes no row names; the intents say at which paths to look for such
 documents (by their ``path`` field) once the batch is done.
+
+With a metadata sidecar (``watch --metadata``), the rows last applied to the documents and
+the sha256 of the file they came from are kept too (:meth:`WatchState.sidecar`), written
+after the documents were updated, like the files' rows: a start that finds another digest
+compares the file's rows with these and updates the documents of the rows that changed while
+the watcher was not running.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +51,10 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (content_hash);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS intents (rel_path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS sidecar (rel_path TEXT PRIMARY KEY, fields TEXT NOT NULL);
 """
+# The meta key of the digest of the sidecar whose rows the table ``sidecar`` holds.
+SIDECAR_DIGEST = "sidecar_sha256"
 
 
 @dataclass(frozen=True)
@@ -156,3 +166,28 @@ class WatchState:
 
     def remove(self, rel_path: str) -> None:
         self._db.execute("DELETE FROM files WHERE rel_path = ?", (rel_path,))
+
+    # -- the metadata sidecar's rows last applied ----------------------------------------------
+
+    def sidecar_digest(self) -> str | None:
+        """The sha256 of the sidecar whose rows were last applied; None when none was."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?",
+                               (SIDECAR_DIGEST,)).fetchone()
+        return row[0] if row else None
+
+    def sidecar(self) -> dict[str, dict] | None:
+        """The rows last applied (``{relative path: fields}``), None when none were."""
+        if self.sidecar_digest() is None:
+            return None
+        return {rel: json.loads(fields)
+                for rel, fields in self._db.execute("SELECT * FROM sidecar")}
+
+    def record_sidecar(self, digest: str, table: dict[str, dict]) -> None:
+        """Remember ``table`` (parsed from bytes of sha256 ``digest``) as applied, in one
+        transaction."""
+        with self.change():
+            self._db.execute("DELETE FROM sidecar")
+            self._db.executemany("INSERT INTO sidecar VALUES (?, ?)",
+                                 [(rel, json.dumps(fields)) for rel, fields in table.items()])
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                             (SIDECAR_DIGEST, digest))

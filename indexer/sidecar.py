@@ -2,17 +2,21 @@
 
 Known columns become document fields (``label``, ``tags``); any other column lands in the
 ``extra`` object so that it is filterable without a mapping change (the rules are
-imgsearch/metadata.py's, which the write API shares).
+imgsearch/metadata.py's, which the write API shares). :func:`changed_rows` and
+:func:`metadata_fields` are what the watcher needs to apply an edited sidecar to documents
+already indexed (indexer/watch.py).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path, PurePosixPath
 
 from imgsearch.errors import BadInput
 from imgsearch.metadata import KEY_COLUMNS, row_fields
+from imgsearch.pipeline import folder_label
 
 
 class SidecarError(BadInput):
@@ -21,10 +25,26 @@ class SidecarError(BadInput):
 
 def load_sidecar(path: Path) -> dict[str, dict]:
     """``{relative path: {"label": ..., "tags": [...], "extra": {...}}}``."""
+    return read_sidecar(path)[0]
+
+
+def read_sidecar(path: Path) -> tuple[dict[str, dict], str]:
+    """:func:`load_sidecar`'s table and the sha256 of the bytes it was parsed from (read
+    once: a file replaced meanwhile cannot give a digest of other bytes than the rows')."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise SidecarError(f"cannot read metadata file {path}: {exc.strerror}") from exc
+    return parse_sidecar(path, data), hashlib.sha256(data).hexdigest()
+
+
+def parse_sidecar(path: Path, data: bytes) -> dict[str, dict]:
+    """The table of the sidecar ``data`` (read from ``path``, whose suffix says CSV or JSONL);
+    SidecarError naming the line or row at fault."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SidecarError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -48,3 +68,34 @@ def load_sidecar(path: Path) -> dict[str, dict]:
 
 def _normalise_key(key: str) -> str:
     return PurePosixPath(key.replace("\\", "/")).as_posix()
+
+
+def changed_rows(old: dict[str, dict], new: dict[str, dict]) -> dict[str, dict | None]:
+    """The rows of ``new`` that differ from ``old``'s (added or changed), and None for the
+    rows ``old`` had and ``new`` lacks (removed): ``{relative path: row or None}``."""
+    return {rel: new.get(rel) for rel in sorted(old.keys() | new.keys())
+            if old.get(rel) != new.get(rel)}
+
+
+def metadata_fields(rel_path: str, row: dict | None) -> dict:
+    """The metadata fields a document of the file at ``rel_path`` gets from its sidecar row
+    (None: it has none), each given, so that a partial update replaces all three: what
+    indexing it afresh would write (imgsearch/pipeline.py ``to_document``: the label falls
+    back to the parent folder's name, no tags, no extra)."""
+    row = row or {}
+    return {"label": row.get("label") or folder_label(rel_path), "tags": row.get("tags", []),
+            "extra": row.get("extra")}
+
+
+def describe_change(old: dict | None, new: dict | None) -> str:
+    """What changed between two rows, for a log line: ``label 'a' -> 'b'; tags [...] -> []``
+    (values cut at 60 characters)."""
+    old, new = old or {}, new or {}
+
+    def shown(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    parts = [f"{name} {shown(old.get(name))} -> {shown(new.get(name))}"
+             for name in ("label", "tags", "extra") if old.get(name) != new.get(name)]
+    return "; ".join(parts) or "unchanged"

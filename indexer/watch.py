@@ -18,6 +18,13 @@ deleted: against its state, imgsearch/watchstate.py), then it follows file-syste
   start's catch-up sees what its rows lack; a batch's paths are recorded (committed) before
   its documents, so that a document it stored for a file deleted or changed again before the
   next try is found by its path and deleted (imgsearch/watchstate.py, intents);
+- with ``--metadata``, the sidecar is followed too: when it is edited, replaced (a rename
+  over it) or deleted, it is read again once quiet (the same quiet period), and the
+  documents whose rows changed get their ``label``, ``tags`` and ``extra`` as indexing them
+  afresh would write them (partial updates, no embedding; a removed row clears them), each
+  change logged. A sidecar that cannot be parsed is logged and the one before it kept. The
+  rows applied are kept in the state with the file's digest, so a start applies the rows
+  changed while the watcher was not running (:meth:`Watcher.sync_sidecar`);
 - SIGTERM or Ctrl-C: exit 0 at once, *abandoning* the batch in flight (its writes already made
   stay; its rows are not written, so the next start takes it again, and what was stored is not
   embedded twice). Finishing it instead could take minutes of embedding, past the 10 s a
@@ -30,6 +37,7 @@ match); 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import threading
@@ -55,7 +63,14 @@ from imgsearch.walk import walk_files
 from imgsearch.watchstate import NO_IMAGE, FileRow, WatchState
 
 from . import cli
-from .sidecar import load_sidecar
+from .sidecar import (
+    SidecarError,
+    changed_rows,
+    describe_change,
+    metadata_fields,
+    parse_sidecar,
+    read_sidecar,
+)
 
 log = logging.getLogger("indexer.watch")
 
@@ -71,6 +86,12 @@ CATCH_UP_PART = 5000
 CHANGES = {"created", "modified", "moved", "deleted", "closed"}
 # Where watchdog says that the kernel dropped events (it tells no handler).
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+# Sidecar rows a change logs one by one; beyond, a count (an edit of a whole column would
+# otherwise log every row of the file).
+ROWS_LOGGED = 20
+# Documents of one request of metadata updates (a mget, then a bulk of partial updates of
+# ~200 B each): the pipeline's bulk requests carry about as many bytes.
+METADATA_CHUNK = 1000
 
 
 @dataclass
@@ -153,6 +174,22 @@ class _Marker(FileSystemEventHandler):
             self.watcher.mark(Path(os.fsdecode(event.dest_path)))
 
 
+class _SidecarMarker(FileSystemEventHandler):
+    """Events of the sidecar's folder that touch the sidecar itself (written, replaced by a
+    rename over it, deleted): it is marked to be read again."""
+
+    def __init__(self, watcher: Watcher):
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in CHANGES or event.is_directory:
+            return
+        paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "")
+                                                           or "")}
+        if str(self.watcher.metadata) in paths:
+            self.watcher.mark_sidecar()
+
+
 class _Overflow(logging.Handler):
     """The kernel's event queue overflowed (a burst beyond fs.inotify.max_queued_events,
     16,384 by default): events were lost, and watchdog only logs it. Heard here, it marks the
@@ -176,12 +213,21 @@ class Watcher:
 
     def __init__(self, root: Path, *, settings: Settings, embedder: ImageModel,
                  store: ImageStore, sidecar: dict[str, dict] | None = None,
+                 metadata: Path | None = None, metadata_digest: str | None = None,
                  workers: int | None = None, progress: bool = False,
                  skip_near_duplicates: bool = False):
         # Normalised but not resolved, like the indexer's: documents keep the user's path.
         self.root = Path(os.path.abspath(root))
         self.settings, self.embedder, self.store = settings, embedder, store
         self.sidecar = sidecar or {}
+        # The sidecar file followed (``--metadata``), and the sha256 of the bytes ``sidecar``
+        # was parsed from; without it, ``sidecar`` is what new documents get, never re-read.
+        self.metadata = Path(os.path.abspath(metadata)) if metadata else None
+        if self.metadata is not None and metadata_digest is None:  # not read by the caller
+            self.sidecar, metadata_digest = read_sidecar(self.metadata)
+        self._metadata_digest = metadata_digest
+        self._sidecar_marked = False
+        self._sidecar_pending: Pending | None = None
         self.workers, self.progress = workers, progress
         self.skip_near = settings.duplicate_threshold if skip_near_duplicates else None
         self.quiet = settings.watch_quiet
@@ -190,6 +236,7 @@ class Watcher:
         self.state: WatchState | None = None
         self.caught_up = threading.Event()
         self.waits = 0  # times it waited for Elasticsearch
+        self.metadata_updated = 0  # documents given the metadata of a changed sidecar row
         self._marked: set[Path] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -215,6 +262,11 @@ class Watcher:
         # No wake-up: the loop looks every TICK. Waking it on each event would stat every
         # pending path once per event, quadratic in a burst of thousands.
 
+    def mark_sidecar(self) -> None:
+        """The sidecar file was written, replaced or deleted (any thread)."""
+        with self._lock:
+            self._sidecar_marked = True
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -232,6 +284,8 @@ class Watcher:
         that happens during the catch-up is missed."""
         observer = Observer()
         observer.schedule(_Marker(self), str(self.root), recursive=True)
+        if self.metadata is not None:  # its folder, not the file: a rename over it is seen
+            observer.schedule(_SidecarMarker(self), str(self.metadata.parent), recursive=False)
         overflow = _Overflow(self)
         logging.getLogger(INOTIFY_LOGGER).addHandler(overflow)
         try:
@@ -293,6 +347,9 @@ class Watcher:
         if gone:  # last: a file moved while stopped is found at its new path first
             self._until_written(f"{len(gone)} files gone",
                                 lambda: self.apply({}, [self.root / r for r in gone]))
+        if self.metadata is not None:  # after the files: every row's file has its row now
+            self._until_written("the metadata file's rows",
+                                lambda: self.sync_sidecar(self.sidecar, self._metadata_digest))
         log.info("caught up in %.1fs", time.perf_counter() - started)
         self.caught_up.set()
 
@@ -302,10 +359,12 @@ class Watcher:
         while not self._stop.is_set():
             self._wake.wait(TICK)
             self._wake.clear()
-            ready = self._ready(time.monotonic())
-            if not ready:
+            now = time.monotonic()
+            ready = self._ready(now)
+            sidecar_due = self._sidecar_ready(now)
+            if not ready and not sidecar_due:
                 continue
-            if not self._root_here():
+            if ready and not self._root_here():
                 # Unmounted looks like deleted: never take that as every file deleted.
                 raise FolderGone(
                     f"the watched folder {self.root} is gone (deleted, or its disk unmounted); "
@@ -315,7 +374,10 @@ class Watcher:
             gone = [p for p, st in ready.items() if st is None]
             try:
                 self._follow_alias()
-                self.apply(files, gone)
+                if ready:
+                    self.apply(files, gone)
+                if sidecar_due:
+                    self.reload_sidecar()
             except StoreError as exc:
                 if not transient(exc):
                     raise
@@ -332,6 +394,8 @@ class Watcher:
             delays = iter(())
             for p in ready:
                 self._pending.pop(p, None)
+            if sidecar_due:
+                self._sidecar_pending = None
 
     def _delays(self) -> Iterator[float]:
         """The waits between tries while Elasticsearch is away: the writes' doubling delays
@@ -408,6 +472,21 @@ class Watcher:
         if ready and unsettled and now - oldest_ready < self.quiet:
             return {}
         return ready
+
+    def _sidecar_ready(self, now: float) -> bool:
+        """Whether the sidecar, marked by an event, has been quiet for the quiet period (what
+        is there, or nothing, unchanged): the debounce of the files, for one path."""
+        with self._lock:
+            marked, self._sidecar_marked = self._sidecar_marked, False
+        if marked and self._sidecar_pending is None:
+            self._sidecar_pending = Pending()
+        entry = self._sidecar_pending
+        if entry is None:
+            return False
+        seen = stamp_of(self.metadata)
+        if seen != entry.stamp:
+            entry.stamp, entry.since = seen, now
+        return now - entry.since >= self.quiet
 
     def _expand(self, path: Path) -> list[Path]:
         """A dirty path as the files it stands for: a folder's files on disk and the rows
@@ -514,6 +593,92 @@ class Watcher:
         moved = self.store.update_many(moves, self.target.index) if moves else 0
         return deleted, moved
 
+    # -- the metadata sidecar -----------------------------------------------------------------
+
+    def reload_sidecar(self) -> None:
+        """Read the sidecar again (it changed) and apply the rows that differ from those in
+        force: a file that cannot be parsed is logged and the rows in force kept (read again
+        at its next change); a file gone is a sidecar without rows. Raises StoreError (the
+        rows in force unchanged) when Elasticsearch fails, to be tried again."""
+        try:
+            data = self.metadata.read_bytes()
+        except FileNotFoundError:
+            log.warning("metadata file %s deleted: the documents of its %d rows get the "
+                        "metadata of a file without one", self.metadata, len(self.sidecar))
+            table, digest = {}, ""
+        except OSError as exc:
+            log.error("metadata file %s cannot be read (%s): keeping the %d rows read before",
+                      self.metadata, exc.strerror, len(self.sidecar))
+            return
+        else:
+            try:
+                table = parse_sidecar(self.metadata, data)
+            except SidecarError as exc:
+                log.error("metadata file %s not applied: %s; keeping the %d rows read before "
+                          "(fix it and save it again)", self.metadata, exc, len(self.sidecar))
+                return
+            digest = hashlib.sha256(data).hexdigest()
+        self.sync_sidecar(table, digest)
+
+    def sync_sidecar(self, table: dict[str, dict], digest: str) -> int:
+        """Make ``table`` (parsed from bytes of sha256 ``digest``) the rows in force: the
+        documents of the rows that differ from those last applied (the state's; all of them
+        when the state has none) are updated, then the state remembers ``table``. How many
+        documents were updated."""
+        # The rows applied last (a start after no change, a file saved again unchanged).
+        if self.state.sidecar_digest() == digest:
+            self.sidecar, self._metadata_digest = table, digest
+            return 0
+        recorded = self.state.sidecar()
+        changed = changed_rows(recorded or {}, table)
+        updated = self.apply_metadata(changed) if changed else 0
+        self.metadata_updated += updated
+        if changed:
+            shown = list(changed.items())[:ROWS_LOGGED]
+            for rel, row in shown:
+                before = (recorded or {}).get(rel)
+                what = ("row removed: " if row is None else "row added: " if before is None
+                        else "") + describe_change(before, row)
+                log.info("metadata %s: %s", rel, what)
+            if len(changed) > len(shown):
+                log.info("metadata: %d more rows changed", len(changed) - len(shown))
+            log.info("metadata file %s: %d rows changed%s, %d documents updated",
+                     self.metadata, len(changed),
+                     " (no rows applied before: every row)" if recorded is None else "",
+                     updated)
+        self.state.record_sidecar(digest, table)  # after the documents: a kill redoes it
+        self.sidecar, self._metadata_digest = table, digest
+        return updated
+
+    def apply_metadata(self, rows: dict[str, dict | None]) -> int:
+        """Give the documents of the files at ``rows``' paths (relative to the root; None: no
+        row any more) the metadata fields their row says (indexer/sidecar.py
+        ``metadata_fields``), in partial updates: no embedding. A document takes the row of
+        its own ``rel_path`` (the same bytes at two paths are one document, of the path it was
+        indexed from); documents of another root are that root's. The one place where the
+        sidecar is written over documents already indexed. How many documents were updated;
+        StoreError when Elasticsearch fails."""
+        known = self.state.rows(list(rows))
+        wanted = sorted({row.content_hash for row in known.values()} - {NO_IMAGE})
+        updated = 0
+        for i in range(0, len(wanted), METADATA_CHUNK):
+            stored = self.store.indexed_sources(wanted[i:i + METADATA_CHUNK],
+                                                ["root", "rel_path", "extra"],
+                                                self.target.index)
+            updates, first = {}, {}
+            for doc_id, source in stored.items():
+                rel = source.get("rel_path")
+                if source.get("root") != str(self.root) or rel not in rows:
+                    continue
+                updates[doc_id] = fields = metadata_fields(rel, rows[rel])
+                # A partial update merges objects: columns gone from the row would stay.
+                if isinstance(fields["extra"], dict) and set(source.get("extra") or ()) - set(
+                        fields["extra"]):
+                    first[doc_id] = {"extra": None}
+            updated += self.store.update_many(updates, self.target.index, first=first,
+                                              what="metadata update")
+        return updated
+
 
 # -- the command ----------------------------------------------------------------------------
 
@@ -549,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
 def watch_command(args: argparse.Namespace, settings: Settings) -> int:
     if not args.folder.is_dir():
         raise cli.UsageError(f"{args.folder} is not a folder")
-    sidecar = load_sidecar(args.metadata) if args.metadata else None
+    sidecar, digest = read_sidecar(args.metadata) if args.metadata else (None, None)
 
     from imgsearch.embedder import Embedder
 
@@ -560,6 +725,7 @@ def watch_command(args: argparse.Namespace, settings: Settings) -> int:
                  embedder.runtime)
         watcher = Watcher(args.folder, settings=settings, embedder=embedder,
                           store=ImageStore.from_settings(settings), sidecar=sidecar,
+                          metadata=args.metadata, metadata_digest=digest,
                           workers=args.workers, progress=not args.no_progress,
                           skip_near_duplicates=args.skip_near_duplicates)
         watcher.run()

@@ -32,7 +32,9 @@ MAPPING = ROOT / "es_mappings" / "images.json"
 
 ES_IMAGE = f"docker.elastic.co/elasticsearch/elasticsearch:{ES_VERSION}"
 KIBANA_IMAGE = f"docker.elastic.co/kibana/kibana:{ES_VERSION}"
-APP_SERVICES = ("webapp", "indexer", "watch")
+APP_SERVICES = ("webapp", "indexer", "watch", "backup")
+# The services that connect as the app's own user (the backup service has a user of its own).
+APP_USER_SERVICES = ("webapp", "indexer", "watch")
 # Defaults that are wrong inside a container (loopback addresses, paths of a checkout): the
 # image or the service must set these whatever Settings says.
 MUST_SET_IN_CONTAINER = (
@@ -237,7 +239,7 @@ def container_env(service: dict, stages) -> dict[str, str]:
 
 def test_compose_parses_and_has_the_services(raw_compose):
     assert set(raw_compose["services"]) == {"elasticsearch", "setup", "kibana", "webapp",
-                                            "indexer", "watch"}
+                                            "indexer", "watch", "backup"}
     assert set(raw_compose["volumes"]) >= {"esdata", "thumbnails"}
 
 
@@ -305,8 +307,12 @@ def test_webapp_binds_all_interfaces_in_its_container(services, stages):
 def test_app_talks_to_the_compose_elasticsearch_as_its_own_user(services, service_name):
     env = services[service_name]["environment"]
     assert env["ES_URL"] == "http://elasticsearch:9200"
-    assert env["ES_USERNAME"] == "imgsearch"
-    assert env["ES_PASSWORD"] == "test-app_es_password"
+    if service_name in APP_USER_SERVICES:
+        assert env["ES_USERNAME"] == "imgsearch"
+        assert env["ES_PASSWORD"] == "test-app_es_password"
+    else:
+        assert env["ES_USERNAME"] == "imgsearch_backup"
+        assert env["ES_PASSWORD"] == "test-backup_es_password"
     assert env["ES_INDEX"] == "images"
     assert env["ES_CA_CERTS"] == ""  # TLS off in the compose network; Settings reads "" as None
 
@@ -366,24 +372,40 @@ def test_elasticsearch_data_is_a_named_volume(raw_compose, services):
 
 def test_backups_go_to_a_host_folder_in_elasticsearchs_path_repo(raw_compose, services,
                                                                  stages, env_example):
-    """Elasticsearch writes snapshots only under path.repo, and the indexer's backup verb must
+    """Elasticsearch writes snapshots only under path.repo, and the backup service's verbs must
     see the folder where Elasticsearch does (imgsearch/snapshots.py): one host folder, the same
     path in both; a bind mount, since backups must outlive `docker compose down -v`."""
     es = services["elasticsearch"]
     assert es["environment"]["path.repo"] == "/backups"
     backups = f"${{BACKUPS_DIR:-{env_example['BACKUPS_DIR']}}}:/backups"
     assert backups in raw_compose["services"]["elasticsearch"]["volumes"]
-    assert backups in raw_compose["services"]["indexer"]["volumes"]
-    sources = {s for name in ("elasticsearch", "indexer")
+    assert backups in raw_compose["services"]["backup"]["volumes"]
+    sources = {s for name in ("elasticsearch", "backup")
                for s, t, _ in map(split_volume, services[name]["volumes"]) if t == "/backups"}
     assert sources == {env_example["BACKUPS_DIR"]}
     assert sources.pop().startswith(("./", "/")), "a host folder, not a named volume"
-    assert container_env(services["indexer"], stages)["IMGSEARCH_BACKUP_DIR"] == "/backups"
-    # The web app neither backs up nor restores: it does without the folder.
-    assert not any(t == "/backups" for _, t, _ in map(split_volume,
-                                                      services["webapp"]["volumes"]))
-    # The indexer keeps every mount the web app has, beside the backups.
-    assert set(services["webapp"]["volumes"]) < set(services["indexer"]["volumes"])
+    assert container_env(services["backup"], stages)["IMGSEARCH_BACKUP_DIR"] == "/backups"
+    # Only the backup service backs up and restores: no other app service has the folder.
+    for name in APP_USER_SERVICES:
+        assert not any(t == "/backups" for _, t, _ in map(split_volume,
+                                                          services[name]["volumes"])), name
+    # What a backup copies beside its snapshot and a restore copies back: the web app's
+    # thumbnails and uploads volumes, at the same paths.
+    webapp_env, backup_env = (container_env(services[n], stages) for n in ("webapp", "backup"))
+    mounts = {t: s for s, t, _ in map(split_volume, services["backup"]["volumes"])}
+    webapp_mounts = {t: s for s, t, _ in map(split_volume, services["webapp"]["volumes"])}
+    for variable in ("IMGSEARCH_THUMBNAIL_DIR", "IMGSEARCH_UPLOAD_DIR"):
+        assert backup_env[variable] == webapp_env[variable]
+        assert mounts[backup_env[variable]] == webapp_mounts[webapp_env[variable]]
+
+
+def test_backup_is_a_profile_running_the_backup_verb(services):
+    backup, indexer = services["backup"], services["indexer"]
+    assert backup["profiles"] == ["backup"]
+    assert backup["image"] == indexer["image"] and backup["build"] == indexer["build"]
+    argv = as_list(backup.get("entrypoint")) + as_list(backup.get("command"))
+    assert argv == ["python", "-m", "indexer", "backup"]  # `run --rm backup restore` restores
+    assert backup["restart"] == "no"
 
 
 def test_thumbnail_store_is_one_named_volume_at_the_configured_path(raw_compose, services,
@@ -458,7 +480,7 @@ def test_start_order(services):
         return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
 
     assert conditions("setup") == {"elasticsearch": "service_healthy"}
-    for name in ("kibana", "webapp", "indexer", "watch"):
+    for name in ("kibana", "webapp", "indexer", "watch", "backup"):
         assert conditions(name) == {"elasticsearch": "service_healthy",
                                     "setup": "service_completed_successfully"}
 
@@ -499,6 +521,40 @@ def test_setup_creates_the_users_the_services_use(raw_compose, services):
     assert '\\"names\\":[\\"$ES_INDEX\\",\\"$ES_INDEX-*\\"]' in script
     assert services["setup"]["environment"]["ES_INDEX"] == services["webapp"]["environment"][
         "ES_INDEX"]
+
+
+def setup_roles(raw_compose) -> dict[str, dict]:
+    """The roles the setup script PUTs, as Elasticsearch receives them (``$ES_INDEX`` left as
+    it is): ``{name: body}``."""
+    script = interpolate(_setup_script(raw_compose), {})
+    found = re.findall(r'/_security/role/(\w+) \\\n\s+"(.*)"\n', script)
+    return {name: json.loads(body.replace('\\"', '"')) for name, body in found}
+
+
+def test_setup_creates_the_backup_role_and_user(raw_compose, services):
+    """The backup service's user has a role of exactly what `backup` and `restore` call
+    (imgsearch/snapshots.py; each privilege checked necessary against a node with security
+    on: docs/DOCKER.md, "Backups"): no `manage` or `all`, no document writes, the app's
+    indices only."""
+    roles = setup_roles(raw_compose)
+    assert set(roles) == {"imgsearch_app", "imgsearch_backup"}
+    role = roles["imgsearch_backup"]
+    assert role["cluster"] == ["monitor", "create_snapshot", "cluster:admin/repository/put",
+                               "cluster:admin/snapshot/delete",
+                               "cluster:admin/snapshot/restore"]
+    (indices,) = role["indices"]
+    assert indices["names"] == ["$ES_INDEX", "$ES_INDEX-*"]  # the keys and decisions too
+    assert indices["privileges"] == ["read", "view_index_metadata", "maintenance",
+                                     "indices:admin/close", "indices:admin/aliases"]
+    # The app's role, by contrast, may not snapshot or restore.
+    assert roles["imgsearch_app"]["cluster"] == ["monitor"]
+    script = interpolate(_setup_script(raw_compose), {})
+    user = services["backup"]["environment"]["ES_USERNAME"]
+    assert f"/_security/user/{user} " in script
+    assert '\\"roles\\":[\\"imgsearch_backup\\"]' in script
+    assert 'check_password BACKUP_ES_PASSWORD "$BACKUP_ES_PASSWORD"' in script
+    assert (services["setup"]["environment"]["BACKUP_ES_PASSWORD"]
+            == services["backup"]["environment"]["ES_PASSWORD"])
 
 
 def test_credentials_never_reach_commands_or_logs(raw_compose):

@@ -7,6 +7,7 @@ Every wait is a bounded poll of the index, never a fixed sleep taken as an asser
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -420,14 +421,15 @@ def test_elasticsearch_away_loses_no_event(fault_node, watch_dir, spare, watch_s
         assert len(documents(store)) == 14
 
 
-def _watch_process(root: Path, settings, state_dir: Path, log: Path) -> subprocess.Popen:
+def _watch_process(root: Path, settings, state_dir: Path, log: Path,
+                   *args: str) -> subprocess.Popen:
     env = dict(os.environ, ES_URL=settings.es_url, ES_INDEX=settings.es_index,
                IMGSEARCH_THUMBNAIL_DIR=str(settings.thumbnail_dir),
                IMGSEARCH_WATCH_STATE_DIR=str(state_dir), IMGSEARCH_WATCH_QUIET=str(QUIET),
                IMGSEARCH_BATCH_SIZE="4", PYTHONPATH=str(PROJECT))
     with log.open("a") as out:  # a file, not a pipe: read while it runs, and never full
         return subprocess.Popen([sys.executable, "-m", "indexer", "watch", str(root),
-                                 "--no-progress"], env=env, cwd=PROJECT,
+                                 "--no-progress", *args], env=env, cwd=PROJECT,
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
@@ -481,3 +483,117 @@ def test_kill_9_then_the_next_start_catches_up(watch_dir, spare, watch_settings,
             proc.kill()
     assert proc.returncode == 0, _tail(log)
     assert "stopped" in log.read_text()
+
+
+# -- the metadata sidecar -------------------------------------------------------------------
+
+
+def _metadata(store: ImageStore) -> dict[str, dict]:
+    """rel_path -> the metadata fields of its document (after a refresh)."""
+    store.refresh()
+    hits = store.es.search(index=store.alias, size=1000, source=[
+        "rel_path", "label", "tags", "extra"]).body["hits"]["hits"]
+    return {h["_source"]["rel_path"]: {k: v for k, v in h["_source"].items()
+                                       if k != "rel_path" and v is not None} for h in hits}
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` as editors and tools that save atomically do: a new file renamed over it."""
+    fresh = path.with_name(f".{path.name}.new")
+    fresh.write_text(text)
+    os.replace(fresh, path)
+
+
+def test_an_edited_sidecar_is_applied_and_a_broken_one_is_kept_out(
+        watch_dir, watch_settings, store, tmp_path):
+    """``watch --metadata``, a process of its own: a row edited in place, a broken file put over
+    it (logged; the rows before kept; still running), a fixed one that removes a row and adds
+    one, the file deleted: the documents follow each, without being embedded again."""
+    hat = sorted(p.relative_to(watch_dir).as_posix() for p in (watch_dir / "hat").glob("*"))[0]
+    dress = sorted(p.relative_to(watch_dir).as_posix()
+                   for p in (watch_dir / "dress").glob("*"))[0]
+    sidecar = tmp_path / "labels.csv"  # outside the folder: its own folder is watched
+    sidecar.write_text(f"path,label,tags,colour\n{hat},cap,wool;winter,red\n")
+    log = tmp_path / "watch.log"
+    proc = _watch_process(watch_dir, watch_settings, watch_settings.watch_state_dir, log,
+                          "--metadata", str(sidecar))
+    try:
+        wait_for("the first catch-up", lambda: len(documents(store)) == 10
+                 or proc.poll() is not None, 120, log)
+        assert _metadata(store)[hat] == {"label": "cap", "tags": ["wool", "winter"],
+                                         "extra": {"colour": "red"}}
+        ids = set(documents(store))
+
+        started = time.monotonic()
+        sidecar.write_text(f"path,label,tags,size\n{hat},beanie,wool,M\n")  # in place
+        wait_for("the edited row", lambda: _metadata(store)[hat].get("label") == "beanie",
+                 10, log)
+        print(f"edited row applied after {time.monotonic() - started:.2f}s")
+        # Every field replaced: the extra column gone is gone, not merged.
+        assert _metadata(store)[hat] == {"label": "beanie", "tags": ["wool"],
+                                         "extra": {"size": "M"}}
+
+        _replace(sidecar, f"file_name,label\n{hat},broken\n")  # no path column
+        wait_for("the broken file logged", lambda: "not applied" in log.read_text(), 10, log)
+        assert proc.poll() is None, _tail(log)
+        assert _metadata(store)[hat]["label"] == "beanie"
+
+        _replace(sidecar, f"path,label\n{dress},gown\n")  # the hat row removed
+        wait_for("the fixed file", lambda: _metadata(store)[dress].get("label") == "gown",
+                 10, log)
+        assert _metadata(store)[hat] == {"label": "hat", "tags": []}  # the folder's label
+        sidecar.unlink()
+        wait_for("the file deleted", lambda: _metadata(store)[dress].get("label") == "dress",
+                 10, log)
+        assert set(documents(store)) == ids and proc.poll() is None
+        text = log.read_text()
+        assert f"metadata {hat}: label 'cap' -> 'beanie'" in text
+        assert f"metadata {hat}: row removed" in text and "deleted" in text
+        assert "batch of" not in text.split("caught up")[1]  # no file was read again
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, _tail(log)
+
+
+def test_rows_changed_while_stopped_are_applied_by_the_next_start(
+        watch_dir, watch_settings, embedder, store):
+    """The folder indexed without metadata, then watched with a sidecar lying inside it: the
+    first start applies every row (its state had none); rows edited, added and removed while
+    it was stopped are applied by the next start, nothing embedded again; a start after no
+    change updates nothing."""
+    from indexer.index import index_folder
+
+    index_folder(watch_dir, settings=watch_settings, embedder=embedder, store=store,
+                 progress=False)
+    rels = sorted(hashes_of(watch_dir))
+    sidecar = watch_dir / "labels.jsonl"
+    rows = [{"path": rels[0], "label": "one", "tags": ["a"]},
+            {"path": rels[1], "label": "two", "note": "x"}]
+    sidecar.write_text("".join(f"{json.dumps(r)}\n" for r in rows))
+
+    def start() -> Watcher:
+        watcher = Watcher(watch_dir, settings=watch_settings, embedder=embedder, store=store,
+                          metadata=sidecar)
+        watcher.open()
+        watcher.catch_up()
+        watcher.state.close()
+        return watcher
+
+    first = start()
+    assert first.metadata_updated == 2 and sum(b.indexed for b in first.batches) == 0
+    meta = _metadata(store)
+    assert meta[rels[0]] == {"label": "one", "tags": ["a"]}
+    assert meta[rels[1]] == {"label": "two", "tags": [], "extra": {"note": "x"}}
+
+    rows = [{"path": rels[1], "label": "deux"}, {"path": rels[2], "tags": "p;q"}]
+    sidecar.write_text("".join(f"{json.dumps(r)}\n" for r in rows))
+    second = start()
+    assert second.metadata_updated == 3 and not any(b.indexed for b in second.batches)
+    meta = _metadata(store)
+    assert meta[rels[0]] == {"label": Path(rels[0]).parent.name, "tags": []}
+    assert meta[rels[1]] == {"label": "deux", "tags": []}
+    assert meta[rels[2]] == {"label": Path(rels[2]).parent.name, "tags": ["p", "q"]}
+    assert start().metadata_updated == 0
