@@ -52,9 +52,11 @@ from tqdm import tqdm
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from imgsearch.decisions import Decisions
 from imgsearch.errors import Unavailable
 from imgsearch.esclient import RETRY_STATUSES
 from imgsearch.indexing import INTERRUPTED, Target, prepare, run_partition
+from imgsearch.metadata import with_decision
 from imgsearch.model import ImageModel
 from imgsearch.pipeline import moved_from, now_iso, relocated_fields
 from imgsearch.settings import Settings, retry_delays
@@ -237,6 +239,9 @@ class Watcher:
         self.caught_up = threading.Event()
         self.waits = 0  # times it waited for Elasticsearch
         self.metadata_updated = 0  # documents given the metadata of a changed sidecar row
+        # People's metadata changes through the API, which a sidecar's rows do not undo.
+        self.decisions = Decisions(store.es, settings.image_decisions_index,
+                                   read=store.read_retrying)
         self._marked: set[Path] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -666,11 +671,20 @@ class Watcher:
                                                 ["root", "rel_path", "extra"],
                                                 self.target.index)
             updates, first = {}, {}
+            decided = self.decisions.metadata(stored)
             for doc_id, source in stored.items():
                 rel = source.get("rel_path")
                 if source.get("root") != str(self.root) or rel not in rows:
                     continue
-                updates[doc_id] = fields = metadata_fields(rel, rows[rel])
+                fields = metadata_fields(rel, rows[rel])
+                decision = decided.get(doc_id)
+                if decision is not None:  # a person's change through the API holds, unless
+                    # the sidecar now says something else than what it replaced
+                    # (imgsearch/metadata.py with_decision)
+                    doc = with_decision(dict(fields), rows[rel] or {}, decision.fields or {},
+                                        decision.replaced or {})
+                    fields = {name: doc.get(name) for name in fields}
+                updates[doc_id] = fields
                 # A partial update merges objects: columns gone from the row would stay.
                 if isinstance(fields["extra"], dict) and set(source.get("extra") or ()) - set(
                         fields["extra"]):

@@ -597,3 +597,34 @@ def test_rows_changed_while_stopped_are_applied_by_the_next_start(
     assert meta[rels[1]] == {"label": "deux", "tags": []}
     assert meta[rels[2]] == {"label": Path(rels[2]).parent.name, "tags": ["p", "q"]}
     assert start().metadata_updated == 0
+
+
+def test_a_persons_label_holds_against_sidecar_rows_that_do_not_answer_it(
+        watch_dir, watch_settings, embedder, store):
+    """A label set through the API (a metadata decision, imgsearch/decisions.py) survives the
+    watcher's applying a changed sidecar whose row for that photo says nothing new about the
+    label (its tags changed); a row that states another label than the one the person
+    replaced wins (imgsearch/metadata.py with_decision)."""
+    from indexer.index import index_folder
+
+    index_folder(watch_dir, settings=watch_settings, embedder=embedder, store=store,
+                 progress=False)
+    hashes = hashes_of(watch_dir)
+    rel = sorted(hashes)[0]
+    folder = Path(rel).parent.name
+    decisions = Decisions(store.es, watch_settings.image_decisions_index)
+    decisions.set_metadata(hashes[rel], {"label": "gown"}, {"label": folder})
+    store.update_many({hashes[rel]: {"label": "gown"}}, store.indices.current_index())
+    sidecar = watch_dir / "labels.jsonl"
+    sidecar.write_text(json.dumps({"path": rel, "tags": ["silk"]}) + "\n")
+    watcher = Watcher(watch_dir, settings=watch_settings, embedder=embedder, store=store,
+                      metadata=sidecar)
+    watcher.open()
+    try:
+        watcher.catch_up()  # the sidecar's rows applied: the tags, not the label
+        assert watcher.metadata_updated == 1
+        assert _metadata(store)[rel] == {"label": "gown", "tags": ["silk"]}
+        watcher.sync_sidecar({rel: {"label": "evening", "tags": ["silk"]}}, "two")
+        assert _metadata(store)[rel] == {"label": "evening", "tags": ["silk"]}
+    finally:
+        watcher.state.close()
