@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from bench.machine import cpu_line
 from imgsearch.images import content_hash
+from imgsearch.pairs import NUM_CANDIDATES
 
 THRESHOLDS = (0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.98)
 
@@ -136,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--without-pairs", action="store_true",
                    help="also index the same photos with the pairs hook off, for the "
                    "indexing overhead of the kept pairs")
+    p.add_argument("--pair-candidates", type=int, nargs="*", default=[],
+                   help="also rebuild the kept pairs with these HNSW candidate counts (the "
+                   f"product's: {NUM_CANDIDATES}) and compare their groups with the "
+                   "exhaustive ones")
     args = p.parse_args(argv)
 
     from imgsearch.localnode import scratch_dir, throwaway_node
@@ -277,7 +282,7 @@ def timed_pairs():
 def upkeep_figures(args, settings, store, embedder, reports, report, hook_seconds) -> dict:
     """The kept pairs: their cost at indexing and again for every image, their agreement with
     the exhaustive groups, and the API's cost from them."""
-    from imgsearch.pairs import PairFinder, PairState
+    from imgsearch.pairs import DEFAULT_K, PairFinder, PairState
     from imgsearch.store import ImageStore
     from indexer.index import index_folder
     from webapp import create_app
@@ -326,6 +331,29 @@ def upkeep_figures(args, settings, store, embedder, reports, report, hook_second
                      "kept_ms": round(1000 * kept, 1)})
         print(f"| {threshold:.2f} | {body['pairs']} | {body['total_groups']} | {same} | "
               f"{1000 * first:.0f} ({1000 * body['seconds']:.0f}) | {1000 * kept:.0f} |")
+    candidates = []
+    if args.pair_candidates:
+        print("\nThe kept pairs rebuilt with fewer HNSW candidates per image (k = "
+              f"{DEFAULT_K}): do their groups still equal the exhaustive ones?")
+        print("| candidates | ms an image (--rebuild) | pairs | "
+              + " | ".join(f"= exhaustive at {t:.2f}" for t in args.thresholds
+                           if t >= settings.duplicate_floor and t in reports) + " |")
+        for n in args.pair_candidates:
+            state.drop()
+            started = time.perf_counter()
+            again, found = PairFinder(store, index, settings.duplicate_floor,
+                                      num_candidates=n).visit_missing()
+            seconds = time.perf_counter() - started
+            same = {}
+            for threshold in args.thresholds:
+                if threshold >= settings.duplicate_floor and threshold in reports:
+                    kept_groups, _ = finder.groups(threshold)
+                    same[threshold] = {frozenset(c) for c in kept_groups.components} == {
+                        frozenset(m.id for m in g.members) for g in reports[threshold].groups}
+            candidates.append({"candidates": n, "ms_an_image": round(1000 * seconds / again, 2),
+                               "pairs": found, "same_as_exhaustive": same})
+            print(f"| {n} | {1000 * seconds / again:.2f} | {found} | "
+                  + " | ".join(str(v) for v in same.values()) + " |")
     without = None
     if args.without_pairs:
         # The same photos indexed again into an alias of their own with the pairs hook off:
@@ -344,7 +372,7 @@ def upkeep_figures(args, settings, store, embedder, reports, report, hook_second
     return {"floor": settings.duplicate_floor, "pairs": stored, "images": visited,
             "index_seconds": round(report.seconds, 1), "index_seconds_without_pairs": without,
             "index_hook_seconds": round(hook_seconds, 2), "rebuild_seconds": round(rebuild, 2),
-            "rows": rows}
+            "rows": rows, "candidates": candidates}
 
 
 @contextmanager
