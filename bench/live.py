@@ -380,7 +380,7 @@ def _burst(probe: Probe, photos, folder: Path, outside: Path, atomic: bool) -> d
     first, last = min(appeared.values()), max(found.values())
     ids = list(appeared)
     return {"files": len(photos), "arrival_s": round(max(appeared.values()) - first, 3),
-            "all_searchable_s": round(last - first, 3),
+            "all_searchable_s": round(last - first, 4),  # as summary() rounds
             "images_per_s": round(len(photos) / (last - first), 2),
             "per_file_s": summary(per_file), "knn_confirmed": probe.knn_finds(ids)}
 
@@ -572,6 +572,27 @@ def duplicates_figures(server: Server, state: PairState, auth: dict, thresholds,
     return rows
 
 
+def cold_read_figures(state: PairState, decisions_index: str) -> dict:
+    """What the first request after a change reads, timed here piece by piece as
+    imgsearch/duplicates.py reads it: every pair at the floor (one scroll), then the decisions
+    about their images and about each pair (by id, 1,000 a request)."""
+    from imgsearch.decisions import Decisions
+
+    floor = state.info().floor
+    started = time.perf_counter()
+    pairs = state.pairs_at_least(floor)
+    scrolled = time.perf_counter() - started
+    decisions = Decisions(state.es, decisions_index)
+    ids = sorted({i for a, b, _ in pairs for i in (a, b)})
+    started = time.perf_counter()
+    for start in range(0, len(ids), 1000):
+        decisions.hidden(ids[start:start + 1000])
+    for start in range(0, len(pairs), 1000):
+        decisions.distinct([(a, b) for a, b, _ in pairs[start:start + 1000]])
+    return {"pairs": len(pairs), "images": len(ids), "scroll_ms": round(1000 * scrolled, 1),
+            "decisions_ms": round(1000 * (time.perf_counter() - started), 1)}
+
+
 def posts_figures(server: Server, probe: Probe, photos, auth: dict) -> dict:
     """Part 5: each photo added by ``POST /api/images``, then waited for until searchable."""
     latency, searchable, statuses = [], [], {}
@@ -602,8 +623,9 @@ def collection_figures(args, settings: Settings, version: str, photos, work: Pat
     server = Server(settings, work)
     try:
         thresholds = [t for t in args.thresholds if t >= settings.duplicate_floor]
-        out["duplicates"] = duplicates_figures(server, PairState(store.es, index), auth,
-                                               thresholds, args.warm)
+        state = PairState(store.es, index)
+        out["duplicates"] = duplicates_figures(server, state, auth, thresholds, args.warm)
+        out["cold_read"] = cold_read_figures(state, settings.image_decisions_index)
         out["posts"] = posts_figures(server, Probe(store, args.poll), photos, auth)
     finally:
         server.stop()
@@ -703,6 +725,10 @@ def print_table(f: dict) -> None:
               f"change {row['first_ms']:.0f} ms (grouping {row['grouping_ms']:.0f} ms); "
               f"{row['groups']} groups, {row['pairs']} pairs; {row['warm_cached']} of "
               f"{w['n']} from the kept groups |")
+    r = f["cold_read"]
+    print(f"| of a first request: the {r['pairs']} pairs' scroll, then the decisions about "
+          f"them by id ({r['images']} images), timed alone | 1 | | | {r['scroll_ms']:.0f} ms "
+          f"+ {r['decisions_ms']:.0f} ms |")
     posts = f["posts"]
     print(f"| POST /api/images (201), into the {c['vectors']}-vector collection | "
           f"{posts['latency_s']['n']} | {_ms(posts['latency_s'], 'p50')} | "

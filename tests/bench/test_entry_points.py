@@ -566,6 +566,8 @@ def test_live(datasets_dir, settings, monkeypatch, tmp_path, capsys):
         assert row["groups"] > 0 and row["first_ms"] > 0
         assert row["warm_ms"]["n"] == row["warm_cached"] == 3  # one worker: its kept groups
     assert rows[0]["groups"] >= rows[-1]["groups"] and rows[0]["pairs"] > rows[-1]["pairs"]
+    cold = figures_["cold_read"]
+    assert cold["pairs"] == collection["pairs"] and cold["scroll_ms"] > 0
     posts = figures_["posts"]
     assert posts["statuses"] == {"201": 2}
     assert 0 < posts["latency_s"]["p50"] <= posts["searchable_s"]["p50"]
