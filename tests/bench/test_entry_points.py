@@ -571,5 +571,7 @@ def test_live(datasets_dir, settings, monkeypatch, tmp_path, capsys):
     posts = figures_["posts"]
     assert posts["statuses"] == {"201": 2}
     assert 0 < posts["latency_s"]["p50"] <= posts["searchable_s"]["p50"]
-    # Its throwaway indices (images, pairs, keys, decisions) are gone.
-    assert not connect(settings).indices.get(index="bench-live-*", allow_no_indices=True).body
+    # Its throwaway indices (images, pairs, keys, decisions) are gone; ES_INDEX never made.
+    es = connect(settings)
+    for made in ("bench-live-*", f"{os.environ['ES_INDEX']}*"):
+        assert not es.indices.get(index=made, allow_no_indices=True).body, made
