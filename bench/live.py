@@ -507,7 +507,7 @@ class Server:
             try:
                 if self.request("GET", "/healthz", fresh=True)[1] == 200:
                     break
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not listening yet, or restarting
                 pass
             if self.child.proc.poll() is not None or time.monotonic() > deadline:
                 self.child.stop()
