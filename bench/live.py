@@ -283,8 +283,8 @@ def watcher_figures(args, settings: Settings, indexer_settings: Settings, photos
                     child_env(settings), work / "watch.log")
     out: dict = {}
     try:
-        model = watcher.wait_for_line("model ", START_TIMEOUT)
-        out["model"] = model.split("model ", 1)[1].strip()
+        model = watcher.wait_for_line("indexer.watch: model ", START_TIMEOUT)
+        out["model"] = model.split("indexer.watch: model ", 1)[1].strip()
         watcher.wait_for_line("caught up in", START_TIMEOUT)
         probe.single(warm[0][2], time.perf_counter())
         out["singles"] = {"atomic": _singles(probe, singles_a, folders["singles-atomic"],
