@@ -183,11 +183,13 @@ class Child:
             time.sleep(0.2)
         raise SystemExit(f"{self.log.name}: no {text!r} within {timeout:.0f} s:\n{self.tail()}")
 
-    def batches(self) -> list[int]:
-        """The paths of each batch the watcher logged so far."""
-        return [int(line.split("batch of ", 1)[1].split()[0])
+    def batches(self) -> list[tuple[int, float]]:
+        """``(paths, seconds)`` of each batch the watcher logged so far (``batch of N paths:
+        ... (S s)``)."""
+        return [(int(line.split("batch of ", 1)[1].split()[0]),
+                 float(line.rsplit("(", 1)[1].rstrip("s)")))
                 for line in self.log.read_text(errors="replace").splitlines()
-                if "batch of " in line]
+                if "indexer.watch: batch of " in line]
 
     def stop(self) -> int:
         """SIGTERM (the product's clean stop), SIGKILL after 60 s; the exit status."""
@@ -298,7 +300,10 @@ def watcher_figures(args, settings: Settings, indexer_settings: Settings, photos
             out["burst"][kind] = _burst(probe, photos_of, folders[f"burst-{kind}"], outside,
                                         atomic=atomic)
             told += len(photos_of)
-            out["burst"][kind]["batches"] = _told(watcher, told)[before:]
+            batches = _told(watcher, told)[before:]
+            out["burst"][kind]["batches"] = [paths for paths, _ in batches]
+            # The watcher's own time for them (reading to rows written; no quiet period).
+            out["burst"][kind]["batch_s"] = round(sum(s for _, s in batches), 1)
     finally:
         status = watcher.stop()
     if status != 0:
@@ -311,13 +316,15 @@ def watcher_figures(args, settings: Settings, indexer_settings: Settings, photos
     return out
 
 
-def _told(watcher: Child, paths: int) -> list[int]:
+def _told(watcher: Child, paths: int) -> list[tuple[int, float]]:
     """The watcher's batches once they add up to ``paths``: a batch's log line follows its
     documents, so the last one found may not be logged yet."""
     deadline = time.monotonic() + 30
-    while sum(batches := watcher.batches()) < paths and time.monotonic() < deadline:
+    while True:
+        batches = watcher.batches()
+        if sum(n for n, _ in batches) >= paths or time.monotonic() > deadline:
+            return batches
         time.sleep(0.2)
-    return batches
 
 
 def _share(photos, singles: int, burst: int):
@@ -706,7 +713,7 @@ def print_table(f: dict) -> None:
               f"{_ms(b['per_file_s'], 'p50')} | {_ms(b['per_file_s'], 'p95')} | all in "
               f"{b['all_searchable_s']:.1f} s ({b['images_per_s']:.1f} images/s; arrived in "
               f"{b['arrival_s']:.2f} s; kNN finds {b['knn_confirmed']}/{b['files']}; batches "
-              f"{b['batches']}) |")
+              f"{b['batches']}, {b['batch_s']:.1f} s by the watcher's log) |")
     i = f["indexer"]
     print(f"| `python -m indexer` on the atomic burst's photos | {i['images']} | | | "
           f"{i['images_per_s']:.1f} images/s; watcher / indexer = "
