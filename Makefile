@@ -23,7 +23,7 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup venv weights es-fetch es-up es-down es-status index watch search serve demo test lint backup restore \
         finetune quantize quantize-bench bench-int8 bench-api-runtimes bench-regions bench-regions-design bench-cluster bench-duplicates bench-feedback bench-explain bench-finetune bench-quality bench-indexing bench-resize bench-api bench-embedding bench-bf16 \
-        bench-scale bench-scale-1m bench-tags bench-words bench-stages bench-int8-variants
+        bench-scale bench-scale-1m bench-tags bench-words bench-stages bench-int8-variants bench-live
 
 help:
 	@echo "make setup                      venv, ImageNet weights, Elasticsearch distribution"
@@ -39,7 +39,7 @@ help:
 	@echo "make test                       the test suite (starts its own throwaway node)"
 	@echo "make lint                       ruff"
 	@echo "make bench-finetune | bench-quality | bench-indexing | bench-resize | bench-api | bench-embedding"
-	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags | bench-words | bench-stages | bench-int8-variants"
+	@echo "     bench-bf16 | bench-int8 | bench-api-runtimes | bench-regions | bench-cluster | bench-duplicates | bench-feedback | bench-explain | bench-scale | bench-scale-1m | bench-tags | bench-words | bench-stages | bench-int8-variants | bench-live"
 	@echo "     (docs/BENCHMARKS.md; quantize-bench makes the int8 model the runtime tables add)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -180,6 +180,14 @@ bench-stages: venv
 # "int8 as the default?".
 bench-int8-variants: venv weights
 	$(PY) -m bench.int8_variants --dataset $(DATASET)
+
+# A collection that lives: file-to-searchable through the watcher (single files and a burst of
+# 1,000, renamed in and copied in), its rate against the indexer's, the pairs' upkeep a photo,
+# POST /api/images, GET /api/duplicates at 100k synthetic vectors (needs make es-up; ~10 min on
+# a quiet 2-core machine): docs/BENCHMARKS.md, "A collection that lives".
+bench-live: venv
+	mkdir -p var
+	$(PY) -m bench.live --images $(DATASET)/images --json var/bench-live.json
 
 # Relevance feedback: Rocchio weights chosen on the validation split, P@10 after one round of
 # marks on the test split (needs make es-up; ~10 min): docs/BENCHMARKS.md.

@@ -46,7 +46,8 @@ def _cpu_ms(fn, items) -> float:
     return statistics.median(passes)
 
 
-def _process_cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -184,11 +185,11 @@ def _bulk_cost(settings, embedder, items, vectors, root,
                                 indexed_at="2026-12-01T00:00:00")
                     for d, v in zip(items, vectors, strict=True)]
             time.sleep(2)  # let the node settle after creating the index
-            before = _process_cpu_s(node.pid())
+            before = process_cpu_s(node.pid())
             for start in range(0, len(docs), 32):
                 store.bulk_index(docs[start:start + 32], index)
             store.refresh(index)
-            bulk = (_process_cpu_s(node.pid()) - before) * 1000 / len(docs)
+            bulk = (process_cpu_s(node.pid()) - before) * 1000 / len(docs)
             # The kept near-duplicate pairs (imgsearch/pairs.py): each written batch's kNN
             # queries at the floor, as the writer thread sends them after each bulk; then the
             # same with fewer HNSW candidates, and the share of the pairs each still finds.
@@ -199,7 +200,7 @@ def _bulk_cost(settings, embedder, items, vectors, root,
             store.knn_many(list(vectors[:32]), index=index, k=DEFAULT_K + 1,
                            num_candidates=NUM_CANDIDATES, min_cosine=settings.duplicate_floor)
             for candidates in dict.fromkeys((NUM_CANDIDATES, *pair_candidates)):
-                before = _process_cpu_s(node.pid())
+                before = process_cpu_s(node.pid())
                 pairs = set()
                 for start in range(0, len(docs), 32):
                     answers = store.knn_many(
@@ -208,7 +209,7 @@ def _bulk_cost(settings, embedder, items, vectors, root,
                     for doc, hits in zip(docs[start:start + 32], answers, strict=True):
                         pairs |= {tuple(sorted((doc["content_hash"], other)))
                                   for other, _ in hits if other != doc["content_hash"]}
-                costs[candidates] = (_process_cpu_s(node.pid()) - before) * 1000 / len(docs)
+                costs[candidates] = (process_cpu_s(node.pid()) - before) * 1000 / len(docs)
                 found[candidates] = pairs
             reference = found[NUM_CANDIDATES]
             for candidates, cost in costs.items():

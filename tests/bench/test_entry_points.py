@@ -523,3 +523,55 @@ def test_stages(test_split, capsys):
     assert out["stages"]["embed (batch 32, every core)"] > 0
     assert 0 < out["ceiling"] <= out["forward_rate"]
     assert "ceiling of the whole pipeline" in capsys.readouterr().out
+
+
+def test_live(datasets_dir, settings, monkeypatch, tmp_path, capsys):
+    """bench-live at its smallest: a watcher process, the indexer, one gunicorn worker, 21 real
+    photos of the clothing test split and 1,000 synthetic vectors."""
+    from bench.live import main
+    from imgsearch.store import connect
+
+    monkeypatch.setenv("WEBAPP_WORKERS", "1")
+    written = tmp_path / "live.json"
+    figures_ = main(["--images", str(datasets_dir / "clothing-small" / "images" / "test"),
+                     "--singles", "1", "--burst", "8", "--posts", "2", "--vectors", "1000",
+                     "--warm", "3", "--json", str(written)])
+    out = capsys.readouterr().out
+    assert json.loads(written.read_text()) == figures_
+    assert figures_["cpu"] in out and "| measured | n | p50 | p95 | also |" in out
+    for kind in ("atomic", "plain"):
+        single = figures_["singles"][kind]
+        assert single["searchable_s"]["n"] == 1
+        assert 0 < single["stored_s"]["p50"] <= single["searchable_s"]["p50"] < 120
+        burst = figures_["burst"][kind]
+        assert burst["files"] == burst["knn_confirmed"] == 8  # a kNN search finds every one
+        assert sum(burst["batches"]) == 8 and burst["batch_s"] > 0
+        assert 0 < burst["per_file_s"]["p50"] <= burst["per_file_s"]["max"] \
+            <= burst["all_searchable_s"]
+        assert burst["images_per_s"] > 0
+        for line in lines_starting(out, "| watcher, "):
+            figures(line)
+    indexer = figures_["indexer"]
+    assert indexer["images"] == 8 and indexer["images_per_s"] > 0
+    assert indexer["watcher_over_indexer"] > 0
+    upkeep = figures_["upkeep"]
+    assert upkeep["images"] == 1 + 2 + 16  # every photo the watcher indexed
+    assert upkeep["wall_ms_per_image"] > 0 and upkeep["es_cpu_ms_per_image"] > 0
+    collection = figures_["collection"]
+    assert collection["vectors"] == 1000 and collection["pairs"] > 0
+    rows = figures_["duplicates"]
+    assert [r["threshold"] for r in rows] == [0.90, 0.95, 0.98]
+    assert rows[0]["pairs"] == collection["pairs"]  # every stored pair is at the floor
+    for row in rows:
+        assert row["groups"] > 0 and row["first_ms"] > 0
+        assert row["warm_ms"]["n"] == row["warm_cached"] == 3  # one worker: its kept groups
+    assert rows[0]["groups"] >= rows[-1]["groups"] and rows[0]["pairs"] > rows[-1]["pairs"]
+    cold = figures_["cold_read"]
+    assert cold["pairs"] == collection["pairs"] and cold["scroll_ms"] > 0
+    posts = figures_["posts"]
+    assert posts["statuses"] == {"201": 2}
+    assert 0 < posts["latency_s"]["p50"] <= posts["searchable_s"]["p50"]
+    # Its throwaway indices (images, pairs, keys, decisions) are gone; ES_INDEX never made.
+    es = connect(settings)
+    for made in ("bench-live-*", f"{os.environ['ES_INDEX']}*"):
+        assert not es.indices.get(index=made, allow_no_indices=True).body, made
