@@ -29,12 +29,12 @@ of the indexer costs one ``mget`` whatever the size of the collection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from elasticsearch import BadRequestError, ConflictError, Elasticsearch, NotFoundError
+from elasticsearch import BadRequestError, ConflictError, Elasticsearch, NotFoundError, helpers
 
 from .errors import BadInput
 from .esclient import translated
@@ -266,6 +266,26 @@ class Decisions:
         """Those of ``pairs`` that a person said are not duplicates."""
         found = self.find(decision_id("distinct", a, b) for a, b in pairs if a != b)
         return {frozenset(d.images) for d in found.values()}
+
+    @translated
+    def count(self, *kinds: str) -> int:
+        """How many decisions of ``kinds`` there are (after a refresh: one made a moment ago
+        is counted)."""
+        if not self.es.indices.exists(index=self.index):
+            return 0
+        self.es.indices.refresh(index=self.index)
+        return int(self.es.count(index=self.index,
+                                 query={"terms": {"kind": list(kinds)}}).body["count"])
+
+    @translated
+    def every(self, kind: str) -> Iterator[Decision]:
+        """Every decision of ``kind``, in no order: one scroll, whatever their number (call
+        :meth:`count` first for what the last refresh made visible)."""
+        if not self.es.indices.exists(index=self.index):
+            return
+        for hit in helpers.scan(self.es, index=self.index, size=1000,
+                                query={"query": {"term": {"kind": kind}}}):
+            yield _from_source(hit["_source"])
 
     @translated
     def all(self, kind: str | None = None, size: int = 10_000) -> list[Decision]:

@@ -67,6 +67,10 @@ def test_hide_distinct_delete_and_undo(indexed, store, embedder):
     done = resolver.keep_one(dress, hide=[dress_copy], by="tester")
     assert done.to_json() == {"kept": dress, "hidden": [dress_copy], "deleted": []}
     assert decisions.hidden([dress_copy]) == {dress_copy: dress}
+    # The groups read every hidden/distinct decision in one scroll when they are fewer than
+    # the images in pairs: the same answer as the lookups by id.
+    assert decisions.count("hidden", "distinct") == 1
+    assert [d.images[0] for d in decisions.every("hidden")] == [dress_copy]
     assert store.get(dress_copy)["hidden"] is True
     assert dress_copy not in _similar(settings, store, embedder, dress)
     assert _groups(groups) == everything - {frozenset(ids["dress"])}
@@ -80,6 +84,7 @@ def test_hide_distinct_delete_and_undo(indexed, store, embedder):
     hat, hat_copy = ids["hat"]
     resolver.distinct(hat_copy, hat)
     assert _groups(groups) == everything - {frozenset(ids["hat"])}
+    assert [frozenset(d.images) for d in decisions.every("distinct")] == [frozenset(ids["hat"])]
     assert resolver.undo("distinct", [hat, hat_copy]) is True
     assert _groups(groups) == everything
 
