@@ -5,10 +5,19 @@ validation split for early stopping), then scores the base and the tuned model o
 split, each indexed into a throwaway alias: precision@10, mAP@10 and mAP by exact search, P@10
 and mAP@10 through Elasticsearch's kNN, and the kNN's recall@10 against exact search. Prints
 the training wall time and rate, the model card's validation scores per epoch, and the tuned
-model's predicted-label accuracy on the test split, per label (imgsearch/labels.py).
+model's predicted-label accuracy on the test split, per label (imgsearch/labels.py), and the
+test P@10 of each share toward the base network that training tried (imgsearch/finetune.py
+``interpolate_toward_base``; the written model holds one share, and every other lies on the
+same line from the base weights, so each is scored from the two).
+
+``--disjoint A`` (or B) is the test of forgetting: train on five of the ten labels (A: dress,
+longsleeve, pants, shoes, skirt, every other label in sorted order; B: the other five) and
+score base and tuned on the test photos of the five labels the model never saw, beside the
+five it trained on.
 
     python -m bench.finetune --dataset ../shared/datasets/clothing-small [--out var/models/x]
     python -m bench.finetune --model var/models/x     # score an existing model only
+    python -m bench.finetune --disjoint A             # class-disjoint: seen and unseen labels
 
 Needs Elasticsearch at ES_URL (``make es-up``).
 """
@@ -45,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune-from-block", type=int, default=Recipe.tune_from_block)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=Recipe.lr_schedule)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--disjoint", choices=("A", "B"),
+                   help="train on five labels only and score the other five apart")
+    p.add_argument("--max-per-label", type=int, help="at most this many training photos a "
+                   "label (a quick run)")
     p.add_argument("--json", type=Path, help="append the figures as a JSON line to this file")
     args = p.parse_args(argv)
 
@@ -52,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     flags = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"})
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; CPU {cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} cores, flags {' '.join(flags)}")
+    all_labels = sorted(p.name for p in (args.dataset / "images" / "train").iterdir()
+                        if p.is_dir())
+    seen = set(all_labels[{"A": 0, "B": 1}[args.disjoint]::2]) if args.disjoint else None
+    if seen:
+        print(f"class-disjoint split {args.disjoint}: trained on {', '.join(sorted(seen))}; "
+              f"never seen: {', '.join(sorted(set(all_labels) - seen))}")
     model_dir = args.model
     if model_dir is None:
         model_dir = args.out or settings.model_store / (
@@ -62,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         result = finetune(
             args.dataset / "images", model_dir, settings=settings,
             sidecar=load_sidecar(args.dataset / "labels.csv"), recipe=recipe, seed=args.seed,
-            metadata_name=str(args.dataset / "labels.csv"),
+            metadata_name=str(args.dataset / "labels.csv"), labels=seen,
+            max_per_label=args.max_per_label,
         )
         print(f"fine-tuning: {time.perf_counter() - started:.0f} s wall"
               + (" (interrupted)" if result.interrupted else ""))
@@ -81,6 +101,25 @@ def main(argv: list[str] | None = None) -> None:
               f"{e['seconds']:8.1f}")
 
     test = args.dataset / "images" / "test"
+    shares = share_scores(settings, model_dir, card, sorted(test.glob("*/*")), seen)
+    interpolation = card.get("interpolation") or {}
+    written = interpolation.get("chosen", {}).get("share", 1.0)
+    val = {row["share"]: row["p@10"] for row in interpolation.get("tried", [])}
+    print("\nshares toward the base network: validation (training's) and test P@10, exact "
+          "search, TensorFlow" + ("; seen = the trained labels' test photos, unseen = "
+                                  "the others'" if seen else ""))
+    columns = ["all"] + (["seen", "unseen"] if seen else [])
+    print(f"{'share':>6s} {'val P@10':>8s} " + " ".join(f"{c + ' P@10':>11s}" for c in columns))
+    for share, scores in shares.items():
+        name = "base" if share == 0 else f"{share:g}" + (" *" if share == written else "")
+        v = f"{val[share]:8.4f}" if share in val else f"{'':8s}"
+        print(f"{name:>6s} {v} " + " ".join(f"{scores[c]:11.4f}" for c in columns))
+    if seen:  # the usual split's figures mean little for a model that saw half the labels
+        if args.json:
+            with args.json.open("a") as f:
+                f.write(json.dumps({"cpu": cpu_model(), "flags": flags, "card": card,
+                                    "disjoint": args.disjoint, "shares": shares}) + "\n")
+        return
     rows = {}
     for name, model in (("base", Embedder(settings)),
                         ("tuned", Embedder(settings, model_dir=model_dir))):
@@ -102,7 +141,41 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with args.json.open("a") as f:
             f.write(json.dumps({"cpu": cpu_model(), "flags": flags, "card": card,
-                                "test": rows, "labels": labels}) + "\n")
+                                "test": rows, "labels": labels, "shares": shares}) + "\n")
+
+
+def share_scores(settings: Settings, model_dir: Path, card: dict, photos: list[Path],
+                 seen: set[str] | None) -> dict[float, dict[str, float]]:
+    """Test P@10 (exact leave-one-out, same label relevant) of the base network (share 0)
+    and of every share toward it that training tried: ``{share: {"all", "seen", "unseen"}}``
+    (seen and unseen only with ``seen``). The written model is ``base + s * (best - base)``,
+    so the weights of share ``x`` are ``base + (x / s) * (written - base)``."""
+    from imgsearch.metrics import retrieval_scores
+    from imgsearch.modelstore import load_model_dir
+    from imgsearch.runtime import compile_forward
+
+    base = Embedder(settings)
+    tuned, _, _ = load_model_dir(model_dir)
+    base_w, written_w = base.model.get_weights(), tuned.get_weights()
+    interpolation = card.get("interpolation") or {}
+    written = interpolation.get("chosen", {}).get("share", 1.0)
+    tried = [row["share"] for row in interpolation.get("tried", [])] or [1.0]
+    forward = compile_forward(tuned, base.input_size)
+    pixels = [base.decode(p.read_bytes()).pixels for p in photos]
+    labels = np.array([p.parent.name for p in photos])
+    masks = {"all": np.ones(len(photos), bool)}
+    if seen:
+        masks["seen"] = np.isin(labels, sorted(seen))
+        masks["unseen"] = ~masks["seen"]
+    out = {}
+    for share in [0.0, *tried]:
+        k = share / written
+        tuned.set_weights([b + k * (w - b) for b, w in zip(base_w, written_w, strict=True)])
+        vectors = np.concatenate([forward(np.stack(pixels[i:i + 32])).numpy()
+                                  for i in range(0, len(pixels), 32)])
+        out[share] = {name: retrieval_scores(vectors[m], labels[m])["p@10"]
+                      for name, m in masks.items()}
+    return out
 
 
 def label_accuracy(test: Path, tuned: Embedder) -> dict | None:

@@ -131,6 +131,33 @@ def test_a_short_finetune_beats_the_base_model(tuned_model):
     assert validation["after"]["map@10"] > validation["before"]["map@10"]
 
 
+def test_the_written_model_is_the_smallest_share_toward_the_base_within_tolerance(
+        tuned_model, settings, embedder):
+    """After training, the shares of the tuned change are scored on validation and the
+    smallest within the tolerance of the best is written: the card says which, its scores
+    are the model's "after", and only the layers that learnt differ from the base's."""
+    model_dir, result = tuned_model
+    card, recipe = result.card, Recipe()
+    interpolation = card["interpolation"]
+    tried, chosen = interpolation["tried"], interpolation["chosen"]
+    assert [row["share"] for row in tried] == list(recipe.interpolations)
+    top = max(row["p@10"] for row in tried)
+    tolerance = recipe.interpolation_tolerance
+    # The card rounds to 4 decimals; the rule ran on the unrounded scores.
+    assert chosen["p@10"] >= top - tolerance - 1e-4
+    assert all(row["p@10"] < top - tolerance + 1e-4
+               for row in tried if row["share"] < chosen["share"])
+    assert card["validation"]["after"] == {"p@10": chosen["p@10"], "map@10": chosen["map@10"]}
+    assert card["validation"]["best_epoch"]["p@10"] == max(
+        e["p@10"] for e in card["validation"]["per_epoch"])
+    model, _, _ = load_model_dir(model_dir)
+    learnt = {v.path for v in tuned_part(embedder.model, recipe.tune_from_block).weights}
+    for mine, base in zip(model.weights, embedder.model.weights, strict=True):
+        same = np.array_equal(mine.numpy(), base.numpy())
+        if not same:
+            assert base.path in learnt, base.path
+
+
 def test_the_model_card_is_complete_and_its_digest_verifies(tuned_model, settings,
                                                             datasets_dir):
     model_dir, result = tuned_model
