@@ -250,6 +250,26 @@ def test_finetune_trains_then_scores_base_and_tuned(dataset, tmp_path, capsys):
     assert "predicted labels on the test split" in out
 
 
+def test_finetune_on_a_class_disjoint_split_scores_seen_and_unseen_apart(dataset, tmp_path,
+                                                                        capsys):
+    from bench.finetune import main
+
+    figures_file = tmp_path / "disjoint.jsonl"
+    main(["--dataset", str(dataset), "--epochs", "1", "--views", "1", "--disjoint", "A",
+          "--out", str(tmp_path / "tuned"), "--json", str(figures_file)])
+    out = capsys.readouterr().out
+    seen = sorted(LABELS)[0::2]
+    assert f"trained on {', '.join(seen)}" in out
+    (line,) = figures_file.read_text().splitlines()
+    written = json.loads(line)
+    assert written["disjoint"] == "A" and written["card"]["labels"] == seen
+    shares = written["shares"]
+    assert "0.0" in shares and len(shares) == 1 + len(written["card"]["interpolation"]["tried"])
+    for scores in shares.values():
+        assert set(scores) == {"all", "seen", "unseen"}
+        assert all(0 <= v <= 1 for v in scores.values())
+
+
 def test_duplicates(test_split, es_node, tmp_path, capsys):
     from bench.duplicates import TRANSFORMS, main
 
