@@ -466,23 +466,10 @@ class ImageStore:
 
         ``index`` is a concrete index, not the alias: a scroll that outlived an alias swap would
         otherwise mix two models' vectors."""
-        page: list[tuple[str, list]] = []
-        for hit in helpers.scan(
-            self.es,
-            index=index,
-            query={"query": {"match_all": {}}},
-            source_includes=[VECTOR_FIELD],
-            # ES 9 leaves dense vectors out of _source unless asked for them.
-            source_exclude_vectors=False,
-            size=page_size,
-            scroll="5m",
-        ):
-            page.append((hit["_id"], hit["_source"][VECTOR_FIELD]))
-            if len(page) == page_size:
-                yield page
-                page = []
-        if page:
-            yield page
+        # ES 9 leaves dense vectors out of _source unless asked for them.
+        for page in self._pages(index, [VECTOR_FIELD], page_size, "5m",
+                                source_exclude_vectors=False):
+            yield [(doc_id, source[VECTOR_FIELD]) for doc_id, source in page]
 
     @translated
     def source_pages(self, index: str, fields: list[str], page_size: int = 1000,
@@ -490,9 +477,16 @@ class ImageStore:
         """Every document of ``index`` as ``(id, the source's fields)``, ``page_size`` at a
         time, in one scroll that lives ``keep_alive`` between pages (the caller may work a
         while on each: carrying embeds a page's images, ~70 s for 1,000 on 2 cores)."""
+        yield from self._pages(index, fields, page_size, keep_alive)
+
+    def _pages(self, index: str, fields: list[str], page_size: int, keep_alive: str,
+               **scan: Any) -> Iterator[list[tuple[str, dict]]]:
+        """``(id, source)`` of every document of ``index``, ``page_size`` a list, in one scroll
+        kept ``keep_alive`` between pages."""
         page: list[tuple[str, dict]] = []
         for hit in helpers.scan(self.es, index=index, query={"query": {"match_all": {}}},
-                                source_includes=fields, size=page_size, scroll=keep_alive):
+                                source_includes=fields, size=page_size, scroll=keep_alive,
+                                **scan):
             page.append((hit["_id"], hit.get("_source") or {}))
             if len(page) == page_size:
                 yield page
