@@ -619,7 +619,6 @@ class Trainer:
                 break
         return results
 
-
     def interpolate_toward_base(self) -> tuple[dict, list[dict]]:
         """Set the learning layers to ``base + share * (best - base)`` for each of the recipe's
         shares, score each on validation, and leave them at the smallest share within the

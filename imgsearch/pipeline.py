@@ -276,12 +276,10 @@ def to_document(
     hidden: bool = False,
 ) -> dict:
     c, img = item.candidate, item.image
-    meta = sidecar.get(c.rel_path, {})
     doc = {
         "content_hash": c.content_hash,
         **path_fields(c.path, c.rel_path, root=root, sidecar=sidecar),
-        "tags": meta.get("tags", []),
-        "extra": meta.get("extra"),
+        **metadata_fields(c.rel_path, sidecar.get(c.rel_path)),
         "width": img.width,
         "height": img.height,
         "format": img.format,
@@ -321,8 +319,18 @@ def path_fields(path: Path, rel_path: str, *, root: Path, sidecar: dict[str, dic
         "rel_path": rel_path,
         "file_name": rel.name,
         "folder": rel.parent.as_posix(),
-        "label": sidecar.get(rel_path, {}).get("label") or folder_label(rel_path),
+        "label": metadata_fields(rel_path, sidecar.get(rel_path))["label"],
     }
+
+
+def metadata_fields(rel_path: str, row: dict | None) -> dict:
+    """The metadata fields a document of the file at ``rel_path`` gets from its sidecar row
+    (None: it has none), each given, so that a partial update replaces all three (the
+    watcher's, of an edited sidecar): the label falls back to the parent folder's name, no
+    tags, no extra."""
+    row = row or {}
+    return {"label": row.get("label") or folder_label(rel_path), "tags": row.get("tags", []),
+            "extra": row.get("extra")}
 
 
 def relocated_fields(path: Path, rel_path: str, *, root: Path, sidecar: dict[str, dict],

@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 
 from imgsearch.errors import BadInput
 from imgsearch.metadata import KEY_COLUMNS, row_fields
-from imgsearch.pipeline import folder_label
 
 
 class SidecarError(BadInput):
@@ -75,16 +74,6 @@ def changed_rows(old: dict[str, dict], new: dict[str, dict]) -> dict[str, dict |
     rows ``old`` had and ``new`` lacks (removed): ``{relative path: row or None}``."""
     return {rel: new.get(rel) for rel in sorted(old.keys() | new.keys())
             if old.get(rel) != new.get(rel)}
-
-
-def metadata_fields(rel_path: str, row: dict | None) -> dict:
-    """The metadata fields a document of the file at ``rel_path`` gets from its sidecar row
-    (None: it has none), each given, so that a partial update replaces all three: what
-    indexing it afresh would write (imgsearch/pipeline.py ``to_document``: the label falls
-    back to the parent folder's name, no tags, no extra)."""
-    row = row or {}
-    return {"label": row.get("label") or folder_label(rel_path), "tags": row.get("tags", []),
-            "extra": row.get("extra")}
 
 
 def describe_change(old: dict | None, new: dict | None) -> str:

@@ -58,7 +58,7 @@ from imgsearch.esclient import RETRY_STATUSES
 from imgsearch.indexing import INTERRUPTED, Target, prepare, run_partition
 from imgsearch.metadata import with_decision
 from imgsearch.model import ImageModel
-from imgsearch.pipeline import moved_from, now_iso, relocated_fields
+from imgsearch.pipeline import metadata_fields, moved_from, now_iso, relocated_fields
 from imgsearch.settings import Settings, retry_delays
 from imgsearch.store import ImageStore, StoreError, StoreUnavailable
 from imgsearch.walk import walk_files
@@ -69,7 +69,6 @@ from .sidecar import (
     SidecarError,
     changed_rows,
     describe_change,
-    metadata_fields,
     parse_sidecar,
     read_sidecar,
 )
@@ -657,7 +656,7 @@ class Watcher:
 
     def apply_metadata(self, rows: dict[str, dict | None]) -> int:
         """Give the documents of the files at ``rows``' paths (relative to the root; None: no
-        row any more) the metadata fields their row says (indexer/sidecar.py
+        row any more) the metadata fields their row says (imgsearch/pipeline.py
         ``metadata_fields``), in partial updates: no embedding. A document takes the row of
         its own ``rel_path`` (the same bytes at two paths are one document, of the path it was
         indexed from); documents of another root are that root's. The one place where the

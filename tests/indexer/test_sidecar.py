@@ -1,6 +1,7 @@
 """The sidecar reader's parts the watcher uses (indexer/sidecar.py): the digest of the bytes
-parsed, the rows that changed between two tables, and the fields a row gives a document.
-(Parsing itself: tests/imgsearch/test_pipeline.py.)"""
+parsed, the rows that changed between two tables, and the fields a row gives a document
+(imgsearch/pipeline.py ``metadata_fields``, which the watcher applies). (Parsing itself:
+tests/imgsearch/test_pipeline.py.)"""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import hashlib
 
 import pytest
 
+from imgsearch.pipeline import metadata_fields
 from indexer.sidecar import (
     SidecarError,
     changed_rows,
     describe_change,
-    metadata_fields,
     read_sidecar,
 )
 
